@@ -1,0 +1,288 @@
+//! Every query of the auth service. Functions take a connection or a
+//! transaction; PostgreSQL error codes become domain errors here and nowhere
+//! else.
+
+use chrono::{DateTime, Utc};
+use gocommerce_platform::Role;
+use gocommerce_platform::db::{codes, constraint, sqlstate};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::AuthError;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    pub fn role(&self) -> Role {
+        // The CHECK constraint admits only the two names `Role` parses.
+        self.role.parse().unwrap_or(Role::Customer)
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
+
+#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+pub async fn insert_account(
+    conn: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+    role: Role,
+) -> Result<AccountRow, AuthError> {
+    sqlx::query_as(&format!(
+        "INSERT INTO accounts (id, email, name, password_hash, role) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING {ACCOUNT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(email)
+    .bind(name)
+    .bind(password_hash)
+    .bind(role.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(|e| {
+        if sqlstate(&e).as_deref() == Some(codes::UNIQUE_VIOLATION)
+            && constraint(&e) == Some("accounts_email_key")
+        {
+            AuthError::EmailTaken
+        } else {
+            AuthError::Database(e)
+        }
+    })
+}
+
+#[tracing::instrument(skip_all, err)]
+pub async fn find_account_by_email(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1"
+    ))
+    .bind(email)
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+pub async fn find_account(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(account_id = %id, role = %role), err)]
+pub async fn set_role(
+    conn: &mut PgConnection,
+    id: Uuid,
+    role: Role,
+) -> Result<Option<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "UPDATE accounts SET role = $2, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(role.as_str())
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(account_id = %account_id, family_id = %family_id), err)]
+pub async fn create_refresh_family(
+    conn: &mut PgConnection,
+    family_id: Uuid,
+    account_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    sqlx::query("INSERT INTO refresh_families (id, account_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(family_id)
+        .bind(account_id)
+        .bind(expires_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(family_id = %family_id), err)]
+pub async fn insert_refresh_token(
+    conn: &mut PgConnection,
+    family_id: Uuid,
+    token_hash: &[u8],
+) -> Result<(), AuthError> {
+    sqlx::query("INSERT INTO refresh_tokens (id, family_id, token_hash) VALUES ($1, $2, $3)")
+        .bind(Uuid::now_v7())
+        .bind(family_id)
+        .bind(token_hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A refresh token with the state of its family, locked for the transaction.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RefreshTokenRow {
+    pub token_id: Uuid,
+    pub family_id: Uuid,
+    pub account_id: Uuid,
+    pub used_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Finds and locks a token and its family, so two refreshes with the same
+/// token serialise: the second sees the first's use and counts as reuse.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_refresh_token(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+) -> Result<Option<RefreshTokenRow>, AuthError> {
+    Ok(sqlx::query_as(
+        "SELECT t.id AS token_id, t.family_id, f.account_id, t.used_at, f.expires_at, f.revoked_at \
+         FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+         WHERE t.token_hash = $1 FOR UPDATE",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await?)
+}
+
+#[tracing::instrument(skip_all, fields(token_id = %token_id), err)]
+pub async fn mark_refresh_token_used(
+    conn: &mut PgConnection,
+    token_id: Uuid,
+) -> Result<(), AuthError> {
+    sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE id = $1")
+        .bind(token_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(family_id = %family_id, reason), err)]
+pub async fn revoke_family(
+    conn: &mut PgConnection,
+    family_id: Uuid,
+    reason: &str,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "UPDATE refresh_families SET revoked_at = now(), revoke_reason = $2 \
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct StoredKeys {
+    pub current_pem: String,
+    pub older_public_keys: Vec<Vec<u8>>,
+}
+
+/// The newest stored signing key, created with `generate` when there is none.
+/// An advisory lock makes concurrent first starts agree on one key.
+#[tracing::instrument(skip_all, err)]
+pub async fn load_or_create_signing_key(
+    conn: &mut PgConnection,
+    generate: impl FnOnce() -> Result<(String, String, Vec<u8>), AuthError>,
+) -> Result<StoredKeys, AuthError> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('gocommerce.auth.signing_keys'))")
+        .execute(&mut *tx)
+        .await?;
+    let mut keys: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT private_key_pem, public_key FROM signing_keys ORDER BY created_at DESC",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if keys.is_empty() {
+        let (kid, pem, public) = generate()?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_key_pem, public_key) VALUES ($1, $2, $3)",
+        )
+        .bind(&kid)
+        .bind(&pem)
+        .bind(&public)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(kid = %kid, "generated a new signing key");
+        keys.push((pem, public));
+    }
+    tx.commit().await?;
+    let mut keys = keys.into_iter();
+    let (current_pem, _) = keys
+        .next()
+        .ok_or_else(|| AuthError::Signing("no signing key".to_owned()))?;
+    Ok(StoredKeys {
+        current_pem,
+        older_public_keys: keys.map(|(_, public)| public).collect(),
+    })
+}
+
+/// When the latest lock on any of `keys` ends, if one is locked now.
+#[tracing::instrument(skip_all, err)]
+pub async fn locked_until(
+    conn: &mut PgConnection,
+    keys: &[String],
+) -> Result<Option<DateTime<Utc>>, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT max(locked_until) FROM login_failures WHERE key = ANY($1) AND locked_until > now()",
+    )
+    .bind(keys)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Counts a failure for `key` in a window of `window_secs`; locks the key for
+/// `lock_secs` once `limit` failures fall in one window.
+#[tracing::instrument(skip_all, err)]
+pub async fn record_login_failure(
+    conn: &mut PgConnection,
+    key: &str,
+    limit: i32,
+    window_secs: f64,
+    lock_secs: f64,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "INSERT INTO login_failures AS f (key, failures, window_start, locked_until) \
+         VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => $4) END) \
+         ON CONFLICT (key) DO UPDATE SET \
+           failures = CASE WHEN f.window_start < now() - make_interval(secs => $3) THEN 1 ELSE f.failures + 1 END, \
+           window_start = CASE WHEN f.window_start < now() - make_interval(secs => $3) THEN now() ELSE f.window_start END, \
+           locked_until = CASE \
+             WHEN (CASE WHEN f.window_start < now() - make_interval(secs => $3) THEN 1 ELSE f.failures + 1 END) >= $2 \
+             THEN now() + make_interval(secs => $4) ELSE f.locked_until END",
+    )
+    .bind(key)
+    .bind(limit)
+    .bind(window_secs)
+    .bind(lock_secs)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, err)]
+pub async fn clear_login_failures(conn: &mut PgConnection, key: &str) -> Result<(), AuthError> {
+    sqlx::query("DELETE FROM login_failures WHERE key = $1")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

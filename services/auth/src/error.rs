@@ -1,0 +1,66 @@
+//! The auth service's errors and how each reaches a client.
+
+use std::time::Duration;
+
+use gocommerce_platform::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// The same error whether the email exists or not.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("too many failed logins, retry later")]
+    Throttled { retry_after: Duration },
+    #[error("the refresh token is invalid, expired or revoked")]
+    InvalidRefreshToken,
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("account not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+    #[error(transparent)]
+    Profile(#[from] crate::profiles::ProfileError),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        let code = match &error {
+            AuthError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            AuthError::EmailTaken => ErrorCode::AlreadyExists,
+            AuthError::InvalidCredentials
+            | AuthError::InvalidRefreshToken
+            | AuthError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            AuthError::Throttled { retry_after } => {
+                let mut status = ErrorCode::ResourceExhausted.status(error.to_string());
+                if let Ok(value) = retry_after.as_secs().max(1).to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                return status;
+            }
+            AuthError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            AuthError::NotFound => ErrorCode::NotFound,
+            AuthError::Profile(crate::profiles::ProfileError::Unavailable(_)) => {
+                // Nothing was written: the client may simply try again.
+                return ErrorCode::Unavailable.status("registration is unavailable, retry later");
+            }
+            AuthError::Database(_)
+            | AuthError::Hashing(_)
+            | AuthError::Signing(_)
+            | AuthError::Profile(_) => {
+                return gocommerce_platform::error::internal(&error);
+            }
+        };
+        code.status(error.to_string())
+    }
+}

@@ -1,0 +1,17 @@
+//! The auth service: accounts, Argon2id passwords, EdDSA-signed access tokens
+//! with a published JWKS, single-use rotating refresh tokens with family
+//! revocation, roles, the bootstrap admin and login throttling.
+
+pub mod config;
+mod db;
+mod domain;
+mod error;
+mod keys;
+mod password;
+mod profiles;
+mod service;
+mod startup;
+mod throttle;
+
+pub use config::AuthConfig;
+pub use startup::Application;

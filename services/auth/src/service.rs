@@ -1,0 +1,386 @@
+//! The `AuthService` gRPC handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
+use gocommerce_platform::{Caller, Role, events, outbox};
+use gocommerce_proto::auth::v1 as pb;
+use gocommerce_proto::events::v1::UserRegistered;
+use gocommerce_proto::events::v1::event_envelope::Payload;
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::db::{self, AccountRow};
+use crate::domain::{Email, Name, Password};
+use crate::error::AuthError;
+use crate::keys::KeyStore;
+use crate::password::Hasher;
+use crate::profiles::Profiles;
+use crate::throttle::{self, Policy};
+
+/// The `source` of this service's events.
+const SOURCE: &str = "gocommerce-auth";
+
+/// Refresh tokens carry this prefix so leaked ones are easy to spot in scans.
+const REFRESH_TOKEN_PREFIX: &str = "gcr_";
+
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    pub pool: PgPool,
+    pub keys: Arc<KeyStore>,
+    pub hasher: Hasher,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub throttle: Policy,
+    pub profiles: Profiles,
+    /// How long registration keeps retrying the user service.
+    pub profile_budget: Duration,
+}
+
+impl AuthService {
+    pub async fn create_account(
+        &self,
+        email: &Email,
+        password: &Password,
+        name: &Name,
+        role: Role,
+    ) -> Result<AccountRow, AuthError> {
+        // A taken email fails fast, before any hashing or profile is made.
+        {
+            let mut conn = self.pool.acquire().await?;
+            if db::find_account_by_email(&mut conn, email.as_str())
+                .await?
+                .is_some()
+            {
+                return Err(AuthError::EmailTaken);
+            }
+        }
+        let hash = self.hasher.hash(password.expose().to_owned()).await?;
+        // The profile first: an account never exists without one. Should the
+        // insert below lose a race for the email, the profile stays behind
+        // unused, which is harmless (its id belongs to no account).
+        let id = Uuid::now_v7();
+        self.profiles
+            .create(id, email.as_str(), name.as_str(), role, self.profile_budget)
+            .await?;
+        // The account and its user.registered event commit together.
+        let mut tx = self.pool.begin().await?;
+        let account = db::insert_account(
+            &mut tx,
+            id,
+            email.as_str(),
+            name.as_str(),
+            &hash,
+            role,
+        )
+        .await?;
+        let event = events::message(
+            SOURCE,
+            account.id,
+            Payload::UserRegistered(UserRegistered {
+                user_id: account.id.to_string(),
+                email: account.email.clone(),
+                name: account.name.clone(),
+                role: account.role().as_str().to_owned(),
+            }),
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    /// Starts a new refresh family for the account and signs an access token.
+    async fn issue_tokens(&self, account: &AccountRow) -> Result<pb::TokenPair, AuthError> {
+        let family_id = Uuid::now_v7();
+        let (refresh_token, refresh_hash) = new_refresh_token();
+        let expires_at = Utc::now() + self.refresh_ttl;
+        let mut tx = self.pool.begin().await?;
+        db::create_refresh_family(&mut tx, family_id, account.id, expires_at).await?;
+        db::insert_refresh_token(&mut tx, family_id, &refresh_hash).await?;
+        let access_token = self.sign_access_token(account)?;
+        tx.commit().await?;
+        Ok(self.token_pair(access_token, refresh_token))
+    }
+
+    fn sign_access_token(&self, account: &AccountRow) -> Result<String, AuthError> {
+        let now = Utc::now().timestamp();
+        let ttl = i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX);
+        self.keys.sign(&AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: account.id.to_string(),
+            exp: now.saturating_add(ttl),
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            role: account.role().as_str().to_owned(),
+            token_type: ACCESS_TOKEN_TYPE.to_owned(),
+        })
+    }
+
+    fn token_pair(&self, access_token: String, refresh_token: String) -> pb::TokenPair {
+        pb::TokenPair {
+            access_token,
+            refresh_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    async fn login(&self, request: pb::LoginRequest) -> Result<pb::TokenPair, AuthError> {
+        let email = Email::parse(&request.email).map_err(|_| AuthError::InvalidCredentials)?;
+        let account_key = throttle::account_key(email.as_str());
+        let client_key =
+            (!request.client_ip.is_empty()).then(|| throttle::client_key(&request.client_ip));
+        let keys: Vec<String> = std::iter::once(account_key.clone())
+            .chain(client_key.clone())
+            .collect();
+
+        let mut conn = self.pool.acquire().await?;
+        self.throttle.check(&mut conn, &keys).await?;
+        let account = db::find_account_by_email(&mut conn, email.as_str()).await?;
+        // Release the connection while hashing: it takes tens of milliseconds.
+        drop(conn);
+
+        let password_ok = request.password.chars().count()
+            <= gocommerce_platform::validate::PASSWORD_MAX_CHARS
+            && self
+                .hasher
+                .verify(
+                    request.password,
+                    account.as_ref().map(|a| a.password_hash.clone()),
+                )
+                .await?;
+        let mut conn = self.pool.acquire().await?;
+        match account {
+            Some(account) if password_ok => {
+                db::clear_login_failures(&mut conn, &account_key).await?;
+                drop(conn);
+                tracing::info!(account_id = %account.id, "login succeeded");
+                self.issue_tokens(&account).await
+            }
+            _ => {
+                self.throttle
+                    .record_failure(&mut conn, &account_key, client_key.as_deref())
+                    .await?;
+                tracing::info!("login failed");
+                Err(AuthError::InvalidCredentials)
+            }
+        }
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, AuthError> {
+        let hash = hash_refresh_token(refresh_token).ok_or(AuthError::InvalidRefreshToken)?;
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = db::lock_refresh_token(&mut tx, &hash).await? else {
+            return Err(AuthError::InvalidRefreshToken);
+        };
+        if row.used_at.is_some() {
+            // Someone holds a copy of a rotated token: end the whole session.
+            db::revoke_family(&mut tx, row.family_id, "refresh token reused").await?;
+            tx.commit().await?;
+            tracing::warn!(family_id = %row.family_id, account_id = %row.account_id, "refresh token reuse detected, family revoked");
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        if row.revoked_at.is_some() || row.expires_at <= Utc::now() {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let account = db::find_account(&mut tx, row.account_id)
+            .await?
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        db::mark_refresh_token_used(&mut tx, row.token_id).await?;
+        let (next_token, next_hash) = new_refresh_token();
+        db::insert_refresh_token(&mut tx, row.family_id, &next_hash).await?;
+        let access_token = self.sign_access_token(&account)?;
+        tx.commit().await?;
+        Ok(self.token_pair(access_token, next_token))
+    }
+
+    async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
+        // Unknown tokens are fine: logout is idempotent and says nothing (RFC 7009).
+        let Some(hash) = hash_refresh_token(refresh_token) else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        if let Some(row) = db::lock_refresh_token(&mut tx, &hash).await? {
+            db::revoke_family(&mut tx, row.family_id, "logout").await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn new_refresh_token() -> (String, Vec<u8>) {
+    let mut bytes = [0_u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = Sha256::digest(token.as_bytes()).to_vec();
+    (token, hash)
+}
+
+/// The stored form of a refresh token, or `None` when it cannot be one.
+fn hash_refresh_token(token: &str) -> Option<Vec<u8>> {
+    let body = token.strip_prefix(REFRESH_TOKEN_PREFIX)?;
+    (body.len() == 43).then(|| Sha256::digest(token.as_bytes()).to_vec())
+}
+
+pub fn account_to_proto(account: &AccountRow) -> pb::Account {
+    pb::Account {
+        id: account.id.to_string(),
+        email: account.email.clone(),
+        name: account.name.clone(),
+        role: role_to_proto(account.role()) as i32,
+        created_at: Some(prost_types::Timestamp {
+            seconds: account.created_at.timestamp(),
+            nanos: i32::try_from(account.created_at.timestamp_subsec_nanos()).unwrap_or(0),
+        }),
+    }
+}
+
+fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::Customer => pb::Role::Customer,
+        Role::Admin => pb::Role::Admin,
+    }
+}
+
+fn parse_user_id(raw: &str) -> Result<Uuid, AuthError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| AuthError::InvalidArgument("user_id: must be a UUID".to_owned()))
+}
+
+#[tonic::async_trait]
+impl pb::auth_service_server::AuthService for AuthService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let email = Email::parse(&request.email)?;
+        let password = Password::parse(&request.password)?;
+        let name = Name::parse(&request.name)?;
+        let account = self
+            .create_account(&email, &password, &name, Role::Customer)
+            .await?;
+        tracing::info!(account_id = %account.id, "account registered");
+        Ok(Response::new(pb::RegisterResponse {
+            account: Some(account_to_proto(&account)),
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let tokens = AuthService::login(self, request.into_inner()).await?;
+        Ok(Response::new(pb::LoginResponse {
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let tokens = AuthService::refresh(self, &request.into_inner().refresh_token).await?;
+        Ok(Response::new(pb::RefreshResponse {
+            tokens: Some(tokens),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        AuthService::logout(self, &request.into_inner().refresh_token).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn get_jwks(
+        &self,
+        _: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: self.keys.jwks().to_vec(),
+        }))
+    }
+
+    async fn set_user_role(
+        &self,
+        request: Request<pb::SetUserRoleRequest>,
+    ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
+        Caller::from_metadata(request.metadata())?.require_admin()?;
+        let request = request.into_inner();
+        let user_id = parse_user_id(&request.user_id)?;
+        let role = match pb::Role::try_from(request.role) {
+            Ok(pb::Role::Customer) => Role::Customer,
+            Ok(pb::Role::Admin) => Role::Admin,
+            _ => {
+                return Err(AuthError::InvalidArgument(
+                    "role: must be customer or admin".to_owned(),
+                )
+                .into());
+            }
+        };
+        let mut conn = self.pool.acquire().await.map_err(AuthError::from)?;
+        let account = db::set_role(&mut conn, user_id, role)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        self.profiles
+            .set_role(account.id, role, self.profile_budget)
+            .await
+            .map_err(AuthError::from)?;
+        tracing::info!(account_id = %account.id, role = %role, "role changed");
+        Ok(Response::new(pb::SetUserRoleResponse {
+            account: Some(account_to_proto(&account)),
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let user_id = parse_user_id(&request.get_ref().user_id)?;
+        // Someone else's account is "not found", not "forbidden": ids do not leak.
+        if !caller.may_access(user_id) {
+            return Err(AuthError::NotFound.into());
+        }
+        let mut conn = self.pool.acquire().await.map_err(AuthError::from)?;
+        let account = db::find_account(&mut conn, user_id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_proto(&account)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_are_random_and_hash_to_their_stored_form() {
+        let (a, hash_a) = new_refresh_token();
+        let (b, _) = new_refresh_token();
+        assert_ne!(a, b);
+        assert_eq!(hash_refresh_token(&a), Some(hash_a));
+    }
+
+    #[test]
+    fn strings_that_cannot_be_refresh_tokens_are_refused_before_any_query() {
+        assert_eq!(hash_refresh_token(""), None);
+        assert_eq!(hash_refresh_token("gcr_short"), None);
+        assert_eq!(hash_refresh_token("eyJhbGciOiJFZERTQSJ9.e30.sig"), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! Access-token verification. Tokens are checked locally against the auth
+//! service's JWKS, which is cached and fetched again when a token names an
+//! unknown `kid` (at most every few seconds, so forged kids cannot turn into
+//! a flood of fetches). The verified caller travels on to the services.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use gocommerce_platform::token::{self, ACCESS_TOKEN_TYPE, AccessClaims};
+use gocommerce_platform::{Caller, ErrorCode};
+use gocommerce_proto::auth::v1::{GetJwksRequest, Jwk};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, Validation};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::backend::Backends;
+use crate::problem::Problem;
+use crate::startup::AppState;
+
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a token was refused; each becomes a 401 whose detail says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing Authorization header")]
+    Missing,
+    #[error("the Authorization header must be 'Bearer <access token>'")]
+    NotBearer,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm is not accepted (only EdDSA)")]
+    Algorithm,
+    #[error("the token has no key id (kid)")]
+    NoKeyId,
+    #[error("the token was signed by an unknown key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued for another audience")]
+    Audience,
+    #[error("the token was issued by another issuer")]
+    Issuer,
+    #[error("the token lacks a required claim")]
+    Claims,
+    #[error("the token is not an access token")]
+    NotAccessToken,
+}
+
+/// Verifies access tokens against a cached JWKS.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        Self {
+            keys: RwLock::default(),
+            last_fetch: Mutex::new(None),
+            validation: token::validation(issuer, audience),
+        }
+    }
+
+    pub fn has_keys(&self) -> bool {
+        !self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    /// Fetches the JWKS unless another fetch happened moments ago.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn refresh(&self, backends: &Backends) -> Result<(), tonic::Status> {
+        let mut last_fetch = self.last_fetch.lock().await;
+        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        let response = backends
+            .auth
+            .clone()
+            .get_jwks(backends.request(GetJwksRequest {}, None))
+            .await?;
+        let keys: HashMap<String, DecodingKey> = response
+            .into_inner()
+            .keys
+            .iter()
+            .filter_map(|jwk| decoding_key(jwk).map(|key| (jwk.kid.clone(), key)))
+            .collect();
+        tracing::debug!(keys = keys.len(), "fetched jwks");
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        *last_fetch = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Verifies a bearer token and returns the caller it names.
+    pub async fn verify(&self, token: &str, backends: &Backends) -> Result<Caller, Problem> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Problem::unauthenticated(TokenError::Malformed.to_string()))?;
+        if header.alg != token::ALGORITHM {
+            return Err(Problem::unauthenticated(TokenError::Algorithm.to_string()));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| Problem::unauthenticated(TokenError::NoKeyId.to_string()))?;
+        let key = match self.key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refresh(backends)
+                    .await
+                    .map_err(|status| Problem::from_status(&status, "auth"))?;
+                self.key(&kid)
+                    .ok_or_else(|| Problem::unauthenticated(TokenError::UnknownKey.to_string()))?
+            }
+        };
+        self.check(token, &key)
+            .map_err(|e| Problem::unauthenticated(e.to_string()))
+    }
+
+    fn check(&self, token: &str, key: &DecodingKey) -> Result<Caller, TokenError> {
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAudience => TokenError::Audience,
+                ErrorKind::InvalidIssuer => TokenError::Issuer,
+                ErrorKind::InvalidSignature => TokenError::Signature,
+                ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => TokenError::Claims,
+                _ => TokenError::Malformed,
+            })?
+            .claims;
+        if claims.token_type != ACCESS_TOKEN_TYPE {
+            return Err(TokenError::NotAccessToken);
+        }
+        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Claims)?;
+        let role = claims.role.parse().map_err(|_| TokenError::Claims)?;
+        Ok(Caller { user_id, role })
+    }
+}
+
+fn decoding_key(jwk: &Jwk) -> Option<DecodingKey> {
+    (jwk.kty == "OKP" && jwk.crv == "Ed25519" && jwk.alg == "EdDSA")
+        .then(|| DecodingKey::from_ed_components(&jwk.x).ok())
+        .flatten()
+}
+
+/// The verified caller of a protected route.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| Problem::unauthenticated(TokenError::Missing.to_string()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Problem::unauthenticated(TokenError::NotBearer.to_string()))?;
+        state
+            .verifier
+            .verify(token, &state.backends)
+            .await
+            .map(Self)
+    }
+}
+
+/// An admin caller; a customer gets 403, no token 401.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Authenticated(caller) = Authenticated::from_request_parts(parts, state).await?;
+        if caller.is_admin() {
+            Ok(Self(caller))
+        } else {
+            Err(Problem::new(
+                ErrorCode::PermissionDenied,
+                "this route is for admins only",
+            ))
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The gateway's settings, read from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub addr: SocketAddr,
+    pub auth_url: String,
+    pub user_url: String,
+    pub product_url: String,
+    pub order_url: String,
+    pub payment_url: String,
+    pub notification_url: String,
+    pub backend_timeout: Duration,
+    pub body_limit: usize,
+    pub auth_rate_per_minute: u32,
+    pub trust_forwarded_for: bool,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl GatewayConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let timeout_ms = config::parse(env, "GATEWAY_BACKEND_TIMEOUT_MS", 5000u64)?;
+        if timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_BACKEND_TIMEOUT_MS",
+                "must be at least 1",
+            ));
+        }
+        let body_limit = config::parse(env, "GATEWAY_BODY_LIMIT_BYTES", 64 * 1024usize)?;
+        if body_limit < 1024 {
+            return Err(ConfigError::new(
+                "GATEWAY_BODY_LIMIT_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        let auth_rate_per_minute = config::parse(env, "GATEWAY_AUTH_RATE_PER_MINUTE", 60u32)?;
+        if auth_rate_per_minute == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_AUTH_RATE_PER_MINUTE",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            addr: config::addr(env, "GATEWAY_ADDR", "0.0.0.0:8080")?,
+            auth_url: ServiceName::Auth.url(env)?,
+            user_url: ServiceName::User.url(env)?,
+            product_url: ServiceName::Product.url(env)?,
+            order_url: ServiceName::Order.url(env)?,
+            payment_url: ServiceName::Payment.url(env)?,
+            notification_url: ServiceName::Notification.url(env)?,
+            backend_timeout: Duration::from_millis(timeout_ms),
+            body_limit,
+            auth_rate_per_minute,
+            trust_forwarded_for: config::boolean(env, "GATEWAY_TRUST_FORWARDED_FOR", false)?,
+            issuer: config::string(env, "JWT_ISSUER", "gocommerce"),
+            audience: config::string(env, "JWT_AUDIENCE", "gocommerce-api"),
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! Per-client rate limiting (GCRA, via governor) for the routes that attract
+//! abuse: the auth routes. Over the limit a client gets 429 with
+//! `Retry-After`. The limit is per gateway replica.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::extract::client_ip;
+use crate::problem::Problem;
+use crate::startup::AppState;
+
+pub type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// A limiter allowing `per_minute` requests a minute per client, in bursts of
+/// up to a tenth of that.
+pub fn limiter(per_minute: u32) -> Arc<KeyedLimiter> {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new((per_minute.get() / 10).max(5)).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::keyed(
+        Quota::per_minute(per_minute).allow_burst(burst),
+    ))
+}
+
+/// Forgets idle clients now and then, so the table does not grow forever.
+pub fn spawn_cleanup(limiter: Arc<KeyedLimiter>, shutdown: gocommerce_platform::Shutdown) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+                () = shutdown.wait() => break,
+            }
+        }
+    });
+}
+
+pub async fn limit_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let ip = client_ip(&parts, state.trust_forwarded_for);
+    if let Err(not_until) = state.auth_limiter.check_key(&ip) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        tracing::info!(client = %ip, "auth rate limit hit");
+        return Problem::too_many_requests(
+            wait.as_secs() + 1,
+            "too many requests from this client, retry later",
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}

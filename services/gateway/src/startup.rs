@@ -1,0 +1,217 @@
+//! Builds the gateway: backend clients, token verifier, rate limiter, the
+//! router with its layers, and the bound listener (port 0 allowed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use gocommerce_platform::grpc::GrpcError;
+use gocommerce_platform::{Readiness, metrics};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::ToSchema;
+
+use crate::authn::TokenVerifier;
+use crate::backend::Backends;
+use crate::config::GatewayConfig;
+use crate::problem;
+use crate::ratelimit::{self, KeyedLimiter};
+use crate::routes::{self, auth};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub backends: Backends,
+    pub verifier: Arc<TokenVerifier>,
+    pub auth_limiter: Arc<KeyedLimiter>,
+    pub trust_forwarded_for: bool,
+    pub readiness: Readiness,
+    openapi: Arc<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    #[error("cannot bind the HTTP listener: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("cannot render the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
+/// The gateway, built and bound, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    router: Router,
+    readiness: Readiness,
+}
+
+impl Application {
+    pub async fn build(config: GatewayConfig, readiness: Readiness) -> Result<Self, StartupError> {
+        let backends = Backends::connect(&config)?;
+        let verifier = Arc::new(TokenVerifier::new(&config.issuer, &config.audience));
+        {
+            // Ready once tokens can be verified: the JWKS has been fetched.
+            let verifier = verifier.clone();
+            let backends = backends.clone();
+            readiness.add_check("auth-jwks", move || {
+                let verifier = verifier.clone();
+                let backends = backends.clone();
+                Box::pin(async move {
+                    if verifier.has_keys() {
+                        return Ok(());
+                    }
+                    verifier
+                        .refresh(&backends)
+                        .await
+                        .map_err(|s| s.message().to_owned())?;
+                    if verifier.has_keys() {
+                        Ok(())
+                    } else {
+                        Err("the auth service published no keys".to_owned())
+                    }
+                })
+            });
+        }
+        let auth_limiter = ratelimit::limiter(config.auth_rate_per_minute);
+        ratelimit::spawn_cleanup(auth_limiter.clone(), readiness.shutdown().clone());
+        let state = AppState {
+            backends,
+            verifier,
+            auth_limiter,
+            trust_forwarded_for: config.trust_forwarded_for,
+            readiness: readiness.clone(),
+            openapi: Arc::new(crate::openapi::document().to_json()?),
+        };
+        let router = router(state, config.body_limit);
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(StartupError::Bind)?;
+        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        tracing::info!(port, "gateway listening");
+        Ok(Self {
+            listener,
+            port,
+            router,
+            readiness,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown signal; in-flight requests finish first.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.readiness.shutdown().clone();
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+    }
+}
+
+fn router(state: AppState, body_limit: usize) -> Router {
+    let auth_routes = Router::new()
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_auth,
+        ));
+    Router::new()
+        .merge(auth_routes)
+        .route("/v1/auth/me", get(auth::me))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .merge(routes::router())
+        .route("/openapi.json", get(openapi_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route_layer(axum::middleware::from_fn(metrics::http_middleware))
+        .fallback(problem::not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// Readiness and the state of each dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessView {
+    pub ready: bool,
+    pub checks: Vec<CheckView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckView {
+    pub name: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Liveness: the process is running.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = HealthView)))]
+pub async fn healthz() -> axum::Json<HealthView> {
+    axum::Json(HealthView {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Readiness: the gateway can serve requests (not shutting down, token keys loaded).
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = ReadinessView),
+        (status = 503, description = "Not ready; the failing checks say why", body = ReadinessView),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let report = state.readiness.evaluate().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let view = ReadinessView {
+        ready: report.ready,
+        checks: report
+            .checks
+            .into_iter()
+            .map(|c| CheckView {
+                name: c.name,
+                ok: c.ok,
+                error: c.error,
+            })
+            .collect(),
+    };
+    (status, axum::Json(view))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_str().to_owned(),
+    )
+}

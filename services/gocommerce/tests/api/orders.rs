@@ -1,0 +1,803 @@
+//! Orders end to end through the REST API: the saga, concurrency, idempotency
+//! keys, recovery after a crash, the state machine, refunds and live status.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_with, test_env};
+
+/// A catalog with one product and a customer with an address.
+struct Shop {
+    admin: String,
+    customer: String,
+    product_id: String,
+    address_id: String,
+}
+
+impl Shop {
+    async fn open(app: &TestApp, stock: i64, price: i64) -> Self {
+        let admin = app.admin_token().await;
+        let category = app
+            .request(Method::POST, "/v1/categories")
+            .bearer_auth(&admin)
+            .json(&json!({"name": "Books", "slug": format!("books-{}", Uuid::new_v4().simple())}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(category.status(), StatusCode::CREATED);
+        let category: Value = category.json().await.expect("json");
+        let product_id = new_product(
+            app,
+            &admin,
+            category["id"].as_str().expect("id"),
+            stock,
+            price,
+        )
+        .await;
+        let (_, tokens) = app.customer().await;
+        let customer = tokens["access_token"].as_str().expect("token").to_owned();
+        let address = app
+            .request(Method::POST, "/v1/users/me/addresses")
+            .bearer_auth(&customer)
+            .json(&json!({"line1": "1 Analytical Row", "city": "London", "postal_code": "N1 9GU", "country": "GB"}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(address.status(), StatusCode::CREATED);
+        let address: Value = address.json().await.expect("json");
+        Self {
+            admin,
+            customer,
+            product_id,
+            address_id: address["id"].as_str().expect("id").to_owned(),
+        }
+    }
+
+    fn order(&self, quantity: i64, method: &str) -> Value {
+        json!({
+            "items": [{"product_id": self.product_id, "quantity": quantity}],
+            "shipping_address_id": self.address_id,
+            "payment_method": method,
+        })
+    }
+}
+
+async fn new_product(
+    app: &TestApp,
+    admin: &str,
+    category_id: &str,
+    stock: i64,
+    price: i64,
+) -> String {
+    let product = app
+        .request(Method::POST, "/v1/products")
+        .bearer_auth(admin)
+        .json(&json!({
+            "sku": format!("SKU-{}", Uuid::new_v4().simple()),
+            "name": "The Analytical Engine",
+            "description": "Notes on a machine that weaves algebra",
+            "price": {"amount": price, "currency": "USD"},
+            "category_id": category_id,
+            "stock": stock,
+        }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(product.status(), StatusCode::CREATED);
+    let product: Value = product.json().await.expect("json");
+    product["id"].as_str().expect("id").to_owned()
+}
+
+async fn place(app: &TestApp, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .request(Method::POST, "/v1/orders")
+        .bearer_auth(token)
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.expect("sent")
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> Value {
+    let response = app.get_with_token(path, token).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.expect("json")
+}
+
+/// Polls until the order is in `status`, for at most five seconds.
+async fn wait_for(app: &TestApp, token: &str, order_id: &str, status: &str) -> Value {
+    for _ in 0..100 {
+        let order = get(app, token, &format!("/v1/orders/{order_id}")).await;
+        if order["status"] == status {
+            return order;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("order {order_id} did not reach {status} within five seconds");
+}
+
+async fn stock(app: &TestApp, shop: &Shop) -> Value {
+    get(
+        app,
+        &shop.admin,
+        &format!("/v1/products/{}/stock", shop.product_id),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_order_paid_with_a_good_card_keeps_a_snapshot_of_its_prices() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1250).await;
+
+    let response = place(&app, &shop.customer, &shop.order(2, "pm_card_ok"), None).await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: Value = response.json().await.expect("json");
+    let paid = wait_for(
+        &app,
+        &shop.customer,
+        order["id"].as_str().expect("id"),
+        "PAID",
+    )
+    .await;
+    assert_eq!(
+        paid["items"][0]["unit_price"],
+        json!({"amount": 1250, "currency": "USD"})
+    );
+    assert_eq!(
+        paid["items"][0]["line_total"],
+        json!({"amount": 2500, "currency": "USD"})
+    );
+    assert_eq!(paid["items"][0]["name"], "The Analytical Engine");
+    assert_eq!(paid["total"], json!({"amount": 2500, "currency": "USD"}));
+    assert_eq!(paid["shipping_address"]["city"], "London");
+    let steps: Vec<&str> = paid["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["to"].as_str().expect("to"))
+        .collect();
+    assert_eq!(steps, vec!["PENDING", "RESERVED", "PAID"]);
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 3, "reserved": 0, "available": 3})
+    );
+    let payment = get(
+        &app,
+        &shop.customer,
+        &format!("/v1/orders/{}/payment", paid["id"].as_str().expect("id")),
+    )
+    .await;
+    assert_eq!(payment["status"], "succeeded");
+    assert_eq!(
+        payment["amount"],
+        json!({"amount": 2500, "currency": "USD"})
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_orders_for_ten_in_stock_pay_exactly_ten() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 10, 500).await;
+    let body = shop.order(1, "pm_card_ok");
+
+    let responses =
+        futures::future::join_all((0..50).map(|_| place(&app, &shop.customer, &body, None))).await;
+
+    let mut placed = Vec::new();
+    for response in responses {
+        match response.status() {
+            StatusCode::CREATED => placed.push(response.json::<Value>().await.expect("json")),
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let mut paid = 0;
+    for order in &placed {
+        let id = order["id"].as_str().expect("id");
+        let settled = loop {
+            let current = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+            if matches!(current["status"].as_str(), Some("PAID" | "CANCELLED")) {
+                break current;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if settled["status"] == "PAID" {
+            paid += 1;
+        }
+    }
+    assert_eq!(paid, 10);
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 0, "reserved": 0, "available": 0})
+    );
+}
+
+#[tokio::test]
+async fn a_declined_card_cancels_the_order_and_restores_the_stock() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 3, 900).await;
+
+    let response = place(
+        &app,
+        &shop.customer,
+        &shop.order(2, "pm_card_declined"),
+        None,
+    )
+    .await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: Value = response.json().await.expect("json");
+    let cancelled = wait_for(
+        &app,
+        &shop.customer,
+        order["id"].as_str().expect("id"),
+        "CANCELLED",
+    )
+    .await;
+    assert!(
+        cancelled["cancel_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("declined")
+    );
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 3, "reserved": 0, "available": 3})
+    );
+}
+
+#[tokio::test]
+async fn ordering_more_than_is_in_stock_is_a_409_that_reserves_nothing() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 2, 900).await;
+
+    let response = place(&app, &shop.customer, &shop.order(3, "pm_card_ok"), None).await;
+
+    assert_problem(response, StatusCode::CONFLICT).await;
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 2, "reserved": 0, "available": 2})
+    );
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_with_one_key_make_one_order_and_one_charge() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 50, 700).await;
+    let body = shop.order(1, "pm_card_ok");
+
+    let responses = futures::future::join_all(
+        (0..20).map(|_| place(&app, &shop.customer, &body, Some("checkout-42"))),
+    )
+    .await;
+
+    let mut ids = std::collections::HashSet::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let order: Value = response.json().await.expect("json");
+        ids.insert(order["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one order for one key");
+    let list = get(&app, &shop.customer, "/v1/orders").await;
+    assert_eq!(list["items"].as_array().expect("items").len(), 1);
+    assert_eq!(
+        stock(&app, &shop).await["on_hand"],
+        49,
+        "charged and shipped from stock once"
+    );
+}
+
+#[tokio::test]
+async fn a_key_reused_with_another_body_is_refused() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 50, 700).await;
+    let first = place(
+        &app,
+        &shop.customer,
+        &shop.order(1, "pm_card_ok"),
+        Some("key-1"),
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+
+    let second = place(
+        &app,
+        &shop.customer,
+        &shop.order(2, "pm_card_ok"),
+        Some("key-1"),
+    )
+    .await;
+
+    let problem = assert_problem(second, StatusCode::CONFLICT).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("Idempotency-Key")
+    );
+}
+
+#[tokio::test]
+async fn invalid_orders_are_refused_and_reserve_nothing() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 700).await;
+    let (_, other) = app.customer().await;
+    let other_address: Value = app
+        .request(Method::POST, "/v1/users/me/addresses")
+        .bearer_auth(other["access_token"].as_str().expect("token"))
+        .json(&json!({"line1": "2 Other St", "city": "Paris", "postal_code": "75001", "country": "FR"}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let cases = [
+        (
+            json!({"items": [], "shipping_address_id": shop.address_id, "payment_method": "pm_card_ok"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (shop.order(0, "pm_card_ok"), StatusCode::BAD_REQUEST),
+        (shop.order(-1, "pm_card_ok"), StatusCode::BAD_REQUEST),
+        (shop.order(1, "pm_card_bitcoin"), StatusCode::BAD_REQUEST),
+        (
+            json!({"items": [{"product_id": Uuid::new_v4(), "quantity": 1}], "shipping_address_id": shop.address_id, "payment_method": "pm_card_ok"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"items": [{"product_id": shop.product_id, "quantity": 1}], "shipping_address_id": other_address["id"], "payment_method": "pm_card_ok"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (body, status) in cases {
+        let response = place(&app, &shop.customer, &body, None).await;
+
+        assert_problem(response, status).await;
+    }
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 5, "reserved": 0, "available": 5})
+    );
+    let list = get(&app, &shop.customer, "/v1/orders").await;
+    assert!(
+        list["items"].as_array().expect("items").is_empty(),
+        "nothing was recorded"
+    );
+}
+
+#[tokio::test]
+async fn an_archived_product_cannot_be_ordered() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 700).await;
+    let archived = app
+        .request(Method::DELETE, &format!("/v1/products/{}", shop.product_id))
+        .bearer_auth(&shop.admin)
+        .send()
+        .await
+        .expect("sent");
+    assert!(archived.status().is_success());
+
+    let response = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None).await;
+
+    assert_problem(response, StatusCode::CONFLICT).await;
+}
+
+#[tokio::test]
+async fn another_customers_order_is_not_found() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 700).await;
+    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let (_, stranger) = app.customer().await;
+    let stranger = stranger["access_token"].as_str().expect("token");
+    let id = order["id"].as_str().expect("id");
+
+    for path in [
+        format!("/v1/orders/{id}"),
+        format!("/v1/orders/{id}/payment"),
+        format!("/v1/orders/{id}/events"),
+    ] {
+        let response = app.get_with_token(&path, stranger).await;
+
+        assert_problem(response, StatusCode::NOT_FOUND).await;
+    }
+    let cancel = app
+        .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+        .bearer_auth(stranger)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(cancel, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
+async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_total() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = order["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &shop.customer, &id, "PAID").await;
+    let post = |path: String, body: Value| {
+        let app = &app;
+        let admin = shop.admin.clone();
+        async move {
+            app.request(Method::POST, &path)
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+
+    let shipped = post(
+        format!("/v1/orders/{id}/ship"),
+        json!({"carrier": "UPS", "tracking_number": "1Z999"}),
+    )
+    .await;
+    let delivered = app
+        .request(Method::POST, &format!("/v1/orders/{id}/deliver"))
+        .bearer_auth(&shop.admin)
+        .send()
+        .await
+        .expect("sent");
+    let partial = post(
+        format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 600, "reason": "scratched cover"}),
+    )
+    .await;
+    let too_much = post(
+        format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 500, "reason": "again"}),
+    )
+    .await;
+    let rest = post(
+        format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 400, "reason": "returned"}),
+    )
+    .await;
+
+    assert_eq!(shipped.status(), StatusCode::OK);
+    assert_eq!(delivered.status(), StatusCode::OK);
+    assert_eq!(partial.status(), StatusCode::ACCEPTED);
+    let refund: Value = partial.json().await.expect("json");
+    assert_eq!(refund["amount"], json!({"amount": 600, "currency": "USD"}));
+    assert_eq!(refund["status"], "pending");
+    assert_problem(too_much, StatusCode::CONFLICT).await;
+    assert_eq!(rest.status(), StatusCode::ACCEPTED);
+    let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(order["status"], "REFUNDED");
+    let steps: Vec<&str> = order["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["to"].as_str().expect("to"))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            "PENDING",
+            "RESERVED",
+            "PAID",
+            "SHIPPED",
+            "DELIVERED",
+            "PARTIALLY_REFUNDED",
+            "REFUNDED"
+        ]
+    );
+    for _ in 0..100 {
+        let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+        if payment["status"] == "refunded" {
+            assert_eq!(
+                payment["refunded_amount"],
+                json!({"amount": 1000, "currency": "USD"})
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the refunds were never processed");
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = order["id"].as_str().expect("id").to_owned();
+    wait_for(&app, &shop.customer, &id, "PAID").await;
+    let admin_post = |path: String, body: Option<Value>| {
+        let app = &app;
+        let admin = shop.admin.clone();
+        async move {
+            let mut request = app.request(Method::POST, &path).bearer_auth(admin);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            request.send().await.expect("sent")
+        }
+    };
+
+    // PAID: not yet shipped, so it cannot be delivered.
+    assert_problem(
+        admin_post(format!("/v1/orders/{id}/deliver"), None).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let cancelled = app
+        .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+        .bearer_auth(&shop.customer)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    wait_for(&app, &shop.customer, &id, "CANCELLED").await;
+    let before = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+
+    // CANCELLED is the end: nothing else may happen to it.
+    assert_problem(
+        admin_post(
+            format!("/v1/orders/{id}/ship"),
+            Some(json!({"carrier": "UPS", "tracking_number": "1"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_problem(
+        admin_post(format!("/v1/orders/{id}/deliver"), None).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert_problem(
+        admin_post(
+            format!("/v1/orders/{id}/refunds"),
+            Some(json!({"amount": 1, "reason": "x"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let again = app
+        .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+        .bearer_auth(&shop.customer)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(again, StatusCode::CONFLICT).await;
+
+    let after = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(before["history"], after["history"]);
+    assert_eq!(
+        after["refunded_amount"],
+        json!({"amount": 1000, "currency": "USD"}),
+        "cancelling a paid order refunds it"
+    );
+}
+
+#[tokio::test]
+async fn customers_cannot_ship_deliver_or_refund() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = order["id"].as_str().expect("id");
+
+    for (path, body) in [
+        (
+            format!("/v1/orders/{id}/ship"),
+            json!({"carrier": "UPS", "tracking_number": "1"}),
+        ),
+        (
+            format!("/v1/orders/{id}/refunds"),
+            json!({"amount": 1, "reason": "x"}),
+        ),
+    ] {
+        let response = app
+            .request(Method::POST, &path)
+            .bearer_auth(&shop.customer)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_problem(response, StatusCode::FORBIDDEN).await;
+    }
+    let admin_list = app
+        .get_with_token("/v1/admin/orders?status=PAID", &shop.customer)
+        .await;
+    assert_problem(admin_list, StatusCode::FORBIDDEN).await;
+}
+
+#[tokio::test]
+async fn order_lists_are_newest_first_and_paginated() {
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 20, 100).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+            .await
+            .json()
+            .await
+            .expect("json");
+        ids.push(order["id"].as_str().expect("id").to_owned());
+    }
+    ids.reverse();
+
+    let first = get(&app, &shop.customer, "/v1/orders?page_size=3").await;
+    let token = first["next_page_token"].as_str().expect("a next page");
+    let second = get(
+        &app,
+        &shop.customer,
+        &format!("/v1/orders?page_size=3&page_token={token}"),
+    )
+    .await;
+    let admin = get(
+        &app,
+        &shop.admin,
+        "/v1/admin/orders?status=PAID&page_size=100",
+    )
+    .await;
+
+    let listed: Vec<String> = first["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .chain(second["items"].as_array().expect("items"))
+        .map(|o| o["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(listed, ids);
+    assert!(second["next_page_token"].is_null());
+    assert_eq!(admin["items"].as_array().expect("items").len(), 5);
+    let bad = app
+        .get_with_token("/v1/orders?page_size=101", &shop.customer)
+        .await;
+    assert_problem(bad, StatusCode::BAD_REQUEST).await;
+    let garbage = app
+        .get_with_token("/v1/orders?page_token=nonsense", &shop.customer)
+        .await;
+    assert_problem(garbage, StatusCode::BAD_REQUEST).await;
+}
+
+#[tokio::test]
+async fn order_events_stream_status_changes_until_the_end() {
+    let mut env = test_env();
+    env.insert("ORDER_RECOVERY_INTERVAL_MS".to_owned(), "100".to_owned());
+    env.insert("ORDER_STEP_TIMEOUT_MS".to_owned(), "300".to_owned());
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    // A slow card: the placement answers before the payment does.
+    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_slow"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = order["id"].as_str().expect("id");
+    assert_ne!(order["status"], "PAID");
+
+    let response = app
+        .get_with_token(&format!("/v1/orders/{id}/events"), &shop.customer)
+        .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut response = response;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("\"status\":\"PAID\"") {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("PAID arrives within ten seconds")
+            .expect("chunk")
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    assert!(text.starts_with("event: status"), "{text}");
+    assert!(
+        text.contains("\"status\":\"RESERVED\""),
+        "the first event is the current status: {text}"
+    );
+    let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+    assert_eq!(
+        payment["status"], "succeeded",
+        "charged once, not cancelled"
+    );
+}
+
+#[tokio::test]
+async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
+    let mut env = test_env();
+    env.insert("ORDER_RECOVERY_INTERVAL_MS".to_owned(), "100".to_owned());
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let me: Value = get(&app, &shop.customer, "/v1/auth/me").await;
+    let order_db = sqlx::PgPool::connect(&app.env["ORDER_DATABASE_URL"])
+        .await
+        .expect("order database");
+    // What a process that died right after recording the orders leaves: one
+    // PENDING (nothing reserved yet), one RESERVED whose charge was under way.
+    let stranded = [Uuid::new_v4(), Uuid::new_v4()];
+    let mut reserve = Vec::new();
+    for (index, id) in stranded.iter().enumerate() {
+        let status = if index == 0 { "PENDING" } else { "RESERVED" };
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, currency, total, shipping_address, shipping_address_id, \
+             payment_method, charge_started, next_attempt_at) VALUES ($1, $2, $3, 'USD', 1000, '{}', $4, 'pm_card_ok', \
+             $5, now() - interval '1 second')",
+        )
+        .bind(id)
+        .bind(Uuid::parse_str(me["id"].as_str().expect("id")).expect("uuid"))
+        .bind(status)
+        .bind(Uuid::parse_str(&shop.address_id).expect("uuid"))
+        .bind(index == 1)
+        .execute(&order_db)
+        .await
+        .expect("insert order");
+        sqlx::query(
+            "INSERT INTO order_items (order_id, position, product_id, sku, name, unit_price, quantity, line_total) \
+             VALUES ($1, 0, $2, 'SKU', 'The Analytical Engine', 1000, 1, 1000)",
+        )
+        .bind(id)
+        .bind(Uuid::parse_str(&shop.product_id).expect("uuid"))
+        .execute(&order_db)
+        .await
+        .expect("insert item");
+        sqlx::query("INSERT INTO order_history (order_id, to_status, actor, reason) VALUES ($1, 'PENDING', 'test', 'placed')")
+            .bind(id)
+            .execute(&order_db)
+            .await
+            .expect("history");
+        if index == 1 {
+            reserve.push(*id);
+        }
+    }
+    // The RESERVED one really holds its stock, as it would have.
+    let url = format!(
+        "http://127.0.0.1:{}",
+        app.running.as_ref().expect("running").ports
+            [&gocommerce_platform::config::ServiceName::Product]
+    );
+    let mut product =
+        gocommerce_proto::product::v1::product_service_client::ProductServiceClient::connect(url)
+            .await
+            .expect("product service");
+    for id in reserve {
+        product
+            .reserve_stock(gocommerce_proto::product::v1::ReserveStockRequest {
+                order_id: id.to_string(),
+                items: vec![gocommerce_proto::product::v1::ReservationItem {
+                    product_id: shop.product_id.clone(),
+                    quantity: 1,
+                }],
+            })
+            .await
+            .expect("reserved");
+    }
+
+    for id in stranded {
+        wait_for(&app, &shop.customer, &id.to_string(), "PAID").await;
+    }
+
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 3, "reserved": 0, "available": 3})
+    );
+}

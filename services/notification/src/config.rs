@@ -1,0 +1,64 @@
+//! The notification service's settings, read from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
+
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    pub grpc_addr: SocketAddr,
+    pub database_url: String,
+    pub common: config::CommonConfig,
+    pub user_url: String,
+    /// `smtp://host:port`; none: email is recorded as skipped.
+    pub smtp_url: Option<String>,
+    pub smtp_from: String,
+    pub sms_webhook_url: Option<String>,
+    pub push_webhook_url: Option<String>,
+    /// Deliveries of one event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The retry tiers' delays.
+    pub retry_delays: Vec<Duration>,
+}
+
+fn url(env: &dyn Env, name: &str, schemes: &[&str]) -> Result<Option<String>, ConfigError> {
+    match env.var(name) {
+        None => Ok(None),
+        Some(url) if schemes.iter().any(|s| url.starts_with(&format!("{s}://"))) => Ok(Some(url)),
+        Some(url) => Err(ConfigError::new(
+            name,
+            format!("expected a {} URL, got {url:?}", schemes.join(" or ")),
+        )),
+    }
+}
+
+impl NotificationConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let max_attempts = config::parse(env, "NOTIFICATION_MAX_ATTEMPTS", 4u32)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::new("NOTIFICATION_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        let raw_delays = config::string(env, "NOTIFICATION_RETRY_DELAYS_MS", "1000,10000,60000");
+        let retry_delays = raw_delays
+            .split(',')
+            .map(|d| d.trim().parse::<u64>().map(Duration::from_millis))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::new("NOTIFICATION_RETRY_DELAYS_MS", format!("{e} in {raw_delays:?}")))?;
+        if retry_delays.is_empty() {
+            return Err(ConfigError::new("NOTIFICATION_RETRY_DELAYS_MS", "needs at least one delay"));
+        }
+        Ok(Self {
+            grpc_addr: ServiceName::Notification.grpc_addr(env)?,
+            database_url: ServiceName::Notification.database_url(env)?,
+            common: config::CommonConfig::from_env(env)?,
+            user_url: ServiceName::User.url(env)?,
+            smtp_url: url(env, "SMTP_URL", &["smtp"])?,
+            smtp_from: config::string(env, "SMTP_FROM", "GoCommerce <no-reply@gocommerce.local>"),
+            sms_webhook_url: url(env, "SMS_WEBHOOK_URL", &["http", "https"])?,
+            push_webhook_url: url(env, "PUSH_WEBHOOK_URL", &["http", "https"])?,
+            max_attempts,
+            retry_delays,
+        })
+    }
+}

@@ -1,0 +1,232 @@
+//! Handling one event: skip it if the inbox has it; otherwise find the
+//! recipient, record one notification per channel (skipped where the
+//! channel is off or not configured), send the unsent ones, and mark the
+//! event handled once nothing is left to send. A send that fails makes the
+//! whole event retry later; what was sent is never sent again.
+
+use std::time::Duration;
+
+use gocommerce_platform::broker::{HandlerError, Incoming, QueueSpec};
+use gocommerce_platform::events;
+use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
+use gocommerce_proto::user::v1::{GetContactRequest, GetContactResponse};
+use sqlx::PgPool;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::channels::Channels;
+use crate::db::{self, NewNotification};
+use crate::templates::{self, Rendered};
+
+pub type UserClient = UserServiceClient<tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    gocommerce_platform::grpc::TraceContext,
+>>;
+
+/// The events that may notify someone.
+pub const EVENTS: [&str; 9] = [
+    "user.registered",
+    "order.created",
+    "order.paid",
+    "order.cancelled",
+    "order.shipped",
+    "order.delivered",
+    "payment.succeeded",
+    "payment.failed",
+    "payment.refunded",
+];
+
+pub fn queue(max_attempts: u32, retry_delays: Vec<Duration>) -> QueueSpec {
+    QueueSpec {
+        name: "notification.events".to_owned(),
+        bindings: EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        retry_delays,
+        max_attempts,
+        prefetch: 16,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Handler {
+    pub pool: PgPool,
+    pub user: UserClient,
+    pub channels: Channels,
+    pub max_attempts: u32,
+}
+
+impl Handler {
+    pub async fn handle(&self, message: Incoming) -> Result<(), HandlerError> {
+        let envelope = events::decode(&message.payload)
+            .map_err(|e| HandlerError::Reject(format!("not an event envelope: {e}")))?;
+        let event_id = Uuid::parse_str(&envelope.id)
+            .map_err(|_| HandlerError::Reject("the event id is not a UUID".to_owned()))?;
+        let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
+        let mut conn = self.pool.acquire().await.map_err(retry)?;
+        if db::is_processed(&mut conn, event_id).await.map_err(retry)? {
+            tracing::info!(event_id = %event_id, "event already handled, ignoring the redelivery");
+            return Ok(());
+        }
+        drop(conn);
+        let Some(rendered) = templates::render(&envelope) else {
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            db::mark_processed(&mut conn, event_id, &envelope.event_type).await.map_err(retry)?;
+            return Ok(());
+        };
+        let contact = self.contact(rendered.user_id).await?;
+        self.record(event_id, &envelope.event_type, &rendered, contact.as_ref()).await.map_err(retry)?;
+        let last_attempt = message.attempt >= self.max_attempts;
+        let failures = self.send_unsent(event_id, last_attempt).await?;
+        if failures.is_empty() {
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            db::mark_processed(&mut conn, event_id, &envelope.event_type).await.map_err(retry)?;
+            Ok(())
+        } else {
+            Err(HandlerError::Retry(failures.join("; ")))
+        }
+    }
+
+    /// The recipient's contact, or None when the user no longer exists.
+    async fn contact(&self, user_id: Uuid) -> Result<Option<GetContactResponse>, HandlerError> {
+        let mut request = tonic::Request::new(GetContactRequest {
+            user_id: user_id.to_string(),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        match self.user.clone().get_contact(request).await {
+            Ok(response) => Ok(Some(response.into_inner())),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(HandlerError::Retry(format!("user service: {}", status.message()))),
+        }
+    }
+
+    async fn record(
+        &self,
+        event_id: Uuid,
+        event_type: &str,
+        rendered: &Rendered,
+        contact: Option<&GetContactResponse>,
+    ) -> Result<(), sqlx::Error> {
+        let channels = contact
+            .and_then(|c| c.preferences.as_ref())
+            .and_then(|p| p.channels.clone())
+            .unwrap_or_default();
+        let email = contact.map(|c| c.email.as_str()).unwrap_or_default();
+        let phone = contact.map(|c| c.phone.as_str()).unwrap_or_default();
+        let user = rendered.user_id.to_string();
+        let mut tx = self.pool.begin().await?;
+        if let Some(message) = &rendered.email {
+            let skip = skip_reason(contact.is_some(), channels.email, self.channels.has_email(), email, "email", "SMTP_URL");
+            let new = NewNotification {
+                event_id,
+                event_type,
+                user_id: rendered.user_id,
+                channel: "email",
+                status: if skip.is_some() { "skipped" } else { "pending" },
+                recipient: email,
+                subject: Some(&message.subject),
+                body: &message.body,
+                last_error: skip.as_deref(),
+            };
+            db::insert(&mut tx, &new).await?;
+        }
+        if let Some(text) = &rendered.sms {
+            let skip = skip_reason(contact.is_some(), channels.sms, self.channels.has_sms(), phone, "phone number", "SMS_WEBHOOK_URL");
+            let new = NewNotification {
+                event_id,
+                event_type,
+                user_id: rendered.user_id,
+                channel: "sms",
+                status: if skip.is_some() { "skipped" } else { "pending" },
+                recipient: phone,
+                subject: None,
+                body: text,
+                last_error: skip.as_deref(),
+            };
+            db::insert(&mut tx, &new).await?;
+        }
+        if let Some(push) = &rendered.push {
+            let skip = skip_reason(contact.is_some(), channels.push, self.channels.has_push(), &user, "user", "PUSH_WEBHOOK_URL");
+            let new = NewNotification {
+                event_id,
+                event_type,
+                user_id: rendered.user_id,
+                channel: "push",
+                status: if skip.is_some() { "skipped" } else { "pending" },
+                recipient: &user,
+                subject: Some(&push.title),
+                body: &push.body,
+                last_error: skip.as_deref(),
+            };
+            db::insert(&mut tx, &new).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Sends what is unsent; returns the failures.
+    async fn send_unsent(&self, event_id: Uuid, last_attempt: bool) -> Result<Vec<String>, HandlerError> {
+        let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
+        let mut conn = self.pool.acquire().await.map_err(retry)?;
+        let unsent = db::unsent(&mut conn, event_id).await.map_err(retry)?;
+        drop(conn);
+        let mut failures = Vec::new();
+        for notification in unsent {
+            let sent = match notification.channel.as_str() {
+                "email" => {
+                    self.channels
+                        .send_email(
+                            &notification.recipient,
+                            notification.subject.as_deref().unwrap_or_default(),
+                            &notification.body,
+                        )
+                        .await
+                }
+                "sms" => self.channels.send_sms(&notification.recipient, &notification.body).await,
+                _ => {
+                    self.channels
+                        .send_push(
+                            notification.user_id,
+                            notification.subject.as_deref().unwrap_or_default(),
+                            &notification.body,
+                        )
+                        .await
+                }
+            };
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            match sent {
+                Ok(()) => {
+                    db::mark_sent(&mut conn, notification.id).await.map_err(retry)?;
+                    tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    db::mark_failed(&mut conn, notification.id, &error, last_attempt)
+                        .await
+                        .map_err(retry)?;
+                    failures.push(format!("{}: {error}", notification.channel));
+                }
+            }
+        }
+        Ok(failures)
+    }
+}
+
+/// Why a channel is skipped, if it is.
+fn skip_reason(
+    user_exists: bool,
+    wanted: bool,
+    configured: bool,
+    recipient: &str,
+    what: &str,
+    variable: &str,
+) -> Option<String> {
+    if !user_exists {
+        Some("the user no longer exists".to_owned())
+    } else if !wanted {
+        Some("turned off in the user's preferences".to_owned())
+    } else if !configured {
+        Some(format!("channel not configured ({variable} is unset)"))
+    } else if recipient.is_empty() {
+        Some(format!("the user has no {what}"))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,142 @@
+//! Every query of the notification service.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NotificationRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub user_id: Uuid,
+    pub channel: String,
+    pub status: String,
+    pub recipient: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, event_id, event_type, user_id, channel, status, recipient, subject, body, \
+     attempts, last_error, created_at, updated_at, sent_at";
+
+pub struct NewNotification<'a> {
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub user_id: Uuid,
+    pub channel: &'a str,
+    /// `pending`, or `skipped` with the reason in `last_error`.
+    pub status: &'a str,
+    pub recipient: &'a str,
+    pub subject: Option<&'a str>,
+    pub body: &'a str,
+    pub last_error: Option<&'a str>,
+}
+
+#[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
+pub async fn is_processed(conn: &mut PgConnection, event_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)")
+        .bind(event_id)
+        .fetch_one(conn)
+        .await
+}
+
+#[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
+pub async fn mark_processed(conn: &mut PgConnection, event_id: Uuid, event_type: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING")
+        .bind(event_id)
+        .bind(event_type)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a notification once: a redelivered event finds it already there.
+#[tracing::instrument(skip_all, fields(event_id = %new.event_id, channel = new.channel), err)]
+pub async fn insert(conn: &mut PgConnection, new: &NewNotification<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notifications (id, event_id, event_type, user_id, channel, status, recipient, subject, body, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id, channel) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(new.event_id)
+    .bind(new.event_type)
+    .bind(new.user_id)
+    .bind(new.channel)
+    .bind(new.status)
+    .bind(new.recipient)
+    .bind(new.subject)
+    .bind(new.body)
+    .bind(new.last_error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The event's notifications still to send (never the sent or skipped ones).
+#[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
+pub async fn unsent(conn: &mut PgConnection, event_id: Uuid) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE event_id = $1 \
+         AND status IN ('pending', 'failed', 'dead_lettered') ORDER BY channel"
+    ))
+    .bind(event_id)
+    .fetch_all(conn)
+    .await
+}
+
+#[tracing::instrument(skip_all, fields(notification_id = %id), err)]
+pub async fn mark_sent(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'sent', attempts = attempts + 1, last_error = NULL, \
+         sent_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt; `dead` when no attempt is left.
+#[tracing::instrument(skip_all, fields(notification_id = %id), err)]
+pub async fn mark_failed(conn: &mut PgConnection, id: Uuid, error: &str, dead: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $2, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(if dead { "dead_lettered" } else { "failed" })
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A page, newest first, after the keyset position `after`.
+#[tracing::instrument(skip_all, err)]
+pub async fn list(
+    conn: &mut PgConnection,
+    user_id: Option<Uuid>,
+    status: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE ($1::uuid IS NULL OR user_id = $1) \
+           AND ($2::text IS NULL OR status = $2) \
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(user_id)
+    .bind(status)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,156 @@
+//! The `NotificationService` gRPC handlers.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use gocommerce_platform::Caller;
+use gocommerce_platform::broker::{self, Broker, QueueSpec};
+use gocommerce_proto::notification::v1 as pb;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::db::{self, NotificationRow};
+use crate::error::NotificationError;
+
+const DEFAULT_PAGE_SIZE: u32 = 20;
+const MAX_PAGE_SIZE: u32 = 100;
+const MAX_REPLAY: u32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct NotificationService {
+    pub pool: PgPool,
+    pub broker: Broker,
+    pub queue: QueueSpec,
+}
+
+fn invalid(message: impl Into<String>) -> NotificationError {
+    NotificationError::InvalidArgument(message.into())
+}
+
+fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    })
+}
+
+fn status_name(status: pb::NotificationStatus) -> Option<&'static str> {
+    Some(match status {
+        pb::NotificationStatus::Unspecified => return None,
+        pb::NotificationStatus::Pending => "pending",
+        pb::NotificationStatus::Sent => "sent",
+        pb::NotificationStatus::Failed => "failed",
+        pb::NotificationStatus::DeadLettered => "dead_lettered",
+        pb::NotificationStatus::Skipped => "skipped",
+    })
+}
+
+fn to_proto(row: &NotificationRow) -> pb::Notification {
+    let channel = match row.channel.as_str() {
+        "email" => pb::NotificationChannel::Email,
+        "sms" => pb::NotificationChannel::Sms,
+        _ => pb::NotificationChannel::Push,
+    };
+    let status = match row.status.as_str() {
+        "sent" => pb::NotificationStatus::Sent,
+        "failed" => pb::NotificationStatus::Failed,
+        "dead_lettered" => pb::NotificationStatus::DeadLettered,
+        "skipped" => pb::NotificationStatus::Skipped,
+        _ => pb::NotificationStatus::Pending,
+    };
+    pb::Notification {
+        id: row.id.to_string(),
+        user_id: row.user_id.to_string(),
+        channel: channel as i32,
+        event_type: row.event_type.clone(),
+        event_id: row.event_id.to_string(),
+        status: status as i32,
+        recipient: row.recipient.clone(),
+        subject: row.subject.clone().unwrap_or_default(),
+        attempts: u32::try_from(row.attempts).unwrap_or(0),
+        last_error: row.last_error.clone().unwrap_or_default(),
+        created_at: timestamp(row.created_at),
+        sent_at: row.sent_at.and_then(timestamp),
+        updated_at: timestamp(row.updated_at),
+    }
+}
+
+fn page_token(row: &NotificationRow) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.created_at.timestamp_micros(), row.id))
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, NotificationError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("page_token: malformed; pass back the next_page_token of a previous page");
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+}
+
+#[tonic::async_trait]
+impl pb::notification_service_server::NotificationService for NotificationService {
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let user_id = match request.user_id.as_str() {
+            "" if caller.is_admin() => None,
+            "" => Some(caller.user_id),
+            raw => {
+                let id = Uuid::parse_str(raw).map_err(|_| invalid("user_id: must be a UUID"))?;
+                if !caller.may_access(id) {
+                    return Err(NotificationError::PermissionDenied(
+                        "customers may list only their own notifications".to_owned(),
+                    )
+                    .into());
+                }
+                Some(id)
+            }
+        };
+        let status = pb::NotificationStatus::try_from(request.status)
+            .map_err(|_| invalid("status: unknown status"))?;
+        let page = request.page.unwrap_or_default();
+        let size = match page.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size > MAX_PAGE_SIZE => return Err(invalid(format!("page_size: at most {MAX_PAGE_SIZE}")).into()),
+            size => size,
+        };
+        let after = parse_page_token(&page.page_token)?;
+        let mut conn = self.pool.acquire().await.map_err(NotificationError::from)?;
+        let mut rows = db::list(&mut conn, user_id, status_name(status), after, i64::from(size) + 1)
+            .await
+            .map_err(NotificationError::from)?;
+        let next_page_token = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListNotificationsResponse {
+            items: rows.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        Caller::from_metadata(request.metadata())?.require_admin()?;
+        let limit = match request.get_ref().limit {
+            0 => MAX_REPLAY,
+            limit => limit.min(MAX_REPLAY),
+        };
+        let replayed = broker::replay_dead_letters(&self.broker, &self.queue, limit)
+            .await
+            .map_err(NotificationError::from)?;
+        tracing::info!(replayed, "dead letters replayed");
+        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+}

@@ -1,0 +1,258 @@
+//! What each event says on each channel. An event a customer need not hear
+//! about (order.created, payment.succeeded, payment.failed: the order's own
+//! paid or cancelled event says it better) renders nothing.
+
+use gocommerce_proto::common::v1::Money;
+use gocommerce_proto::events::v1::event_envelope::Payload;
+use gocommerce_proto::events::v1::{EventEnvelope, OrderLine};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    pub subject: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub title: String,
+    pub body: String,
+}
+
+/// An event's messages for one user, per channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub user_id: Uuid,
+    pub email: Option<Email>,
+    pub sms: Option<String>,
+    pub push: Option<Push>,
+}
+
+/// `USD 25.99`: minor units in the currency's own exponent.
+pub fn format_money(money: Option<&Money>) -> String {
+    let Some(money) = money else {
+        return String::new();
+    };
+    let exponent = match money.currency.as_str() {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "VND"
+        | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    };
+    if exponent == 0 {
+        return format!("{} {}", money.currency, money.amount);
+    }
+    let scale = 10_i64.pow(exponent);
+    let sign = if money.amount < 0 { "-" } else { "" };
+    let amount = money.amount.unsigned_abs();
+    let scale = scale.unsigned_abs();
+    format!(
+        "{} {sign}{}.{:0width$}",
+        money.currency,
+        amount / scale,
+        amount % scale,
+        width = exponent as usize
+    )
+}
+
+fn lines(items: &[OrderLine]) -> String {
+    items
+        .iter()
+        .map(|i| {
+            format!(
+                "  {} x {} at {} = {}",
+                i.quantity,
+                i.name,
+                format_money(i.unit_price.as_ref()),
+                format_money(i.line_total.as_ref())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn user(raw: &str) -> Option<Uuid> {
+    Uuid::parse_str(raw).ok()
+}
+
+/// The messages for an event, or None when it notifies nobody.
+pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
+    match envelope.payload.as_ref()? {
+        Payload::UserRegistered(e) => Some(Rendered {
+            user_id: user(&e.user_id)?,
+            email: Some(Email {
+                subject: format!("Welcome to GoCommerce, {}", e.name),
+                body: format!(
+                    "Hello {},\n\nyour GoCommerce account {} is ready.\n\nHappy shopping!\n",
+                    e.name, e.email
+                ),
+            }),
+            sms: None,
+            push: None,
+        }),
+        Payload::OrderPaid(e) => {
+            let total = format_money(e.total.as_ref());
+            Some(Rendered {
+                user_id: user(&e.user_id)?,
+                email: Some(Email {
+                    subject: format!("Order {} confirmed", e.order_id),
+                    body: format!(
+                        "Thank you for your order {}.\n\n{}\n\nTotal: {total}\n\nWe will tell you when it ships.\n",
+                        e.order_id,
+                        lines(&e.items)
+                    ),
+                }),
+                sms: Some(format!("GoCommerce: order {} confirmed, total {total}.", e.order_id)),
+                push: Some(Push {
+                    title: "Order confirmed".to_owned(),
+                    body: format!("Order {} is paid: {total}.", e.order_id),
+                }),
+            })
+        }
+        Payload::OrderCancelled(e) => {
+            let refund = e
+                .refund_amount
+                .as_ref()
+                .filter(|m| m.amount > 0)
+                .map(|m| format!("\n\nA refund of {} is on its way.", format_money(Some(m))))
+                .unwrap_or_default();
+            Some(Rendered {
+                user_id: user(&e.user_id)?,
+                email: Some(Email {
+                    subject: format!("Order {} cancelled", e.order_id),
+                    body: format!(
+                        "Your order {} was cancelled: {}.\n\n{}\n\nTotal: {}{refund}\n",
+                        e.order_id,
+                        e.reason,
+                        lines(&e.items),
+                        format_money(e.total.as_ref())
+                    ),
+                }),
+                sms: Some(format!("GoCommerce: order {} was cancelled ({}).", e.order_id, e.reason)),
+                push: Some(Push {
+                    title: "Order cancelled".to_owned(),
+                    body: format!("Order {} was cancelled: {}.", e.order_id, e.reason),
+                }),
+            })
+        }
+        Payload::OrderShipped(e) => Some(Rendered {
+            user_id: user(&e.user_id)?,
+            email: Some(Email {
+                subject: format!("Order {} shipped", e.order_id),
+                body: format!(
+                    "Your order {} is on its way with {} (tracking number {}).\n\n{}\n",
+                    e.order_id,
+                    e.carrier,
+                    e.tracking_number,
+                    lines(&e.items)
+                ),
+            }),
+            sms: Some(format!(
+                "GoCommerce: order {} shipped with {}, tracking {}.",
+                e.order_id, e.carrier, e.tracking_number
+            )),
+            push: Some(Push {
+                title: "Order shipped".to_owned(),
+                body: format!("Order {} shipped with {}.", e.order_id, e.carrier),
+            }),
+        }),
+        Payload::OrderDelivered(e) => Some(Rendered {
+            user_id: user(&e.user_id)?,
+            email: Some(Email {
+                subject: format!("Order {} delivered", e.order_id),
+                body: format!("Your order {} was delivered. Enjoy!\n\n{}\n", e.order_id, lines(&e.items)),
+            }),
+            sms: None,
+            push: Some(Push {
+                title: "Order delivered".to_owned(),
+                body: format!("Order {} was delivered.", e.order_id),
+            }),
+        }),
+        Payload::PaymentRefunded(e) => {
+            let amount = format_money(e.amount.as_ref());
+            Some(Rendered {
+                user_id: user(&e.user_id)?,
+                email: Some(Email {
+                    subject: format!("Refund of {amount} for order {}", e.order_id),
+                    body: format!(
+                        "We refunded {amount} for order {} ({}). Refunded so far: {}.\n",
+                        e.order_id,
+                        e.reason,
+                        format_money(e.refunded_total.as_ref())
+                    ),
+                }),
+                sms: Some(format!("GoCommerce: {amount} refunded for order {}.", e.order_id)),
+                push: None,
+            })
+        }
+        Payload::OrderCreated(_) | Payload::PaymentSucceeded(_) | Payload::PaymentFailed(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gocommerce_proto::events::v1::OrderPaid;
+
+    fn usd(amount: i64) -> Option<Money> {
+        Some(Money {
+            amount,
+            currency: "USD".to_owned(),
+        })
+    }
+
+    #[test]
+    fn money_is_written_in_the_currencys_own_units() {
+        assert_eq!(format_money(usd(2599).as_ref()), "USD 25.99");
+        assert_eq!(format_money(usd(5).as_ref()), "USD 0.05");
+        let yen = Money {
+            amount: 1200,
+            currency: "JPY".to_owned(),
+        };
+        assert_eq!(format_money(Some(&yen)), "JPY 1200");
+        let dinar = Money {
+            amount: 1500,
+            currency: "KWD".to_owned(),
+        };
+        assert_eq!(format_money(Some(&dinar)), "KWD 1.500");
+    }
+
+    #[test]
+    fn the_order_confirmation_names_the_order_its_items_and_total() {
+        let order_id = Uuid::new_v4().to_string();
+        let envelope = EventEnvelope {
+            payload: Some(Payload::OrderPaid(OrderPaid {
+                order_id: order_id.clone(),
+                user_id: Uuid::new_v4().to_string(),
+                items: vec![OrderLine {
+                    name: "Difference Engine".to_owned(),
+                    quantity: 2,
+                    unit_price: usd(1000),
+                    line_total: usd(2000),
+                    ..OrderLine::default()
+                }],
+                total: usd(2000),
+                ..OrderPaid::default()
+            })),
+            ..EventEnvelope::default()
+        };
+
+        let rendered = render(&envelope).expect("order.paid notifies");
+
+        let email = rendered.email.expect("an email");
+        assert!(email.subject.contains(&order_id));
+        assert!(email.body.contains("2 x Difference Engine at USD 10.00 = USD 20.00"));
+        assert!(email.body.contains("Total: USD 20.00"));
+        assert!(rendered.sms.expect("an sms").contains(&order_id));
+        assert!(rendered.push.is_some());
+    }
+
+    #[test]
+    fn events_a_customer_need_not_hear_about_render_nothing() {
+        let envelope = EventEnvelope {
+            payload: Some(Payload::PaymentSucceeded(Default::default())),
+            ..EventEnvelope::default()
+        };
+        assert_eq!(render(&envelope), None);
+    }
+}

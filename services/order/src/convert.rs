@@ -1,0 +1,188 @@
+//! Rows to protobuf, the address snapshot, and the events an order emits.
+
+use chrono::{DateTime, Utc};
+use gocommerce_platform::events;
+use gocommerce_platform::outbox::OutboxMessage;
+use gocommerce_proto::common::v1::{Money, PostalAddress};
+use gocommerce_proto::events::v1 as ev;
+use gocommerce_proto::order::v1 as pb;
+use serde_json::json;
+
+use crate::db::{HistoryRow, ItemRow, OrderRow};
+use crate::domain::Status;
+
+pub const SOURCE: &str = "gocommerce-order";
+
+pub fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    })
+}
+
+pub fn money(amount: i64, currency: &str) -> Option<Money> {
+    Some(Money {
+        amount,
+        currency: currency.to_owned(),
+    })
+}
+
+/// The shipping address as stored with the order.
+pub fn address_to_json(address: &PostalAddress) -> serde_json::Value {
+    json!({
+        "name": address.name,
+        "line1": address.line1,
+        "line2": address.line2,
+        "city": address.city,
+        "region": address.region,
+        "postal_code": address.postal_code,
+        "country": address.country,
+    })
+}
+
+pub fn address_from_json(value: &serde_json::Value) -> PostalAddress {
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    PostalAddress {
+        name: field("name"),
+        line1: field("line1"),
+        line2: field("line2"),
+        city: field("city"),
+        region: field("region"),
+        postal_code: field("postal_code"),
+        country: field("country"),
+    }
+}
+
+fn status_proto(raw: &str) -> i32 {
+    Status::parse(raw).map_or(pb::OrderStatus::Unspecified, Status::to_proto) as i32
+}
+
+pub fn history_to_proto(entry: &HistoryRow) -> pb::OrderHistoryEntry {
+    pb::OrderHistoryEntry {
+        from_status: entry
+            .from_status
+            .as_deref()
+            .map_or(pb::OrderStatus::Unspecified as i32, status_proto),
+        to_status: status_proto(&entry.to_status),
+        at: timestamp(entry.at),
+        actor: entry.actor.clone(),
+        reason: entry.reason.clone(),
+    }
+}
+
+pub fn item_to_proto(item: &ItemRow, currency: &str) -> pb::OrderItem {
+    pb::OrderItem {
+        product_id: item.product_id.to_string(),
+        sku: item.sku.clone(),
+        name: item.name.clone(),
+        unit_price: money(item.unit_price, currency),
+        quantity: item.quantity,
+        line_total: money(item.line_total, currency),
+    }
+}
+
+pub fn order_to_proto(order: &OrderRow, items: &[ItemRow], history: &[HistoryRow]) -> pb::Order {
+    let shipment = order.carrier.as_ref().map(|carrier| pb::Shipment {
+        carrier: carrier.clone(),
+        tracking_number: order.tracking_number.clone().unwrap_or_default(),
+        shipped_at: order.shipped_at.and_then(timestamp),
+        delivered_at: order.delivered_at.and_then(timestamp),
+    });
+    pb::Order {
+        id: order.id.to_string(),
+        user_id: order.user_id.to_string(),
+        status: order.status().to_proto() as i32,
+        items: items
+            .iter()
+            .map(|i| item_to_proto(i, &order.currency))
+            .collect(),
+        total: money(order.total, &order.currency),
+        shipping_address: Some(address_from_json(&order.shipping_address)),
+        shipping_address_id: order.shipping_address_id.to_string(),
+        payment_method: order.payment_method.clone(),
+        cancel_reason: order.cancel_reason.clone().unwrap_or_default(),
+        shipment,
+        refunded_amount: money(order.refunded_amount, &order.currency),
+        history: history.iter().map(history_to_proto).collect(),
+        created_at: timestamp(order.created_at),
+        updated_at: timestamp(order.updated_at),
+    }
+}
+
+fn lines(order: &OrderRow, items: &[ItemRow]) -> Vec<ev::OrderLine> {
+    items
+        .iter()
+        .map(|item| ev::OrderLine {
+            product_id: item.product_id.to_string(),
+            sku: item.sku.clone(),
+            name: item.name.clone(),
+            unit_price: money(item.unit_price, &order.currency),
+            quantity: item.quantity,
+            line_total: money(item.line_total, &order.currency),
+        })
+        .collect()
+}
+
+/// The event announcing `order`'s current status, if that status has one.
+pub fn status_event(
+    order: &OrderRow,
+    items: &[ItemRow],
+    cancelled_by: &str,
+) -> Option<OutboxMessage> {
+    use ev::event_envelope::Payload;
+    let id = order.id.to_string();
+    let user_id = order.user_id.to_string();
+    let total = money(order.total, &order.currency);
+    let address = Some(address_from_json(&order.shipping_address));
+    let payload = match order.status() {
+        Status::Pending => Payload::OrderCreated(ev::OrderCreated {
+            order_id: id,
+            user_id,
+            items: lines(order, items),
+            total,
+            shipping_address: address,
+            payment_method: order.payment_method.clone(),
+        }),
+        Status::Paid => Payload::OrderPaid(ev::OrderPaid {
+            order_id: id,
+            user_id,
+            items: lines(order, items),
+            total,
+            shipping_address: address,
+            payment_id: String::new(),
+        }),
+        Status::Cancelled => Payload::OrderCancelled(ev::OrderCancelled {
+            order_id: id,
+            user_id,
+            items: lines(order, items),
+            total,
+            reason: order.cancel_reason.clone().unwrap_or_default(),
+            cancelled_by: cancelled_by.to_owned(),
+            refund_amount: money(order.refunded_amount, &order.currency),
+        }),
+        Status::Shipped => Payload::OrderShipped(ev::OrderShipped {
+            order_id: id,
+            user_id,
+            items: lines(order, items),
+            total,
+            carrier: order.carrier.clone().unwrap_or_default(),
+            tracking_number: order.tracking_number.clone().unwrap_or_default(),
+            shipping_address: address,
+        }),
+        Status::Delivered => Payload::OrderDelivered(ev::OrderDelivered {
+            order_id: id,
+            user_id,
+            items: lines(order, items),
+            total,
+        }),
+        // Refunds are announced by the payment service (payment.refunded).
+        Status::Reserved | Status::Refunded | Status::PartiallyRefunded => return None,
+    };
+    Some(events::message(SOURCE, order.id, payload))
+}

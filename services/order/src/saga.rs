@@ -1,0 +1,446 @@
+//! The placement saga: reserve stock, charge, commit the reservation, and on
+//! a refusal release the stock and cancel. Each step is idempotent on the
+//! other side (keyed by the order id) and recorded here before the next one,
+//! so it can be repeated after a timeout or a crash. A step that fails
+//! transiently schedules the order for later; the recovery loop picks up
+//! every order whose time has come, including those a crashed process left
+//! behind once their lease ran out.
+//!
+//! The order is never both cancelled and charged: compensation is refused
+//! once the payment was captured, and an unknown charge outcome (a timeout)
+//! is asked again rather than taken for a failure.
+
+use std::time::Duration;
+
+use gocommerce_platform::grpc::TraceContext;
+use gocommerce_platform::outbox;
+use gocommerce_proto::common::v1::Money;
+use gocommerce_proto::payment::v1 as payment_pb;
+use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use gocommerce_proto::product::v1 as product_pb;
+use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
+use sqlx::PgPool;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::convert;
+use crate::db::{self, Changes, OrderRow};
+use crate::domain::Status;
+use crate::error::OrderError;
+
+pub type Traced = InterceptedService<Channel, TraceContext>;
+
+/// The actor of the saga's own transitions in the order history.
+pub const SYSTEM: &str = "system";
+
+const MAX_STEPS: usize = 12;
+const MAX_RETRY_DELAY_SECS: f64 = 5.0;
+
+#[derive(Debug, Clone)]
+pub struct Saga {
+    pub pool: PgPool,
+    pub product: ProductServiceClient<Traced>,
+    pub payment: PaymentServiceClient<Traced>,
+    pub step_timeout: Duration,
+    pub lease: Duration,
+}
+
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Codes after which the outcome of a call is unknown or may change: ask again.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown
+            | Code::Internal
+    )
+}
+
+impl Saga {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.step_timeout);
+        request
+    }
+
+    /// Drives the order as far as it can go now and returns it.
+    #[tracing::instrument(skip_all, fields(order_id = %id), err)]
+    pub async fn drive(&self, id: Uuid) -> Result<OrderRow, OrderError> {
+        for _ in 0..MAX_STEPS {
+            let mut conn = self.pool.acquire().await?;
+            let order = db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)?;
+            drop(conn);
+            match self.step(&order).await? {
+                Next::Continue => continue,
+                Next::Stop => break,
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)
+    }
+
+    async fn step(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        match order.status() {
+            Status::Pending | Status::Reserved if order.compensating => {
+                self.compensate(order).await
+            }
+            Status::Pending if order.cancel_requested => {
+                self.begin_compensation(order, false).await
+            }
+            Status::Pending => self.reserve(order).await,
+            Status::Reserved if order.payment_captured => self.commit(order).await,
+            Status::Reserved if order.cancel_requested && !order.charge_started => {
+                self.begin_compensation(order, false).await
+            }
+            Status::Reserved => self.charge(order).await,
+            Status::Paid if order.cancel_requested => self.refund_and_cancel(order).await,
+            _ => {
+                if order.next_attempt_at.is_some() {
+                    let mut conn = self.pool.acquire().await?;
+                    db::settle(&mut conn, order.id).await?;
+                }
+                Ok(Next::Stop)
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        order: &OrderRow,
+        what: &str,
+        status: &tonic::Status,
+    ) -> Result<Next, OrderError> {
+        let delay = (0.2 * 2f64.powi(order.saga_attempts.min(10))).min(MAX_RETRY_DELAY_SECS);
+        tracing::warn!(order_id = %order.id, step = what, code = ?status.code(), error = status.message(), retry_in_secs = delay, "saga step failed, retrying later");
+        let mut conn = self.pool.acquire().await?;
+        db::schedule(&mut conn, order.id, delay).await?;
+        Ok(Next::Stop)
+    }
+
+    async fn begin_compensation(
+        &self,
+        order: &OrderRow,
+        out_of_stock: bool,
+    ) -> Result<Next, OrderError> {
+        let reason = order
+            .cancel_reason
+            .clone()
+            .unwrap_or_else(|| "cancelled".to_owned());
+        self.start_compensation(order, &reason, out_of_stock).await
+    }
+
+    async fn start_compensation(
+        &self,
+        order: &OrderRow,
+        reason: &str,
+        out_of_stock: bool,
+    ) -> Result<Next, OrderError> {
+        let mut conn = self.pool.acquire().await?;
+        db::start_compensation(&mut conn, order.id, reason, out_of_stock).await?;
+        Ok(Next::Continue)
+    }
+
+    async fn reserve(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        let items = {
+            let mut conn = self.pool.acquire().await?;
+            db::items(&mut conn, order.id).await?
+        };
+        let request = self.request(product_pb::ReserveStockRequest {
+            order_id: order.id.to_string(),
+            items: items
+                .iter()
+                .map(|i| product_pb::ReservationItem {
+                    product_id: i.product_id.to_string(),
+                    quantity: i.quantity,
+                })
+                .collect(),
+        });
+        match self.product.clone().reserve_stock(request).await {
+            Ok(_) => {
+                let mut tx = self.pool.begin().await?;
+                db::transition(
+                    &mut tx,
+                    order.id,
+                    &[Status::Pending],
+                    Status::Reserved,
+                    SYSTEM,
+                    "stock reserved",
+                    Changes::default(),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Next::Continue)
+            }
+            Err(status) if transient(status.code()) => {
+                self.retry_later(order, "reserve stock", &status).await
+            }
+            Err(status) => {
+                let out_of_stock = status.code() == Code::FailedPrecondition;
+                self.start_compensation(order, status.message(), out_of_stock)
+                    .await
+            }
+        }
+    }
+
+    async fn charge(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        {
+            let mut conn = self.pool.acquire().await?;
+            if !order.charge_started && !db::start_charge(&mut conn, order.id).await? {
+                // A cancellation got there first; the next step sees it.
+                return Ok(Next::Continue);
+            }
+        }
+        let request = self.request(payment_pb::ChargeRequest {
+            order_id: order.id.to_string(),
+            user_id: order.user_id.to_string(),
+            amount: Some(Money {
+                amount: order.total,
+                currency: order.currency.clone(),
+            }),
+            payment_method: order.payment_method.clone(),
+        });
+        let payment = match self.payment.clone().charge(request).await {
+            Ok(response) => response.into_inner().payment.unwrap_or_default(),
+            Err(status) if transient(status.code()) => {
+                return self.retry_later(order, "charge", &status).await;
+            }
+            Err(status) => {
+                return self
+                    .start_compensation(
+                        order,
+                        &format!("payment refused: {}", status.message()),
+                        false,
+                    )
+                    .await;
+            }
+        };
+        match payment_pb::PaymentStatus::try_from(payment.status) {
+            Ok(
+                payment_pb::PaymentStatus::Succeeded
+                | payment_pb::PaymentStatus::RefundPending
+                | payment_pb::PaymentStatus::PartiallyRefunded
+                | payment_pb::PaymentStatus::Refunded,
+            ) => {
+                let mut conn = self.pool.acquire().await?;
+                db::mark_captured(&mut conn, order.id).await?;
+                Ok(Next::Continue)
+            }
+            Ok(payment_pb::PaymentStatus::Declined) => {
+                self.start_compensation(
+                    order,
+                    &format!("payment declined: {}", payment.failure_reason),
+                    false,
+                )
+                .await
+            }
+            Ok(payment_pb::PaymentStatus::Failed) => {
+                self.start_compensation(
+                    order,
+                    &format!("payment failed: {}", payment.failure_reason),
+                    false,
+                )
+                .await
+            }
+            _ => {
+                let status = tonic::Status::unavailable("the charge is still being processed");
+                self.retry_later(order, "charge", &status).await
+            }
+        }
+    }
+
+    async fn commit(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        let request = self.request(product_pb::CommitReservationRequest {
+            order_id: order.id.to_string(),
+        });
+        match self.product.clone().commit_reservation(request).await {
+            Ok(_) => {}
+            Err(status) if transient(status.code()) => {
+                return self.retry_later(order, "commit stock", &status).await;
+            }
+            Err(status) => {
+                // Paid for, but the stock is gone: an operator must look.
+                tracing::error!(order_id = %order.id, code = ?status.code(), error = status.message(), "cannot commit the reservation of a paid order");
+                return self.retry_later(order, "commit stock", &status).await;
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let paid = db::transition(
+            &mut tx,
+            order.id,
+            &[Status::Reserved],
+            Status::Paid,
+            SYSTEM,
+            "payment captured",
+            Changes {
+                settle: !order.cancel_requested,
+                ..Changes::default()
+            },
+        )
+        .await?;
+        if let Some(paid) = paid {
+            let items = db::items(&mut tx, order.id).await?;
+            if let Some(event) = convert::status_event(&paid, &items, SYSTEM) {
+                outbox::enqueue(&mut tx, &event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Next::Continue)
+    }
+
+    async fn compensate(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        let request = self.request(product_pb::ReleaseStockRequest {
+            order_id: order.id.to_string(),
+        });
+        match self.product.clone().release_stock(request).await {
+            Ok(_) => {}
+            Err(status) if transient(status.code()) => {
+                return self.retry_later(order, "release stock", &status).await;
+            }
+            Err(status) => {
+                tracing::error!(order_id = %order.id, code = ?status.code(), error = status.message(), "cannot release the reservation");
+                return self.retry_later(order, "release stock", &status).await;
+            }
+        }
+        let reason = order
+            .cancel_reason
+            .clone()
+            .unwrap_or_else(|| "cancelled".to_owned());
+        let actor = if order.cancel_requested {
+            "customer"
+        } else {
+            SYSTEM
+        };
+        self.cancel(
+            order,
+            &[Status::Pending, Status::Reserved],
+            &reason,
+            actor,
+            Changes::default(),
+        )
+        .await
+    }
+
+    async fn refund_and_cancel(&self, order: &OrderRow) -> Result<Next, OrderError> {
+        let remaining = order.total - order.refunded_amount;
+        if remaining > 0 {
+            let request = self.request(payment_pb::RefundPaymentRequest {
+                order_id: order.id.to_string(),
+                amount: Some(Money {
+                    amount: remaining,
+                    currency: order.currency.clone(),
+                }),
+                reason: "order cancelled".to_owned(),
+                // The same id on every retry: the payment service refunds once.
+                refund_id: Uuid::new_v5(&order.id, b"cancellation").to_string(),
+            });
+            match self.payment.clone().refund_payment(request).await {
+                Ok(_) => {}
+                Err(status) if transient(status.code()) => {
+                    return self.retry_later(order, "refund", &status).await;
+                }
+                Err(status) => {
+                    tracing::error!(order_id = %order.id, code = ?status.code(), error = status.message(), "cannot refund a cancelled paid order");
+                    return self.retry_later(order, "refund", &status).await;
+                }
+            }
+        }
+        let reason = order
+            .cancel_reason
+            .clone()
+            .unwrap_or_else(|| "cancelled".to_owned());
+        self.cancel(
+            order,
+            &[Status::Paid],
+            &reason,
+            "customer",
+            Changes {
+                refunded_amount: Some(order.total),
+                ..Changes::default()
+            },
+        )
+        .await
+    }
+
+    async fn cancel(
+        &self,
+        order: &OrderRow,
+        from: &[Status],
+        reason: &str,
+        actor: &str,
+        changes: Changes,
+    ) -> Result<Next, OrderError> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled = db::transition(
+            &mut tx,
+            order.id,
+            from,
+            Status::Cancelled,
+            actor,
+            reason,
+            Changes {
+                cancel_reason: Some(reason.to_owned()),
+                settle: true,
+                ..changes
+            },
+        )
+        .await?;
+        if let Some(cancelled) = cancelled {
+            let items = db::items(&mut tx, order.id).await?;
+            if let Some(event) = convert::status_event(&cancelled, &items, actor) {
+                outbox::enqueue(&mut tx, &event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Next::Continue)
+    }
+}
+
+/// Finds orders whose saga is due and drives them, until shutdown. After a
+/// crash an order is picked up at most one lease plus one interval after
+/// the process (or another replica) runs again.
+pub async fn run_recovery(saga: Saga, interval: Duration, shutdown: gocommerce_platform::Shutdown) {
+    let mut rounds: u64 = 0;
+    while !shutdown.is_triggered() {
+        rounds += 1;
+        let claimed = async {
+            let mut conn = saga.pool.acquire().await?;
+            db::claim_due(&mut conn, 32, saga.lease.as_secs_f64()).await
+        }
+        .await;
+        match claimed {
+            Ok(ids) => {
+                let runs = ids.into_iter().map(|id| {
+                    let saga = saga.clone();
+                    async move {
+                        if let Err(error) = saga.drive(id).await {
+                            tracing::warn!(order_id = %id, %error, "recovery could not drive the order");
+                        }
+                    }
+                });
+                futures::future::join_all(runs).await;
+            }
+            Err(error) => tracing::warn!(%error, "recovery could not claim orders"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.wait() => break,
+        }
+        // Idempotency keys expire after a day; a sweep now and then suffices.
+        if rounds % 600 == 1
+            && let Ok(mut conn) = saga.pool.acquire().await
+            && let Err(error) = db::expire_keys(&mut conn).await
+        {
+            tracing::warn!(%error, "cannot expire idempotency keys");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Builds the order service: database, clients of its peers, the bound gRPC
+//! listener, and the loops beside the server (saga recovery, outbox relay,
+//! status listener).
+
+use gocommerce_platform::broker::{Broker, Publisher};
+use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
+use gocommerce_platform::{Readiness, outbox};
+use gocommerce_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
+use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
+use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::config::OrderConfig;
+use crate::saga::{self, Saga};
+use crate::service::OrderService;
+use crate::watch::Watchers;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    #[error("cannot bind the gRPC listener: {0}")]
+    Bind(#[source] std::io::Error),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    service: OrderService,
+    broker: Broker,
+    readiness: Readiness,
+    recovery_interval: std::time::Duration,
+}
+
+impl Application {
+    pub async fn build(config: OrderConfig, readiness: Readiness) -> Result<Self, StartupError> {
+        let pool = connect_and_migrate(
+            &config.database_url,
+            config.common.database_max_connections,
+            &MIGRATOR,
+        )
+        .await?;
+        readiness.add_postgres("order-database", pool.clone());
+        let broker = Broker::from_config(&config.common);
+        broker.register_readiness(&readiness);
+        let traced = |url: &str| -> Result<_, GrpcError> {
+            Ok(InterceptedService::new(grpc::channel(url)?, TraceContext))
+        };
+        let saga = Saga {
+            pool: pool.clone(),
+            product: ProductServiceClient::new(traced(&config.product_url)?),
+            payment: PaymentServiceClient::new(traced(&config.payment_url)?),
+            step_timeout: config.step_timeout,
+            lease: config.lease,
+        };
+        let shutdown = readiness.shutdown().clone();
+        let service = OrderService {
+            saga,
+            user: UserServiceClient::new(traced(&config.user_url)?),
+            watchers: Watchers::spawn(pool, shutdown.clone()),
+            shutdown,
+        };
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(StartupError::Bind)?;
+        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        tracing::info!(port, "order service listening");
+        Ok(Self {
+            listener,
+            port,
+            service,
+            broker,
+            readiness,
+            recovery_interval: config.recovery_interval,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves, recovers unfinished sagas and relays the outbox until shutdown.
+    pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
+        let shutdown = self.readiness.shutdown().clone();
+        let pool = self.service.saga.pool.clone();
+        let relay = tokio::spawn(outbox::run_relay(
+            pool.clone(),
+            Publisher::new(self.broker.clone()),
+            shutdown.clone(),
+        ));
+        let recovery = tokio::spawn(saga::run_recovery(
+            self.service.saga.clone(),
+            self.recovery_interval,
+            shutdown.clone(),
+        ));
+        let routes = tonic::service::Routes::new(OrderServiceServer::new(self.service));
+        let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
+        let _ = tokio::join!(relay, recovery);
+        self.broker.close().await;
+        pool.close().await;
+        result
+    }
+}

@@ -1,0 +1,46 @@
+//! The payment service's settings, read from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
+
+#[derive(Debug, Clone)]
+pub struct PaymentConfig {
+    pub grpc_addr: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub common: config::CommonConfig,
+    /// Processor calls for a charge that keeps failing transiently.
+    pub processor_attempts: u32,
+    /// Wait before the first retry of a transient failure; doubles each time.
+    pub processor_backoff: Duration,
+    /// A charge left PENDING this long (its worker died) is taken over.
+    pub stale_after: Duration,
+}
+
+impl PaymentConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let common = config::CommonConfig::from_env(env)?;
+        let processor_attempts = config::parse(env, "PAYMENT_PROCESSOR_ATTEMPTS", 3u32)?;
+        if processor_attempts == 0 {
+            return Err(ConfigError::new(
+                "PAYMENT_PROCESSOR_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            grpc_addr: ServiceName::Payment.grpc_addr(env)?,
+            database_url: ServiceName::Payment.database_url(env)?,
+            database_max_connections: common.database_max_connections,
+            common,
+            processor_attempts,
+            processor_backoff: Duration::from_millis(config::parse(
+                env,
+                "PAYMENT_PROCESSOR_BACKOFF_MS",
+                50u64,
+            )?),
+            stale_after: config::seconds(env, "PAYMENT_STALE_AFTER_SECONDS", 30)?,
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! Builds the payment service: database, broker, the bound gRPC listener,
+//! and the two loops it runs beside the server (outbox relay, refund worker).
+
+use gocommerce_platform::broker::{self, Broker, Publisher};
+use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::{Readiness, outbox};
+use gocommerce_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+
+use crate::config::PaymentConfig;
+use crate::processor::Processor;
+use crate::refunds;
+use crate::service::PaymentService;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("cannot bind the gRPC listener: {0}")]
+    Bind(#[source] std::io::Error),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    service: PaymentService,
+    broker: Broker,
+    readiness: Readiness,
+}
+
+impl Application {
+    pub async fn build(config: PaymentConfig, readiness: Readiness) -> Result<Self, StartupError> {
+        let pool = connect_and_migrate(
+            &config.database_url,
+            config.database_max_connections,
+            &MIGRATOR,
+        )
+        .await?;
+        readiness.add_postgres("payment-database", pool.clone());
+        let broker = Broker::from_config(&config.common);
+        broker.register_readiness(&readiness);
+        let service = PaymentService {
+            pool,
+            processor: Processor {
+                attempts: config.processor_attempts,
+                backoff: config.processor_backoff,
+            },
+            stale_after: config.stale_after,
+        };
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(StartupError::Bind)?;
+        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        tracing::info!(port, "payment service listening");
+        Ok(Self {
+            listener,
+            port,
+            service,
+            broker,
+            readiness,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves, relays the outbox and processes refunds until shutdown.
+    pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
+        let shutdown = self.readiness.shutdown().clone();
+        let pool = self.service.pool.clone();
+        let relay = tokio::spawn(outbox::run_relay(
+            pool.clone(),
+            Publisher::new(self.broker.clone()),
+            shutdown.clone(),
+        ));
+        let worker = {
+            let pool = pool.clone();
+            let processor = self.service.processor.clone();
+            tokio::spawn(broker::consume(
+                self.broker.clone(),
+                refunds::queue(),
+                move |message| refunds::handle(pool.clone(), processor.clone(), message),
+                shutdown.clone(),
+            ))
+        };
+        let routes = tonic::service::Routes::new(PaymentServiceServer::new(self.service));
+        let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
+        let _ = tokio::join!(relay, worker);
+        self.broker.close().await;
+        pool.close().await;
+        result
+    }
+}

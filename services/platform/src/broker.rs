@@ -1,0 +1,626 @@
+//! RabbitMQ: one connection per process that is re-established with backoff
+//! whenever it drops (lapin does not recover by itself), publishers that only
+//! count a message as sent once the broker confirmed it and could route it,
+//! and consumers with manual acks, bounded prefetch, retry tiers and a
+//! dead-letter queue.
+//!
+//! Topology, declared idempotently by whoever uses it: a durable topic
+//! exchange `gocommerce.events`; per consumer a quorum work queue bound to its
+//! routing keys, one wait queue per retry tier whose TTL dead-letters back
+//! into the work queue, and a quorum dead-letter queue `<queue>.dead` whose
+//! messages carry the last failure in `x-last-error`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+use tracing::Instrument as _;
+
+use crate::{Readiness, Shutdown, telemetry};
+
+/// The topic exchange every domain event is published to.
+pub const EVENTS_EXCHANGE: &str = "gocommerce.events";
+
+const ATTEMPT_HEADER: &str = "x-attempt";
+const LAST_ERROR_HEADER: &str = "x-last-error";
+const ROUTING_KEY_HEADER: &str = "x-routing-key";
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker could not route the message to any queue")]
+    Unroutable,
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error("the broker did not confirm the message")]
+    NotConfirmed,
+}
+
+/// The process's connection to RabbitMQ, reconnected on demand.
+#[derive(Clone)]
+pub struct Broker {
+    url: Arc<str>,
+    namespace: Arc<str>,
+    queue_expires: Option<Duration>,
+    connection: Arc<Mutex<Option<Connection>>>,
+    connected: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("connected", &self.connected.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker handle; nothing connects until a channel is needed.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.into(),
+            namespace: "".into(),
+            queue_expires: None,
+            connection: Arc::default(),
+            connected: Arc::default(),
+        }
+    }
+
+    /// The broker of `AMQP_URL`, within `AMQP_NAMESPACE`: a prefix on every
+    /// exchange and queue name, so several environments (or test runs) can
+    /// share one RabbitMQ without seeing each other's messages. With
+    /// `AMQP_QUEUE_EXPIRES_SECONDS`, unused queues disappear after that long,
+    /// which is what throwaway environments want.
+    pub fn from_config(config: &crate::config::CommonConfig) -> Self {
+        Self {
+            namespace: config.amqp_namespace.as_str().into(),
+            queue_expires: config.amqp_queue_expires,
+            ..Self::new(&config.amqp_url)
+        }
+    }
+
+    /// The real name of a logical exchange or queue in this namespace.
+    pub fn name(&self, logical: &str) -> String {
+        if self.namespace.is_empty() {
+            logical.to_owned()
+        } else {
+            format!("{}.{logical}", self.namespace)
+        }
+    }
+
+    /// The events exchange of this namespace.
+    pub fn events_exchange(&self) -> String {
+        self.name(EVENTS_EXCHANGE)
+    }
+
+    /// Registers a readiness check: ready while a connection is open (or can be opened).
+    pub fn register_readiness(&self, readiness: &Readiness) {
+        let broker = self.clone();
+        readiness.add_check("broker", move || {
+            let broker = broker.clone();
+            Box::pin(async move { broker.channel().await.map(drop).map_err(|e| e.to_string()) })
+        });
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A new channel on the current connection, connecting first if the
+    /// connection is missing or broken.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && connection.status().connected()
+        {
+            match connection.create_channel().await {
+                Ok(channel) => return Ok(channel),
+                Err(error) => tracing::warn!(%error, "broker connection unusable, reconnecting"),
+            }
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "cannot connect to the broker"))?;
+        let channel = connection.create_channel().await?;
+        tracing::info!("connected to the broker");
+        *slot = Some(connection);
+        self.connected.store(true, Ordering::Relaxed);
+        Ok(channel)
+    }
+
+    /// Closes the connection (shutdown, or tests simulating an outage).
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close(200, "closing".into()).await;
+        }
+        self.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Publishes with confirms on a channel of its own, re-opened after errors.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    broker: Broker,
+    channel: Arc<Mutex<Option<Channel>>>,
+}
+
+impl Publisher {
+    pub fn new(broker: Broker) -> Self {
+        Self {
+            broker,
+            channel: Arc::default(),
+        }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Publishes persistently and mandatorily, and returns once the broker
+    /// confirmed it. A message no queue would take is an error, not a success.
+    #[tracing::instrument(skip_all, fields(routing_key = %message.routing_key, message_id = %message.message_id), err)]
+    pub async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let result = self.try_publish(message).await;
+        if matches!(result, Err(BrokerError::Amqp(_))) {
+            // The channel may be dead; the next publish opens a new one.
+            self.channel.lock().await.take();
+        }
+        result
+    }
+
+    async fn try_publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let channel = {
+            let mut slot = self.channel.lock().await;
+            match slot.as_ref() {
+                Some(channel) if channel.status().connected() => channel.clone(),
+                _ => {
+                    let channel = self.broker.channel().await?;
+                    channel
+                        .confirm_select(ConfirmSelectOptions::default())
+                        .await?;
+                    *slot = Some(channel.clone());
+                    channel
+                }
+            }
+        };
+        let mut headers = FieldTable::default();
+        for (key, value) in &message.headers {
+            headers.insert(
+                ShortString::from(key.as_str()),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(message.content_type.as_str().into())
+            .with_message_id(message.message_id.as_str().into())
+            .with_type(message.routing_key.as_str().into())
+            .with_timestamp(timestamp)
+            .with_headers(headers);
+        let confirmation = channel
+            .basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.payload,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
+        }
+    }
+}
+
+/// A consumer's queues.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// The work queue, e.g. `notification.events`.
+    pub name: String,
+    /// Routing keys on the events exchange the queue is bound to.
+    pub bindings: Vec<String>,
+    /// Delay of each retry tier; attempt n waits `retry_delays[min(n-1, last)]`.
+    pub retry_delays: Vec<Duration>,
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// Unacknowledged messages in flight per consumer.
+    pub prefetch: u16,
+}
+
+impl QueueSpec {
+    /// The work queue's real name in the broker's namespace.
+    pub fn queue(&self, broker: &Broker) -> String {
+        broker.name(&self.name)
+    }
+
+    /// The dead-letter queue's real name in the broker's namespace.
+    pub fn dead_letter_queue(&self, broker: &Broker) -> String {
+        format!("{}.dead", self.queue(broker))
+    }
+
+    fn wait_queue(&self, broker: &Broker, tier: usize) -> String {
+        format!("{}.retry.{}", self.queue(broker), tier + 1)
+    }
+
+    /// Every queue of the spec, work queue first.
+    pub fn all_queues(&self, broker: &Broker) -> Vec<String> {
+        let mut queues = vec![self.queue(broker), self.dead_letter_queue(broker)];
+        queues.extend((0..self.retry_delays.len()).map(|tier| self.wait_queue(broker, tier)));
+        queues
+    }
+
+    /// Declares the exchange, the work queue, its bindings, the wait queues
+    /// and the dead-letter queue. Idempotent.
+    pub async fn declare(&self, broker: &Broker, channel: &Channel) -> Result<(), BrokerError> {
+        declare_events_exchange(broker, channel).await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut base = FieldTable::default();
+        if let Some(expires) = broker.queue_expires {
+            let millis = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+            base.insert("x-expires".into(), AMQPValue::LongLongInt(millis));
+        }
+        let mut quorum = base.clone();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        let work_queue = self.queue(broker);
+        channel
+            .queue_declare(work_queue.as_str().into(), durable, quorum.clone())
+            .await?;
+        for key in &self.bindings {
+            channel
+                .queue_bind(
+                    work_queue.as_str().into(),
+                    broker.events_exchange().as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for (tier, delay) in self.retry_delays.iter().enumerate() {
+            let mut arguments = base.clone();
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(work_queue.as_str().into()),
+            );
+            channel
+                .queue_declare(
+                    self.wait_queue(broker, tier).as_str().into(),
+                    durable,
+                    arguments,
+                )
+                .await?;
+        }
+        channel
+            .queue_declare(
+                self.dead_letter_queue(broker).as_str().into(),
+                durable,
+                quorum,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Declares the events exchange of the broker's namespace. Idempotent.
+pub async fn declare_events_exchange(
+    broker: &Broker,
+    channel: &Channel,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            broker.events_exchange().as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A delivered message as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The routing key it was first published with (the event type).
+    pub routing_key: String,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+    /// 1 for the first delivery through the retry tiers.
+    pub attempt: u32,
+}
+
+/// How a handler failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try later (a dependency is down).
+    #[error("{0}")]
+    Retry(String),
+    /// Will never succeed (a malformed message): straight to the dead letters.
+    #[error("{0}")]
+    Reject(String),
+}
+
+/// Consumes `spec`'s work queue until shutdown, reconnecting with backoff
+/// whenever the connection drops. Each message is acked only after the
+/// handler succeeded or the message was safely moved to a wait or dead-letter
+/// queue, so a crash at any point redelivers it rather than losing it.
+pub async fn consume<H, F>(broker: Broker, spec: QueueSpec, handler: H, shutdown: Shutdown)
+where
+    H: Fn(Incoming) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<(), HandlerError>> + Send,
+{
+    let publisher = Publisher::new(broker.clone());
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_triggered() {
+        let outcome = tokio::select! {
+            outcome = consume_once(&broker, &spec, &handler, &publisher, &shutdown) => outcome,
+            () = shutdown.wait() => break,
+        };
+        match outcome {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(error) => {
+                tracing::warn!(queue = %spec.name, %error, retry_in_ms = backoff.as_millis(), "consumer lost the broker, reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.wait() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn consume_once<H, F>(
+    broker: &Broker,
+    spec: &QueueSpec,
+    handler: &H,
+    publisher: &Publisher,
+    shutdown: &Shutdown,
+) -> Result<(), BrokerError>
+where
+    H: Fn(Incoming) -> F,
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    let channel = broker.channel().await?;
+    spec.declare(broker, &channel).await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            spec.queue(broker).as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %spec.name, "consuming");
+    loop {
+        let delivery = tokio::select! {
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery?,
+                // The broker cancelled us or the connection closed.
+                None => return Err(BrokerError::NotConfirmed),
+            },
+            () = shutdown.wait() => return Ok(()),
+        };
+        let incoming = incoming(&delivery);
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format_args!("{} receive", spec.name),
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %spec.name,
+            messaging.message.id = %incoming.message_id,
+            routing_key = %incoming.routing_key,
+            attempt = incoming.attempt,
+        );
+        telemetry::set_parent_from_map(&span, &string_headers(&delivery.properties));
+        let result = handler(incoming.clone()).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match result {
+            Ok(()) => {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Err(error) => {
+                let (target, attempt) = match &error {
+                    HandlerError::Retry(_) if incoming.attempt < spec.max_attempts => {
+                        let tier = usize::try_from(incoming.attempt - 1)
+                            .unwrap_or(usize::MAX)
+                            .min(spec.retry_delays.len().saturating_sub(1));
+                        (spec.wait_queue(broker, tier), incoming.attempt + 1)
+                    }
+                    _ => (spec.dead_letter_queue(broker), incoming.attempt),
+                };
+                let dead = target == spec.dead_letter_queue(broker);
+                if dead {
+                    tracing::error!(queue = %spec.name, %error, attempt, "message dead-lettered");
+                } else {
+                    tracing::warn!(queue = %spec.name, %error, attempt, "message failed, retrying later");
+                }
+                let mut headers = string_headers(&delivery.properties);
+                headers.insert(ATTEMPT_HEADER.to_owned(), attempt.to_string());
+                headers.insert(LAST_ERROR_HEADER.to_owned(), error.to_string());
+                headers.insert(ROUTING_KEY_HEADER.to_owned(), incoming.routing_key.clone());
+                let moved = publisher
+                    .publish(&Outgoing {
+                        exchange: String::new(),
+                        routing_key: target,
+                        message_id: incoming.message_id.clone(),
+                        content_type: content_type(&delivery.properties),
+                        payload: delivery.data.clone(),
+                        headers,
+                    })
+                    .await;
+                match moved {
+                    Ok(()) => {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                    Err(move_error) => {
+                        // Not moved: put it back rather than lose it.
+                        tracing::warn!(%move_error, "cannot move the failed message, requeueing it");
+                        delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            })
+                            .await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Moves up to `limit` messages from `spec`'s dead-letter queue back to its
+/// work queue with a fresh attempt count. Returns how many moved.
+#[tracing::instrument(skip_all, fields(queue = %spec.name, limit), err)]
+pub async fn replay_dead_letters(
+    broker: &Broker,
+    spec: &QueueSpec,
+    limit: u32,
+) -> Result<u32, BrokerError> {
+    let channel = broker.channel().await?;
+    spec.declare(broker, &channel).await?;
+    let publisher = Publisher::new(broker.clone());
+    let mut moved = 0;
+    while moved < limit {
+        let Some(message) = channel
+            .basic_get(
+                spec.dead_letter_queue(broker).as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        let mut headers = string_headers(&delivery.properties);
+        headers.insert(ATTEMPT_HEADER.to_owned(), "1".to_owned());
+        let published = publisher
+            .publish(&Outgoing {
+                exchange: String::new(),
+                routing_key: spec.queue(broker),
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                content_type: content_type(&delivery.properties),
+                payload: delivery.data.clone(),
+                headers,
+            })
+            .await;
+        if let Err(error) = published {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+            return Err(error);
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+fn incoming(delivery: &lapin::message::Delivery) -> Incoming {
+    let headers = string_headers(&delivery.properties);
+    let attempt = headers
+        .get(ATTEMPT_HEADER)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    // After a retry the routing key is the work queue's; the header keeps the original.
+    let routing_key = headers
+        .get(ROUTING_KEY_HEADER)
+        .cloned()
+        .unwrap_or_else(|| delivery.routing_key.to_string());
+    Incoming {
+        routing_key,
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        payload: delivery.data.clone(),
+        attempt,
+    }
+}
+
+fn content_type(properties: &BasicProperties) -> String {
+    properties.content_type().as_ref().map_or_else(
+        || "application/octet-stream".to_owned(),
+        ToString::to_string,
+    )
+}
+
+/// The string-valued headers of a message (trace context, attempt, errors).
+fn string_headers(properties: &BasicProperties) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            let value = match value {
+                AMQPValue::LongString(s) => s.to_string(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                _ => continue,
+            };
+            map.insert(key.to_string(), value);
+        }
+    }
+    map
+}

@@ -1,0 +1,229 @@
+//! The transactional outbox. A service writes an event row in the same
+//! transaction as the state change it describes; the relay publishes pending
+//! rows with publisher confirms and marks them sent. Nothing is lost when the
+//! broker or the service is down: rows wait until both are back. Delivery is
+//! at least once (a crash between publishing and marking republishes), so
+//! consumers deduplicate by message id. A message no queue takes (nobody
+//! subscribed yet) or that the broker refuses waits with a growing delay of
+//! its own, without holding back the messages behind it.
+//!
+//! Every service that emits events has this table (its own migration):
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     id           uuid PRIMARY KEY,
+//!     routing_key  text NOT NULL,
+//!     content_type text NOT NULL,
+//!     payload      bytea NOT NULL,
+//!     headers      jsonb NOT NULL DEFAULT '{}',
+//!     created_at   timestamptz NOT NULL DEFAULT now(),
+//!     published_at timestamptz,
+//!     attempts     integer NOT NULL DEFAULT 0,
+//!     last_error   text,
+//!     next_attempt_at timestamptz NOT NULL DEFAULT now()
+//! );
+//! CREATE INDEX outbox_pending_idx ON outbox (next_attempt_at) WHERE published_at IS NULL;
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::broker::{BrokerError, Outgoing, Publisher};
+use crate::{Shutdown, telemetry};
+
+const CHANNEL: &str = "gocommerce_outbox";
+const BATCH: i64 = 100;
+const POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait of a single message the broker would not take.
+const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;
+
+/// Content type of protobuf-encoded events.
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// A message to publish once the surrounding transaction commits.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub routing_key: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// Writes the message into the outbox within the caller's transaction, with
+/// the current trace context, and wakes the relay when it commits.
+#[tracing::instrument(skip_all, fields(message_id = %message.id, routing_key = %message.routing_key), err)]
+pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
+    let headers = serde_json::to_value(telemetry::current_context_map()).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO outbox (id, routing_key, content_type, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message.id)
+    .bind(&message.routing_key)
+    .bind(&message.content_type)
+    .bind(&message.payload)
+    .bind(headers)
+    .execute(&mut *conn)
+    .await?;
+    // Delivered at commit, dropped on rollback: exactly when the row appears.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+}
+
+/// Publishes pending rows until shutdown: woken by NOTIFY at commit, and
+/// polling every second as a fallback.
+pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
+    let mut listener = match PgListener::connect_with(&pool).await {
+        Ok(mut listener) => match listener.listen(CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay cannot listen, polling only");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "outbox relay cannot listen, polling only");
+            None
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_triggered() {
+        let wait = match relay_batch(&pool, &publisher).await {
+            Ok(published) if published == BATCH => Duration::ZERO,
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                POLL
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "outbox relay failed, retrying");
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.wait() => break,
+            notified = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.recv().await.map(drop),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if notified.is_err() {
+                    // The listener reconnects by itself on the next recv.
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Pending {
+    id: Uuid,
+    routing_key: String,
+    content_type: String,
+    payload: Vec<u8>,
+    headers: serde_json::Value,
+}
+
+/// Publishes up to one batch of due rows in order; returns how many rows it
+/// handled (published or postponed), so a full batch means "go on".
+#[tracing::instrument(skip_all, err)]
+pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, RelayError> {
+    let mut tx = pool.begin().await?;
+    // SKIP LOCKED lets several replicas relay side by side without waiting.
+    let rows: Vec<Pending> = sqlx::query_as(
+        "SELECT id, routing_key, content_type, payload, headers FROM outbox \
+         WHERE published_at IS NULL AND next_attempt_at <= now() \
+         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let handled = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    for row in &rows {
+        let headers: HashMap<String, String> =
+            serde_json::from_value(row.headers.clone()).unwrap_or_default();
+        let span = tracing::info_span!(
+            "outbox publish",
+            otel.name = %format_args!("{} publish", row.routing_key),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.message.id = %row.id,
+        );
+        telemetry::set_parent_from_map(&span, &headers);
+        let outgoing = Outgoing {
+            exchange: publisher.broker().events_exchange(),
+            routing_key: row.routing_key.clone(),
+            message_id: row.id.to_string(),
+            content_type: row.content_type.clone(),
+            payload: row.payload.clone(),
+            // The publish span's context, so consumers join the producer's trace.
+            headers: {
+                let _entered = span.enter();
+                let mut headers = headers.clone();
+                headers.extend(telemetry::current_context_map());
+                headers
+            },
+        };
+        let result = tracing::Instrument::instrument(publisher.publish(&outgoing), span).await;
+        match result {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = $1",
+                )
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Err(error @ (BrokerError::Unroutable | BrokerError::Nacked)) => {
+                // This message's own problem: it waits, the others go on.
+                tracing::warn!(message_id = %row.id, routing_key = %row.routing_key, %error, "event not accepted, will retry it");
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                     next_attempt_at = now() + make_interval(secs => least(power(2, attempts), $3)) \
+                     WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(error.to_string())
+                .bind(MAX_MESSAGE_BACKOFF_SECS)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Err(error) => {
+                // The broker is unreachable: stop, every message would fail alike.
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(error.to_string())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Err(error.into());
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(handled)
+}

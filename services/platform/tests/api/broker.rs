@@ -1,0 +1,236 @@
+//! Publishing with confirms, consuming with retry tiers and dead letters, and
+//! surviving a dropped connection.
+
+use std::collections::HashMap;
+
+use gocommerce_platform::Shutdown;
+use gocommerce_platform::broker::{
+    self, Broker, BrokerError, EVENTS_EXCHANGE, HandlerError, Outgoing, Publisher,
+};
+
+use crate::helpers::{AMQP_URL, declare, finish, next, spawn_consumer, unique_spec};
+
+fn event(routing_key: &str, body: &str) -> Outgoing {
+    Outgoing {
+        exchange: EVENTS_EXCHANGE.to_owned(),
+        routing_key: routing_key.to_owned(),
+        message_id: uuid::Uuid::new_v4().to_string(),
+        content_type: "text/plain".to_owned(),
+        payload: body.as_bytes().to_vec(),
+        headers: HashMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_published_event_reaches_the_queue_bound_to_its_routing_key() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let message = event(&routing_key, "hello");
+
+    Publisher::new(broker.clone())
+        .publish(&message)
+        .await
+        .expect("confirmed");
+
+    let delivered = next(&mut deliveries).await;
+    assert_eq!(delivered.payload, b"hello");
+    assert_eq!(delivered.message_id, message.message_id);
+    assert_eq!(delivered.routing_key, routing_key);
+    assert_eq!(delivered.attempt, 1);
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn a_message_no_queue_takes_is_a_failed_publish() {
+    let broker = Broker::new(AMQP_URL);
+    let publisher = Publisher::new(broker.clone());
+    let channel = broker.channel().await.expect("channel");
+    broker::declare_events_exchange(&broker, &channel)
+        .await
+        .expect("exchange");
+
+    let result = publisher
+        .publish(&event("nobody.listens.here", "lost?"))
+        .await;
+
+    assert!(matches!(result, Err(BrokerError::Unroutable)), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_failing_message_retries_through_the_tiers_then_is_dead_lettered_with_its_reason() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| {
+        Err(HandlerError::Retry("smtp server unreachable".to_owned()))
+    });
+
+    Publisher::new(broker.clone())
+        .publish(&event(&routing_key, "retry me"))
+        .await
+        .expect("confirmed");
+
+    let attempts: Vec<u32> = vec![
+        next(&mut deliveries).await.attempt,
+        next(&mut deliveries).await.attempt,
+        next(&mut deliveries).await.attempt,
+    ];
+    assert_eq!(attempts, vec![1, 2, 3]);
+    let dead = wait_for_dead_letter(&broker, &spec).await;
+    assert_eq!(dead.data, b"retry me");
+    let headers = dead.properties.headers().clone().expect("headers");
+    let last_error = headers
+        .inner()
+        .get("x-last-error")
+        .expect("the reason travels with the dead letter");
+    let lapin::types::AMQPValue::LongString(last_error) = last_error else {
+        panic!("x-last-error is a string, got {last_error:?}");
+    };
+    assert_eq!(last_error.to_string(), "smtp server unreachable");
+    // No fourth attempt.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), deliveries.recv())
+            .await
+            .is_err()
+    );
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn a_rejected_message_is_dead_lettered_without_retries() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(5);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| {
+        Err(HandlerError::Reject("not a valid envelope".to_owned()))
+    });
+
+    Publisher::new(broker.clone())
+        .publish(&event(&routing_key, "garbage"))
+        .await
+        .expect("confirmed");
+
+    assert_eq!(next(&mut deliveries).await.attempt, 1);
+    let dead = wait_for_dead_letter(&broker, &spec).await;
+    assert_eq!(dead.data, b"garbage");
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn replayed_dead_letters_are_delivered_again_once_the_cause_is_fixed() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(1);
+    declare(&broker, &spec).await;
+    let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler_fixed = fixed.clone();
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, move |_| {
+        if handler_fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(HandlerError::Retry("down".to_owned()))
+        }
+    });
+    Publisher::new(broker.clone())
+        .publish(&event(&routing_key, "eventually"))
+        .await
+        .expect("confirmed");
+    next(&mut deliveries).await;
+    wait_until_dead_letters(&broker, &spec, 1).await;
+
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replayed = broker::replay_dead_letters(&broker, &spec, 100)
+        .await
+        .expect("replay");
+
+    assert_eq!(replayed, 1);
+    let again = next(&mut deliveries).await;
+    assert_eq!(again.payload, b"eventually");
+    assert_eq!(again.attempt, 1);
+    assert_eq!(
+        again.routing_key, routing_key,
+        "the original routing key survives"
+    );
+    wait_until_dead_letters(&broker, &spec, 0).await;
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn publisher_and_consumer_recover_after_the_connection_drops() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let publisher = Publisher::new(broker.clone());
+    publisher
+        .publish(&event(&routing_key, "before"))
+        .await
+        .expect("confirmed");
+    assert_eq!(next(&mut deliveries).await.payload, b"before");
+
+    broker.close().await;
+    assert!(!broker.is_connected());
+    publisher
+        .publish(&event(&routing_key, "after"))
+        .await
+        .expect("reconnects and confirms");
+
+    assert_eq!(next(&mut deliveries).await.payload, b"after");
+    assert!(broker.is_connected());
+    finish(&broker, &spec, &shutdown).await;
+}
+
+async fn wait_for_dead_letter(
+    broker: &Broker,
+    spec: &broker::QueueSpec,
+) -> lapin::message::Delivery {
+    let channel = broker.channel().await.expect("channel");
+    for _ in 0..100 {
+        if let Some(message) = channel
+            .basic_get(
+                spec.dead_letter_queue(broker).as_str().into(),
+                Default::default(),
+            )
+            .await
+            .expect("get")
+        {
+            message
+                .delivery
+                .acker
+                .ack(Default::default())
+                .await
+                .expect("ack");
+            return message.delivery;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing was dead-lettered within five seconds");
+}
+
+async fn wait_until_dead_letters(broker: &Broker, spec: &broker::QueueSpec, count: u32) {
+    let channel = broker.channel().await.expect("channel");
+    for _ in 0..100 {
+        let queue = channel
+            .queue_declare(
+                spec.dead_letter_queue(broker).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        if queue.message_count() == count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the dead-letter queue never held {count} messages");
+}

@@ -1,0 +1,108 @@
+//! Unique queue names, a message collector, fresh databases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gocommerce_platform::Shutdown;
+use gocommerce_platform::broker::{self, Broker, HandlerError, Incoming, QueueSpec};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A spec whose queue and routing key no other test uses.
+pub fn unique_spec(max_attempts: u32) -> (QueueSpec, String) {
+    let id = Uuid::new_v4().simple().to_string();
+    let routing_key = format!("test.{id}");
+    let spec = QueueSpec {
+        name: format!("test.{id}"),
+        bindings: vec![routing_key.clone()],
+        retry_delays: vec![Duration::from_millis(50), Duration::from_millis(100)],
+        max_attempts,
+        prefetch: 10,
+    };
+    (spec, routing_key)
+}
+
+/// Starts a consumer whose handler answers with `outcome(attempt)` and
+/// reports every delivery it sees.
+pub fn spawn_consumer(
+    broker: &Broker,
+    spec: &QueueSpec,
+    shutdown: &Shutdown,
+    outcome: impl Fn(&Incoming) -> Result<(), HandlerError> + Send + Sync + 'static,
+) -> mpsc::UnboundedReceiver<Incoming> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let outcome = Arc::new(outcome);
+    let handler = move |incoming: Incoming| {
+        let sender = sender.clone();
+        let outcome = outcome.clone();
+        async move {
+            let result = outcome(&incoming);
+            let _ = sender.send(incoming);
+            result
+        }
+    };
+    tokio::spawn(broker::consume(
+        broker.clone(),
+        spec.clone(),
+        handler,
+        shutdown.clone(),
+    ));
+    receiver
+}
+
+/// The next delivery, or a panic after ten seconds.
+pub async fn next(receiver: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
+    tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+        .await
+        .expect("a delivery within ten seconds")
+        .expect("the consumer is running")
+}
+
+/// Declares the spec's queues (as the consumer would) before publishing.
+pub async fn declare(broker: &Broker, spec: &QueueSpec) {
+    let channel = broker.channel().await.expect("channel");
+    spec.declare(broker, &channel).await.expect("topology");
+}
+
+/// A fresh database with an outbox table.
+pub async fn outbox_database() -> sqlx::PgPool {
+    let name = format!("gct_platform_{}", Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .expect("postgres");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE TABLE outbox (
+            id uuid PRIMARY KEY, routing_key text NOT NULL, content_type text NOT NULL,
+            payload bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
+            attempts integer NOT NULL DEFAULT 0, last_error text,
+            next_attempt_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await
+    .expect("outbox table");
+    pool
+}
+
+/// Stops the test's consumer and deletes its queues, so runs leave nothing behind.
+pub async fn finish(broker: &Broker, spec: &QueueSpec, shutdown: &Shutdown) {
+    shutdown.trigger();
+    let channel = broker.channel().await.expect("channel");
+    for queue in spec.all_queues(broker) {
+        let _ = channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,146 @@
+//! The transactional outbox: rows appear with their transaction, are
+//! published once both database and broker are there, and wait otherwise.
+
+use gocommerce_platform::Shutdown;
+use gocommerce_platform::broker::{Broker, Publisher};
+use gocommerce_platform::outbox::{self, OutboxMessage};
+use uuid::Uuid;
+
+use crate::helpers::{
+    AMQP_URL, declare, finish, next, outbox_database, spawn_consumer, unique_spec,
+};
+
+fn message(routing_key: &str) -> OutboxMessage {
+    OutboxMessage {
+        id: Uuid::new_v4(),
+        routing_key: routing_key.to_owned(),
+        content_type: "text/plain".to_owned(),
+        payload: b"state changed".to_vec(),
+    }
+}
+
+async fn pending(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_no_event() {
+    let pool = outbox_database().await;
+    let mut tx = pool.begin().await.expect("tx");
+
+    outbox::enqueue(&mut tx, &message("test.rollback"))
+        .await
+        .expect("enqueued");
+    tx.rollback().await.expect("rollback");
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_committed_event_is_published_and_marked_sent() {
+    let pool = outbox_database().await;
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    tokio::spawn(outbox::run_relay(
+        pool.clone(),
+        Publisher::new(broker.clone()),
+        shutdown.clone(),
+    ));
+    let event = message(&routing_key);
+
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &event).await.expect("enqueued");
+    tx.commit().await.expect("commit");
+
+    let delivered = next(&mut deliveries).await;
+    assert_eq!(delivered.message_id, event.id.to_string());
+    assert_eq!(delivered.payload, b"state changed");
+    for _ in 0..50 {
+        if pending(&pool).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(pending(&pool).await, 0);
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back() {
+    let pool = outbox_database().await;
+    let (spec, routing_key) = unique_spec(3);
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &message(&routing_key))
+        .await
+        .expect("enqueued");
+    tx.commit().await.expect("commit");
+    // Nothing listens on port 1.
+    let down = Publisher::new(Broker::new("amqp://guest:guest@127.0.0.1:1/%2f"));
+
+    let failed = outbox::relay_batch(&pool, &down).await;
+
+    assert!(failed.is_err());
+    assert_eq!(pending(&pool).await, 1);
+    let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert!(last_error.is_some());
+
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let published = outbox::relay_batch(&pool, &Publisher::new(broker.clone()))
+        .await
+        .expect("published");
+
+    assert_eq!(published, 1);
+    assert_eq!(pending(&pool).await, 0);
+    assert_eq!(next(&mut deliveries).await.payload, b"state changed");
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
+    let pool = outbox_database().await;
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &message("nobody.subscribed.yet"))
+        .await
+        .expect("enqueued");
+    outbox::enqueue(&mut tx, &message(&routing_key))
+        .await
+        .expect("enqueued");
+    tx.commit().await.expect("commit");
+
+    outbox::relay_batch(&pool, &Publisher::new(broker.clone()))
+        .await
+        .expect("relayed");
+
+    assert_eq!(next(&mut deliveries).await.payload, b"state changed");
+    let (routing_key, last_error, waits): (String, Option<String>, bool) = sqlx::query_as(
+        "SELECT routing_key, last_error, next_attempt_at > now() FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the unroutable event is still pending");
+    assert_eq!(routing_key, "nobody.subscribed.yet");
+    assert!(last_error.is_some_and(|e| e.contains("route")));
+    assert!(waits, "it is retried later, not in a hot loop");
+    finish(&broker, &spec, &shutdown).await;
+}
