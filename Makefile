@@ -7,6 +7,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/gocommerce/target
 TOOLS ?= $(HOME)/.cache/gocommerce/tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 SCHEMATHESIS := $(TOOLS)/venv/bin/schemathesis
+AIOSMTPD := $(TOOLS)/venv/bin/aiosmtpd
 BIN := $(CARGO_TARGET_DIR)/debug/gocommerce
 
 # The bootstrap admin of a local run (see README).
@@ -36,8 +37,8 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
-cargo-test: ## Unit and integration tests against the local PostgreSQL
-	cargo test --workspace
+cargo-test: tools ## Unit and integration tests against the local PostgreSQL and RabbitMQ
+	GOCOMMERCE_PYTHON=$(TOOLS)/venv/bin/python cargo test --workspace
 
 buf-lint: tools ## Lint the protobuf contracts
 	cd proto && $(BUF) lint
@@ -49,16 +50,17 @@ schemathesis: tools ## Fuzz the live gateway against its own OpenAPI document
 clean-test-databases: ## Drop databases left by earlier test runs
 	scripts/drop-test-databases.sh 'gct\_%'
 
-tools: $(BUF) $(SCHEMATHESIS) ## Install buf and schemathesis under ~/.cache/gocommerce/tools
+tools: $(BUF) $(SCHEMATHESIS) $(AIOSMTPD) ## Install buf and schemathesis under ~/.cache/gocommerce/tools
 
 $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --no-audit --no-fund --silent --prefix $(TOOLS) @bufbuild/buf@1
 	test -x $(BUF)
 
-$(SCHEMATHESIS):
-	python3 -m venv $(TOOLS)/venv
-	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
-	test -x $(SCHEMATHESIS)
+# aiosmtpd is the real SMTP server the notification tests start.
+$(SCHEMATHESIS) $(AIOSMTPD):
+	test -x $(TOOLS)/venv/bin/python || python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'aiosmtpd>=1.4,<2'
+	test -x $(SCHEMATHESIS) && test -x $(AIOSMTPD)
 
 -include mk/*.mk

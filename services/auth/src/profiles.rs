@@ -39,7 +39,10 @@ impl Profiles {
     /// A lazily connected client: auth starts even while the user service does not.
     pub fn connect(url: &str) -> Result<Self, GrpcError> {
         Ok(Self {
-            client: UserServiceClient::new(InterceptedService::new(grpc::channel(url)?, TraceContext)),
+            client: UserServiceClient::new(InterceptedService::new(
+                grpc::channel(url)?,
+                TraceContext,
+            )),
         })
     }
 

@@ -74,15 +74,8 @@ impl AuthService {
             .await?;
         // The account and its user.registered event commit together.
         let mut tx = self.pool.begin().await?;
-        let account = db::insert_account(
-            &mut tx,
-            id,
-            email.as_str(),
-            name.as_str(),
-            &hash,
-            role,
-        )
-        .await?;
+        let account =
+            db::insert_account(&mut tx, id, email.as_str(), name.as_str(), &hash, role).await?;
         let event = events::message(
             SOURCE,
             account.id,

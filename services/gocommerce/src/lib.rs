@@ -154,7 +154,10 @@ pub async fn start(
             .await
             .context("notification service failed to start")?;
         ports.insert(ServiceName::Notification, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("notification service"));
+        tasks.spawn(
+            app.run_until_stopped()
+                .map_err_anyhow("notification service"),
+        );
     }
 
     let mut gateway_port = None;

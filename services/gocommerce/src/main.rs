@@ -22,9 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let env = ProcessEnv;
     let _telemetry = telemetry::init(&env, cli.component.service_name())?;
-    let grace = CommonConfig::from_env(&env)?.shutdown_grace;
+    let common = CommonConfig::from_env(&env)?;
+    let grace = common.shutdown_grace;
 
-    let shutdown = Shutdown::new();
+    let shutdown = Shutdown::with_drain(common.shutdown_drain);
     shutdown.listen_for_signals();
     let running = start(cli.component, &env, Readiness::new(shutdown)).await?;
     tracing::info!(component = ?cli.component, admin_port = running.admin_port, "started");

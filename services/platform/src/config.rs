@@ -92,6 +92,8 @@ pub fn boolean(env: &dyn Env, name: &str, default: bool) -> Result<bool, ConfigE
 pub struct CommonConfig {
     pub admin_addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// How long internal gRPC servers keep answering after the signal.
+    pub shutdown_drain: Duration,
     pub database_max_connections: u32,
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; empty for none.
@@ -112,6 +114,7 @@ impl CommonConfig {
         Ok(Self {
             admin_addr: addr(env, "ADMIN_ADDR", "0.0.0.0:9090")?,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 20)?,
+            shutdown_drain: Duration::from_millis(parse(env, "SHUTDOWN_DRAIN_MS", 1000u64)?),
             database_max_connections,
             amqp_url: string(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_namespace: string(env, "AMQP_NAMESPACE", ""),

@@ -82,7 +82,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.wait().await;
+            shutdown.drained().await;
         })
         .await;
     watcher.abort();

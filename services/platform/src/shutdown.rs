@@ -1,6 +1,11 @@
 //! One shutdown signal for every server and loop in the process. SIGTERM or
 //! SIGINT trips it; readiness reads it first so load balancers stop sending
 //! traffic, servers then drain in-flight requests within the grace period.
+//!
+//! Internal gRPC servers keep answering for a short drain after the signal
+//! (their health already says NOT_SERVING): a request their caller accepted
+//! just before the signal still needs them, whether that caller is another
+//! pod or the gateway in the same `gocommerce all` process.
 
 use std::time::Duration;
 
@@ -10,11 +15,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    drain: Duration,
 }
 
 impl Shutdown {
+    /// A signal whose internal servers stop as soon as it trips.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A signal whose internal servers keep answering `drain` after it trips.
+    pub fn with_drain(drain: Duration) -> Self {
+        Self {
+            token: CancellationToken::new(),
+            drain,
+        }
     }
 
     /// Trips the signal on SIGTERM or SIGINT.
@@ -56,6 +71,13 @@ impl Shutdown {
     /// Resolves once the signal is tripped.
     pub async fn wait(&self) {
         self.token.cancelled().await;
+    }
+
+    /// Resolves once the signal is tripped and the drain is over: the moment
+    /// internal servers stop taking new requests.
+    pub async fn drained(&self) {
+        self.wait().await;
+        tokio::time::sleep(self.drain).await;
     }
 
     /// Resolves `grace` after the signal is tripped: the moment to stop

@@ -1,0 +1,25 @@
+//! The product service's settings, read from the environment.
+
+use std::net::SocketAddr;
+
+use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
+
+#[derive(Debug, Clone)]
+pub struct ProductConfig {
+    pub grpc_addr: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub common: config::CommonConfig,
+}
+
+impl ProductConfig {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let common = config::CommonConfig::from_env(env)?;
+        Ok(Self {
+            grpc_addr: ServiceName::Product.grpc_addr(env)?,
+            database_url: ServiceName::Product.database_url(env)?,
+            database_max_connections: common.database_max_connections,
+            common,
+        })
+    }
+}

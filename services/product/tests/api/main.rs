@@ -1,0 +1,9 @@
+//! Integration tests of the product service over gRPC, against the real
+//! PostgreSQL on this machine.
+
+mod categories;
+mod helpers;
+mod import;
+mod inventory;
+mod products;
+mod search;
