@@ -37,8 +37,14 @@ struct Mailer {
 /// left to the network (a relay on the same node or a mesh); lettre's TLS
 /// would bring a second crypto stack into the build.
 fn smtp_transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, ChannelError> {
-    let bad = |why: &str| ChannelError::SmtpUrl(format!("{why}: expected smtp://[user:password@]host[:port]"));
-    let rest = url.strip_prefix("smtp://").ok_or_else(|| bad("not an smtp:// URL"))?;
+    let bad = |why: &str| {
+        ChannelError::SmtpUrl(format!(
+            "{why}: expected smtp://[user:password@]host[:port]"
+        ))
+    };
+    let rest = url
+        .strip_prefix("smtp://")
+        .ok_or_else(|| bad("not an smtp:// URL"))?;
     let rest = rest.trim_end_matches('/');
     let (credentials, address) = match rest.rsplit_once('@') {
         Some((credentials, address)) => (Some(credentials), address),
@@ -85,16 +91,16 @@ impl std::fmt::Debug for Channels {
 
 impl Channels {
     pub fn from_config(config: &NotificationConfig) -> Result<Self, ChannelError> {
-        let mailer = match &config.smtp_url {
-            None => None,
-            Some(url) => Some(Mailer {
-                transport: smtp_transport(url)?,
-                from: config
-                    .smtp_from
-                    .parse()
-                    .map_err(|e: lettre::address::AddressError| ChannelError::From(e.to_string()))?,
-            }),
-        };
+        let mailer =
+            match &config.smtp_url {
+                None => None,
+                Some(url) => Some(Mailer {
+                    transport: smtp_transport(url)?,
+                    from: config.smtp_from.parse().map_err(
+                        |e: lettre::address::AddressError| ChannelError::From(e.to_string()),
+                    )?,
+                }),
+            };
         Ok(Self {
             mailer,
             sms: config.sms_webhook_url.clone(),
@@ -119,12 +125,19 @@ impl Channels {
     }
 
     #[tracing::instrument(skip_all, err)]
-    pub async fn send_email(&self, to: &str, subject: &str, body: &str) -> Result<(), ChannelError> {
+    pub async fn send_email(
+        &self,
+        to: &str,
+        subject: &str,
+        body: &str,
+    ) -> Result<(), ChannelError> {
         let mailer = self
             .mailer
             .as_ref()
             .ok_or_else(|| ChannelError::Smtp("email is not configured".to_owned()))?;
-        let to: Mailbox = to.parse().map_err(|_| ChannelError::Recipient(to.to_owned()))?;
+        let to: Mailbox = to
+            .parse()
+            .map_err(|_| ChannelError::Recipient(to.to_owned()))?;
         let message = Message::builder()
             .from(mailer.from.clone())
             .to(to)
@@ -149,12 +162,21 @@ impl Channels {
     }
 
     #[tracing::instrument(skip_all, err)]
-    pub async fn send_push(&self, user_id: Uuid, title: &str, body: &str) -> Result<(), ChannelError> {
+    pub async fn send_push(
+        &self,
+        user_id: Uuid,
+        title: &str,
+        body: &str,
+    ) -> Result<(), ChannelError> {
         let url = self
             .push
             .as_ref()
             .ok_or_else(|| ChannelError::Webhook("push is not configured".to_owned()))?;
-        self.post(url, &json!({"user_id": user_id, "title": title, "body": body})).await
+        self.post(
+            url,
+            &json!({"user_id": user_id, "title": title, "body": body}),
+        )
+        .await
     }
 
     async fn post(&self, url: &str, body: &serde_json::Value) -> Result<(), ChannelError> {
@@ -168,7 +190,10 @@ impl Channels {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(ChannelError::Webhook(format!("the provider answered {}", response.status())))
+            Err(ChannelError::Webhook(format!(
+                "the provider answered {}",
+                response.status()
+            )))
         }
     }
 }

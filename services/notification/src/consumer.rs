@@ -14,14 +14,16 @@ use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::channels::Channels;
-use crate::db::{self, NewNotification};
+use crate::channels::{ChannelError, Channels};
+use crate::db::{self, Claim, NewNotification, NotificationRow};
 use crate::templates::{self, Rendered};
 
-pub type UserClient = UserServiceClient<tonic::service::interceptor::InterceptedService<
-    tonic::transport::Channel,
-    gocommerce_platform::grpc::TraceContext,
->>;
+pub type UserClient = UserServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        gocommerce_platform::grpc::TraceContext,
+    >,
+>;
 
 /// The events that may notify someone.
 pub const EVENTS: [&str; 9] = [
@@ -69,16 +71,22 @@ impl Handler {
         drop(conn);
         let Some(rendered) = templates::render(&envelope) else {
             let mut conn = self.pool.acquire().await.map_err(retry)?;
-            db::mark_processed(&mut conn, event_id, &envelope.event_type).await.map_err(retry)?;
+            db::mark_processed(&mut conn, event_id, &envelope.event_type)
+                .await
+                .map_err(retry)?;
             return Ok(());
         };
         let contact = self.contact(rendered.user_id).await?;
-        self.record(event_id, &envelope.event_type, &rendered, contact.as_ref()).await.map_err(retry)?;
+        self.record(event_id, &envelope.event_type, &rendered, contact.as_ref())
+            .await
+            .map_err(retry)?;
         let last_attempt = message.attempt >= self.max_attempts;
         let failures = self.send_unsent(event_id, last_attempt).await?;
         if failures.is_empty() {
             let mut conn = self.pool.acquire().await.map_err(retry)?;
-            db::mark_processed(&mut conn, event_id, &envelope.event_type).await.map_err(retry)?;
+            db::mark_processed(&mut conn, event_id, &envelope.event_type)
+                .await
+                .map_err(retry)?;
             Ok(())
         } else {
             Err(HandlerError::Retry(failures.join("; ")))
@@ -94,7 +102,10 @@ impl Handler {
         match self.user.clone().get_contact(request).await {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(HandlerError::Retry(format!("user service: {}", status.message()))),
+            Err(status) => Err(HandlerError::Retry(format!(
+                "user service: {}",
+                status.message()
+            ))),
         }
     }
 
@@ -107,14 +118,21 @@ impl Handler {
     ) -> Result<(), sqlx::Error> {
         let channels = contact
             .and_then(|c| c.preferences.as_ref())
-            .and_then(|p| p.channels.clone())
+            .and_then(|p| p.channels)
             .unwrap_or_default();
         let email = contact.map(|c| c.email.as_str()).unwrap_or_default();
         let phone = contact.map(|c| c.phone.as_str()).unwrap_or_default();
         let user = rendered.user_id.to_string();
         let mut tx = self.pool.begin().await?;
         if let Some(message) = &rendered.email {
-            let skip = skip_reason(contact.is_some(), channels.email, self.channels.has_email(), email, "email", "SMTP_URL");
+            let skip = skip_reason(
+                contact.is_some(),
+                channels.email,
+                self.channels.has_email(),
+                email,
+                "email",
+                "SMTP_URL",
+            );
             let new = NewNotification {
                 event_id,
                 event_type,
@@ -129,7 +147,14 @@ impl Handler {
             db::insert(&mut tx, &new).await?;
         }
         if let Some(text) = &rendered.sms {
-            let skip = skip_reason(contact.is_some(), channels.sms, self.channels.has_sms(), phone, "phone number", "SMS_WEBHOOK_URL");
+            let skip = skip_reason(
+                contact.is_some(),
+                channels.sms,
+                self.channels.has_sms(),
+                phone,
+                "phone number",
+                "SMS_WEBHOOK_URL",
+            );
             let new = NewNotification {
                 event_id,
                 event_type,
@@ -144,7 +169,14 @@ impl Handler {
             db::insert(&mut tx, &new).await?;
         }
         if let Some(push) = &rendered.push {
-            let skip = skip_reason(contact.is_some(), channels.push, self.channels.has_push(), &user, "user", "PUSH_WEBHOOK_URL");
+            let skip = skip_reason(
+                contact.is_some(),
+                channels.push,
+                self.channels.has_push(),
+                &user,
+                "user",
+                "PUSH_WEBHOOK_URL",
+            );
             let new = NewNotification {
                 event_id,
                 event_type,
@@ -161,51 +193,81 @@ impl Handler {
         tx.commit().await
     }
 
-    /// Sends what is unsent; returns the failures.
-    async fn send_unsent(&self, event_id: Uuid, last_attempt: bool) -> Result<Vec<String>, HandlerError> {
+    /// Sends what is unsent; returns the failures. Each notification is
+    /// locked while it is sent, so two deliveries of one event (two replicas)
+    /// never send it twice; the one that finds it locked retries later.
+    async fn send_unsent(
+        &self,
+        event_id: Uuid,
+        last_attempt: bool,
+    ) -> Result<Vec<String>, HandlerError> {
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
         let mut conn = self.pool.acquire().await.map_err(retry)?;
         let unsent = db::unsent(&mut conn, event_id).await.map_err(retry)?;
         drop(conn);
         let mut failures = Vec::new();
-        for notification in unsent {
-            let sent = match notification.channel.as_str() {
-                "email" => {
-                    self.channels
-                        .send_email(
-                            &notification.recipient,
-                            notification.subject.as_deref().unwrap_or_default(),
-                            &notification.body,
-                        )
-                        .await
-                }
-                "sms" => self.channels.send_sms(&notification.recipient, &notification.body).await,
-                _ => {
-                    self.channels
-                        .send_push(
-                            notification.user_id,
-                            notification.subject.as_deref().unwrap_or_default(),
-                            &notification.body,
-                        )
-                        .await
+        for candidate in unsent {
+            let mut tx = self.pool.begin().await.map_err(retry)?;
+            let notification = match db::claim(&mut tx, candidate.id).await.map_err(retry)? {
+                Claim::Claimed(notification) => notification,
+                Claim::Done => continue,
+                Claim::Busy => {
+                    failures.push(format!(
+                        "{}: being sent by another delivery",
+                        candidate.channel
+                    ));
+                    continue;
                 }
             };
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            let sent = self.send(&notification).await;
             match sent {
                 Ok(()) => {
-                    db::mark_sent(&mut conn, notification.id).await.map_err(retry)?;
+                    db::mark_sent(&mut tx, notification.id)
+                        .await
+                        .map_err(retry)?;
+                    tx.commit().await.map_err(retry)?;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }
                 Err(error) => {
                     let error = error.to_string();
-                    db::mark_failed(&mut conn, notification.id, &error, last_attempt)
+                    db::mark_failed(&mut tx, notification.id, &error, last_attempt)
                         .await
                         .map_err(retry)?;
+                    tx.commit().await.map_err(retry)?;
+                    tracing::warn!(notification_id = %notification.id, channel = notification.channel, %error, last_attempt, "notification not sent");
                     failures.push(format!("{}: {error}", notification.channel));
                 }
             }
         }
         Ok(failures)
+    }
+
+    async fn send(&self, notification: &NotificationRow) -> Result<(), ChannelError> {
+        match notification.channel.as_str() {
+            "email" => {
+                self.channels
+                    .send_email(
+                        &notification.recipient,
+                        notification.subject.as_deref().unwrap_or_default(),
+                        &notification.body,
+                    )
+                    .await
+            }
+            "sms" => {
+                self.channels
+                    .send_sms(&notification.recipient, &notification.body)
+                    .await
+            }
+            _ => {
+                self.channels
+                    .send_push(
+                        notification.user_id,
+                        notification.subject.as_deref().unwrap_or_default(),
+                        &notification.body,
+                    )
+                    .await
+            }
+        }
     }
 }
 
@@ -228,5 +290,46 @@ fn skip_reason(
         Some(format!("the user has no {what}"))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_is_skipped_for_the_first_reason_that_applies() {
+        assert_eq!(
+            skip_reason(false, true, true, "a@b.c", "email", "SMTP_URL").as_deref(),
+            Some("the user no longer exists")
+        );
+        assert_eq!(
+            skip_reason(true, false, false, "", "email", "SMTP_URL").as_deref(),
+            Some("turned off in the user's preferences")
+        );
+        assert_eq!(
+            skip_reason(true, true, false, "a@b.c", "email", "SMTP_URL").as_deref(),
+            Some("channel not configured (SMTP_URL is unset)")
+        );
+        assert_eq!(
+            skip_reason(true, true, true, "", "phone number", "SMS_WEBHOOK_URL").as_deref(),
+            Some("the user has no phone number")
+        );
+        assert_eq!(
+            skip_reason(true, true, true, "a@b.c", "email", "SMTP_URL"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bound_to_every_event_that_may_notify_with_bounded_prefetch() {
+        let spec = queue(3, vec![Duration::from_millis(100)]);
+        assert_eq!(spec.name, "notification.events");
+        assert_eq!(spec.bindings.len(), EVENTS.len());
+        for key in ["user.registered", "order.paid", "payment.refunded"] {
+            assert!(spec.bindings.iter().any(|b| b == key), "{key}");
+        }
+        assert_eq!(spec.max_attempts, 3);
+        assert!(spec.prefetch > 0 && spec.prefetch <= 64);
     }
 }

@@ -47,7 +47,11 @@ pub async fn is_processed(conn: &mut PgConnection, event_id: Uuid) -> Result<boo
 }
 
 #[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
-pub async fn mark_processed(conn: &mut PgConnection, event_id: Uuid, event_type: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_processed(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    event_type: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING")
         .bind(event_id)
         .bind(event_type)
@@ -80,7 +84,10 @@ pub async fn insert(conn: &mut PgConnection, new: &NewNotification<'_>) -> Resul
 
 /// The event's notifications still to send (never the sent or skipped ones).
 #[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
-pub async fn unsent(conn: &mut PgConnection, event_id: Uuid) -> Result<Vec<NotificationRow>, sqlx::Error> {
+pub async fn unsent(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+) -> Result<Vec<NotificationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM notifications WHERE event_id = $1 \
          AND status IN ('pending', 'failed', 'dead_lettered') ORDER BY channel"
@@ -88,6 +95,40 @@ pub async fn unsent(conn: &mut PgConnection, event_id: Uuid) -> Result<Vec<Notif
     .bind(event_id)
     .fetch_all(conn)
     .await
+}
+
+/// Locks one unsent notification for sending, within the caller's
+/// transaction. `Claim::Busy` when another delivery holds it right now (a
+/// second replica got the same event); `Claim::Done` when it needs no sending.
+#[tracing::instrument(skip_all, fields(notification_id = %id), err)]
+pub async fn claim(conn: &mut PgConnection, id: Uuid) -> Result<Claim, sqlx::Error> {
+    let row: Option<NotificationRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE id = $1 \
+         AND status IN ('pending', 'failed', 'dead_lettered') FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = row {
+        return Ok(Claim::Claimed(Box::new(row)));
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match status.as_deref() {
+        Some("pending" | "failed" | "dead_lettered") => Claim::Busy,
+        _ => Claim::Done,
+    })
+}
+
+/// The outcome of `claim`.
+#[derive(Debug)]
+pub enum Claim {
+    Claimed(Box<NotificationRow>),
+    Busy,
+    Done,
 }
 
 #[tracing::instrument(skip_all, fields(notification_id = %id), err)]
@@ -104,7 +145,12 @@ pub async fn mark_sent(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Er
 
 /// Records a failed attempt; `dead` when no attempt is left.
 #[tracing::instrument(skip_all, fields(notification_id = %id), err)]
-pub async fn mark_failed(conn: &mut PgConnection, id: Uuid, error: &str, dead: bool) -> Result<(), sqlx::Error> {
+pub async fn mark_failed(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &str,
+    dead: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $2, updated_at = now() \
          WHERE id = $1",

@@ -20,7 +20,8 @@ impl From<NotificationError> for tonic::Status {
             NotificationError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             NotificationError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             NotificationError::Broker(_) => {
-                return ErrorCode::Unavailable.status("the message broker is unavailable, retry later");
+                return ErrorCode::Unavailable
+                    .status("the message broker is unavailable, retry later");
             }
             NotificationError::Database(_) => return gocommerce_platform::error::internal(&error),
         };

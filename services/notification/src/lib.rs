@@ -4,8 +4,8 @@
 //! event notifies each channel at most once; failures go through the retry
 //! tiers to the dead letters, from which an admin can replay them.
 
-pub mod config;
 mod channels;
+pub mod config;
 mod consumer;
 mod db;
 mod error;

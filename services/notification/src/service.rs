@@ -85,7 +85,8 @@ fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Notifi
         return Ok(None);
     }
     let bad = || invalid("page_token: malformed; pass back the next_page_token of a previous page");
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let text =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
     let (micros, id) = text.split_once(':').ok_or_else(bad)?;
     let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
     Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
@@ -118,14 +119,22 @@ impl pb::notification_service_server::NotificationService for NotificationServic
         let page = request.page.unwrap_or_default();
         let size = match page.page_size {
             0 => DEFAULT_PAGE_SIZE,
-            size if size > MAX_PAGE_SIZE => return Err(invalid(format!("page_size: at most {MAX_PAGE_SIZE}")).into()),
+            size if size > MAX_PAGE_SIZE => {
+                return Err(invalid(format!("page_size: at most {MAX_PAGE_SIZE}")).into());
+            }
             size => size,
         };
         let after = parse_page_token(&page.page_token)?;
         let mut conn = self.pool.acquire().await.map_err(NotificationError::from)?;
-        let mut rows = db::list(&mut conn, user_id, status_name(status), after, i64::from(size) + 1)
-            .await
-            .map_err(NotificationError::from)?;
+        let mut rows = db::list(
+            &mut conn,
+            user_id,
+            status_name(status),
+            after,
+            i64::from(size) + 1,
+        )
+        .await
+        .map_err(NotificationError::from)?;
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
             rows.last().map(page_token).unwrap_or_default()

@@ -1,11 +1,13 @@
 //! Builds the notification service: database, broker, transports, the bound
 //! gRPC listener, and the event consumer that runs beside the server.
 
+use gocommerce_platform::Readiness;
 use gocommerce_platform::broker::{self, Broker};
 use gocommerce_platform::db::{DbError, connect_and_migrate};
 use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
-use gocommerce_platform::Readiness;
-use gocommerce_proto::notification::v1::notification_service_server::{NotificationServiceServer, SERVICE_NAME};
+use gocommerce_proto::notification::v1::notification_service_server::{
+    NotificationServiceServer, SERVICE_NAME,
+};
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -40,8 +42,16 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: NotificationConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(&config.database_url, config.common.database_max_connections, &MIGRATOR).await?;
+    pub async fn build(
+        config: NotificationConfig,
+        readiness: Readiness,
+    ) -> Result<Self, StartupError> {
+        let pool = connect_and_migrate(
+            &config.database_url,
+            config.common.database_max_connections,
+            &MIGRATOR,
+        )
+        .await?;
         readiness.add_postgres("notification-database", pool.clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
@@ -49,7 +59,10 @@ impl Application {
         tracing::info!(?channels, "notification channels");
         let handler = Handler {
             pool: pool.clone(),
-            user: UserServiceClient::new(InterceptedService::new(grpc::channel(&config.user_url)?, TraceContext)),
+            user: UserServiceClient::new(InterceptedService::new(
+                grpc::channel(&config.user_url)?,
+                TraceContext,
+            )),
             channels,
             max_attempts: config.max_attempts,
         };
@@ -58,7 +71,9 @@ impl Application {
             broker,
             queue: consumer::queue(config.max_attempts, config.retry_delays.clone()),
         };
-        let listener = TcpListener::bind(config.grpc_addr).await.map_err(StartupError::Bind)?;
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(StartupError::Bind)?;
         let port = listener.local_addr().map_err(StartupError::Bind)?.port();
         tracing::info!(port, "notification service listening");
         Ok(Self {

@@ -34,8 +34,8 @@ pub fn format_money(money: Option<&Money>) -> String {
         return String::new();
     };
     let exponent = match money.currency.as_str() {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "VND"
-        | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
         "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
         _ => 2,
     };
@@ -102,7 +102,10 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                         lines(&e.items)
                     ),
                 }),
-                sms: Some(format!("GoCommerce: order {} confirmed, total {total}.", e.order_id)),
+                sms: Some(format!(
+                    "GoCommerce: order {} confirmed, total {total}.",
+                    e.order_id
+                )),
                 push: Some(Push {
                     title: "Order confirmed".to_owned(),
                     body: format!("Order {} is paid: {total}.", e.order_id),
@@ -128,7 +131,10 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                         format_money(e.total.as_ref())
                     ),
                 }),
-                sms: Some(format!("GoCommerce: order {} was cancelled ({}).", e.order_id, e.reason)),
+                sms: Some(format!(
+                    "GoCommerce: order {} was cancelled ({}).",
+                    e.order_id, e.reason
+                )),
                 push: Some(Push {
                     title: "Order cancelled".to_owned(),
                     body: format!("Order {} was cancelled: {}.", e.order_id, e.reason),
@@ -160,7 +166,11 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
             user_id: user(&e.user_id)?,
             email: Some(Email {
                 subject: format!("Order {} delivered", e.order_id),
-                body: format!("Your order {} was delivered. Enjoy!\n\n{}\n", e.order_id, lines(&e.items)),
+                body: format!(
+                    "Your order {} was delivered. Enjoy!\n\n{}\n",
+                    e.order_id,
+                    lines(&e.items)
+                ),
             }),
             sms: None,
             push: Some(Push {
@@ -181,7 +191,10 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                         format_money(e.refunded_total.as_ref())
                     ),
                 }),
-                sms: Some(format!("GoCommerce: {amount} refunded for order {}.", e.order_id)),
+                sms: Some(format!(
+                    "GoCommerce: {amount} refunded for order {}.",
+                    e.order_id
+                )),
                 push: None,
             })
         }
@@ -241,7 +254,11 @@ mod tests {
 
         let email = rendered.email.expect("an email");
         assert!(email.subject.contains(&order_id));
-        assert!(email.body.contains("2 x Difference Engine at USD 10.00 = USD 20.00"));
+        assert!(
+            email
+                .body
+                .contains("2 x Difference Engine at USD 10.00 = USD 20.00")
+        );
         assert!(email.body.contains("Total: USD 20.00"));
         assert!(rendered.sms.expect("an sms").contains(&order_id));
         assert!(rendered.push.is_some());

@@ -160,7 +160,10 @@ impl OrderService {
     /// gives up) and waits for it at most `budget`.
     async fn drive_for(&self, id: Uuid, budget: Duration) -> Result<OrderRow, OrderError> {
         let saga = self.saga.clone();
-        let run = tokio::spawn(async move { saga.drive(id).await });
+        // In the caller's span, so the saga's calls and events join its trace.
+        let run = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            saga.drive(id).await
+        }));
         match tokio::time::timeout(budget, run).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(OrderError::Backend(GrpcStatus::internal(join.to_string()))),

@@ -108,6 +108,16 @@ impl Broker {
         self.name(EVENTS_EXCHANGE)
     }
 
+    /// The client-provided connection name: `gocommerce`, or
+    /// `gocommerce/<namespace>` within a namespace.
+    pub fn connection_name(&self) -> String {
+        if self.namespace.is_empty() {
+            "gocommerce".to_owned()
+        } else {
+            format!("gocommerce/{}", self.namespace)
+        }
+    }
+
     /// Registers a readiness check: ready while a connection is open (or can be opened).
     pub fn register_readiness(&self, readiness: &Readiness) {
         let broker = self.clone();
@@ -134,7 +144,11 @@ impl Broker {
             }
         }
         self.connected.store(false, Ordering::Relaxed);
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+        // The name shows in the management UI and `rabbitmqctl list_connections`,
+        // so an operator (or a test) can tell one environment's connections apart.
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.connection_name().into());
+        let connection = Connection::connect(&self.url, properties)
             .await
             .inspect_err(|error| tracing::warn!(%error, "cannot connect to the broker"))?;
         let channel = connection.create_channel().await?;
@@ -491,16 +505,21 @@ where
                 headers.insert(ATTEMPT_HEADER.to_owned(), attempt.to_string());
                 headers.insert(LAST_ERROR_HEADER.to_owned(), error.to_string());
                 headers.insert(ROUTING_KEY_HEADER.to_owned(), incoming.routing_key.clone());
-                let moved = publisher
-                    .publish(&Outgoing {
-                        exchange: String::new(),
-                        routing_key: target,
-                        message_id: incoming.message_id.clone(),
-                        content_type: content_type(&delivery.properties),
-                        payload: delivery.data.clone(),
-                        headers,
-                    })
-                    .await;
+                let outgoing = Outgoing {
+                    exchange: String::new(),
+                    routing_key: target,
+                    message_id: incoming.message_id.clone(),
+                    content_type: content_type(&delivery.properties),
+                    payload: delivery.data.clone(),
+                    headers,
+                };
+                let mut moved = publisher.publish(&outgoing).await;
+                if matches!(moved, Err(BrokerError::Unroutable)) {
+                    // The wait or dead-letter queue is gone (deleted by hand or
+                    // expired through x-expires): declare it again, then retry.
+                    spec.declare(broker, &channel).await?;
+                    moved = publisher.publish(&outgoing).await;
+                }
                 match moved {
                     Ok(()) => {
                         delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -532,6 +551,20 @@ pub async fn replay_dead_letters(
 ) -> Result<u32, BrokerError> {
     let channel = broker.channel().await?;
     spec.declare(broker, &channel).await?;
+    // Only what is dead already: a replayed message that fails again and
+    // comes back during the replay is not moved a second time.
+    let waiting = channel
+        .queue_declare(
+            spec.dead_letter_queue(broker).as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    let limit = limit.min(waiting);
     let publisher = Publisher::new(broker.clone());
     let mut moved = 0;
     while moved < limit {

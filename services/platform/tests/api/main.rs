@@ -4,3 +4,4 @@
 mod broker;
 mod helpers;
 mod outbox;
+mod resilience;

@@ -1,0 +1,14 @@
+//! Integration tests of the whole platform through its public interfaces,
+//! against the real PostgreSQL on this machine.
+
+mod auth;
+mod catalog;
+mod e2e;
+mod gateway;
+mod helpers;
+mod mailbox;
+mod notifications;
+mod orders;
+mod platform;
+mod tokens;
+mod users;
