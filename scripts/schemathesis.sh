@@ -8,6 +8,7 @@ set -euo pipefail
 bin=$1
 schemathesis=$2
 here=$(cd "$(dirname "$0")/.." && pwd)
+export GOCOMMERCE_ROOT="$here"
 run_id="st_$(date +%s)_$$"
 log=$(mktemp -t gocommerce-schemathesis.XXXXXX.log)
 
@@ -50,14 +51,24 @@ curl -fsS -X POST "$base/v1/auth/register" -H 'content-type: application/json' \
 token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/json' \
   -d "{\"email\":\"$email\",\"password\":\"schemathesis-pw\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
+# And the bootstrap admin's, so the admin routes are fuzzed past the 403.
+admin_token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/json' \
+  -d "{\"email\":\"$GOCOMMERCE_ADMIN_EMAIL\",\"password\":\"$GOCOMMERCE_ADMIN_PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+# A fixed seed keeps `make test` reproducible; SCHEMATHESIS_SEED=random (or
+# any number) explores further.
+if [[ "${SCHEMATHESIS_SEED:-}" == random ]]; then unset SCHEMATHESIS_SEED; SCHEMATHESIS_SEED=$RANDOM$RANDOM; fi
 status=0
-"$schemathesis" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
-  --checks all \
-  --header "Authorization: Bearer $token" \
-  --workers 2 \
-  --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
-  --suppress-health-check too_slow \
-  --request-timeout 10 || status=$?
+for bearer in "$token" "$admin_token"; do
+  "$schemathesis" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
+    --checks all \
+    --header "Authorization: Bearer $bearer" \
+    --workers 2 \
+    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
+    --seed "${SCHEMATHESIS_SEED:-20261125}" \
+    --suppress-health-check too_slow \
+    --request-timeout 10 || status=$?
+done
 if grep -q "panicked" "$log"; then
   echo "gocommerce panicked during the run:"; grep -A5 "panicked" "$log"; status=1
 fi

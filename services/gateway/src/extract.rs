@@ -45,9 +45,21 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(request, state)
+        if !is_json(request.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
             .await
-            .map_err(json_problem)?;
+            .map_err(|e| json_problem(JsonRejection::from(e)))?;
+        // serde would also build a struct from a JSON array of its fields in
+        // order; every body of this API is an object, so anything else is refused.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Problem::new(
+                ErrorCode::InvalidArgument,
+                "the body must be a JSON object",
+            ));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_problem)?;
         let errors = value.validate();
         if errors.is_empty() {
             Ok(Self(value))
@@ -57,14 +69,38 @@ where
     }
 }
 
+/// `application/json` or `application/<anything>+json`, parameters allowed.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
+}
+
+fn unsupported_media_type() -> Problem {
+    Problem::with_status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "Unsupported media type",
+        "the body must be JSON with Content-Type: application/json",
+    )
+}
+
 fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::with_status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "the body must be JSON with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::JsonSyntaxError(e) => Problem::new(
             ErrorCode::InvalidArgument,
             format!("the body is not valid JSON: {}", source_message(&e)),
@@ -186,6 +222,95 @@ where
             Ok(Self(value))
         } else {
             Err(Problem::validation(errors))
+        }
+    }
+}
+
+/// Whole-number body fields. JSON Schema counts `3.0` as an integer, and so
+/// do many clients' serialisers; serde does not. These accept any JSON number
+/// without a fractional part that fits the field, and refuse the rest with a
+/// message saying so: `#[serde(deserialize_with = "whole::deserialize")]`, or
+/// `whole::option` with `#[serde(default)]` for optional fields.
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn to_i128(number: &serde_json::Number) -> Option<i128> {
+        if let Some(n) = number.as_i64() {
+            return Some(i128::from(n));
+        }
+        if let Some(n) = number.as_u64() {
+            return Some(i128::from(n));
+        }
+        let f = number.as_f64()?;
+        // Beyond ±2^63 every f64 is whole, but no field here is that large.
+        (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i128)
+    }
+
+    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i128>,
+    {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        to_i128(&number)
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+    }
+
+    pub fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i128>,
+    {
+        match Option::<serde_json::Number>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(number) => to_i128(&number)
+                .and_then(|n| T::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    D::Error::custom(format!("{number} is not a whole number in range"))
+                }),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "super::deserialize")]
+            n: u32,
+            #[serde(default, deserialize_with = "super::option")]
+            m: Option<i64>,
+        }
+
+        fn parse(json: &str) -> Result<Body, String> {
+            serde_json::from_str(json).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn whole_numbers_are_accepted_in_any_json_spelling() {
+            let body = parse(r#"{"n": 1462.0, "m": -5}"#).expect("whole");
+            assert_eq!((body.n, body.m), (1462, Some(-5)));
+            assert_eq!(parse(r#"{"n": 7}"#).expect("whole").m, None);
+            assert_eq!(parse(r#"{"n": 1e3}"#).expect("whole").n, 1000);
+        }
+
+        #[test]
+        fn fractions_out_of_range_values_and_other_types_are_refused() {
+            for bad in [
+                r#"{"n": 1.5}"#,
+                r#"{"n": -1}"#,
+                r#"{"n": 4294967296}"#,
+                r#"{"n": "3"}"#,
+                r#"{"n": 1, "m": 0.25}"#,
+            ] {
+                assert!(parse(bad).is_err(), "{bad}");
+            }
+            assert!(
+                parse(r#"{"n": 1.5}"#)
+                    .expect_err("fraction")
+                    .contains("not a whole number")
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::authn::{Admin, Authenticated};
-use crate::extract::{Query, Validate, ValidJson};
+use crate::extract::{Query, ValidJson, Validate};
 use crate::problem::{FieldError, Problem};
 use crate::routes::rfc3339;
 use crate::startup::AppState;
@@ -150,11 +150,19 @@ impl Validate for ListQuery {
     }
 }
 
-async fn list(state: &AppState, caller: &gocommerce_platform::Caller, user_id: String, query: ListQuery) -> Result<Json<NotificationList>, Problem> {
+async fn list(
+    state: &AppState,
+    caller: &gocommerce_platform::Caller,
+    user_id: String,
+    query: ListQuery,
+) -> Result<Json<NotificationList>, Problem> {
     let request = state.backends.request(
         pb::ListNotificationsRequest {
             user_id,
-            status: query.status.map_or(pb::NotificationStatus::Unspecified, StatusView::to_proto) as i32,
+            status: query
+                .status
+                .map_or(pb::NotificationStatus::Unspecified, StatusView::to_proto)
+                as i32,
             page: Some(PageRequest {
                 page_size: query.page_size.unwrap_or(0),
                 page_token: query.page_token.unwrap_or_default(),
@@ -171,7 +179,11 @@ async fn list(state: &AppState, caller: &gocommerce_platform::Caller, user_id: S
         .map_err(|s| Problem::from_status(&s, "notification"))?
         .into_inner();
     Ok(Json(NotificationList {
-        items: response.items.into_iter().map(NotificationView::from).collect(),
+        items: response
+            .items
+            .into_iter()
+            .map(NotificationView::from)
+            .collect(),
         next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
     }))
 }
@@ -219,6 +231,7 @@ pub async fn list_all(
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// At most this many messages; all (up to 10,000) when absent.
+    #[serde(default, deserialize_with = "crate::extract::whole::option")]
     #[schema(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }

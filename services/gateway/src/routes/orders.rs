@@ -242,6 +242,7 @@ impl OrderView {
 pub struct PlaceItemBody {
     #[schema(format = Uuid)]
     pub product_id: Uuid,
+    #[serde(deserialize_with = "crate::extract::whole::deserialize")]
     #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i32,
 }
@@ -606,12 +607,17 @@ pub async fn cancel_order(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShipBody {
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S", example = "UPS")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\s\x85]",
+        example = "UPS"
+    )]
     pub carrier: String,
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"\S",
+        pattern = r"[^\s\x85]",
         example = "1Z999AA10123456784"
     )]
     pub tracking_number: String,
@@ -716,12 +722,13 @@ pub async fn deliver_order(
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     /// Minor units of the order's currency.
+    #[serde(deserialize_with = "crate::extract::whole::deserialize")]
     #[schema(minimum = 1, example = 500)]
     pub amount: i64,
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"\S",
+        pattern = r"[^\s\x85]",
         example = "damaged in transit"
     )]
     pub reason: String,

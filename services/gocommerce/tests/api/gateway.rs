@@ -24,7 +24,13 @@ async fn malformed_bodies_get_400_problems_that_say_what_is_wrong() {
             r#"{"email": 42, "password": "correct horse", "name": "A"}"#,
             "invalid type",
         ),
-        (r#"[]"#, "expected struct"),
+        (r#"[]"#, "must be a JSON object"),
+        // serde alone would build the body from an array of its fields.
+        (
+            r#"["b@example.com", "correct horse battery", "B"]"#,
+            "must be a JSON object",
+        ),
+        (r#"  "a string""#, "must be a JSON object"),
     ];
     for (body, expected) in cases {
         let response = app
