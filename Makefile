@@ -25,7 +25,7 @@ run: ## Build and start every service and the gateway (http://localhost:8080)
 build: ## Build everything
 	cargo build --workspace --all-targets
 
-test: fmt-check clippy clean-test-databases cargo-test buf-lint schemathesis $(if $(wildcard mk/k8s.mk),k8s-test) ## Everything CI checks
+test: fmt-check clippy clean-test-databases cargo-test buf-lint schemathesis k8s-test bench-quick ## Everything CI checks
 	@echo "make test: all checks passed"
 
 fmt: ## Format the code

@@ -1,0 +1,310 @@
+//! `gocommerce-bench`: starts `gocommerce all` on loopback against the local
+//! PostgreSQL and RabbitMQ, seeds it through the REST API, runs every
+//! scenario next to its baseline, and writes `<out>/<date>.json` and
+//! `<out>/<date>.md`. Figures are reported, never judged: the exit status
+//! only says whether every scenario could run.
+
+mod baseline;
+mod load;
+mod mix;
+mod report;
+mod scenarios;
+mod schedule;
+mod seed;
+mod server;
+mod smtp;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::report::{Report, SeedSizes};
+use crate::scenarios::{Context, Maxima, Scenario, Settings};
+use crate::seed::Sizes;
+use crate::server::{Gocommerce, Postgres};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark gocommerce against same-run baselines")]
+struct Args {
+    /// The `gocommerce` binary to start (`all`).
+    #[arg(long)]
+    gocommerce: PathBuf,
+    /// A smoke run: a small catalog and half-second measurements.
+    #[arg(long)]
+    quick: bool,
+    /// Where `<date>.json` and `<date>.md` are written.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// The repository root (migrations and bench/sql are read from it).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    #[arg(long, default_value = "/usr/bin/pgbench")]
+    pgbench: PathBuf,
+    /// Connections of the load generator and of pgbench; 16 by default, 8 quick.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pg_host: String,
+    #[arg(long, default_value_t = 5432)]
+    pg_port: u16,
+    #[arg(long, default_value = "postgres")]
+    pg_user: String,
+    /// Label of the build in the report (debug or release).
+    #[arg(long, default_value = "unknown")]
+    build: String,
+}
+
+fn progress(message: &str) {
+    eprintln!(
+        "[bench {}] {message}",
+        chrono::Utc::now().format("%H:%M:%S")
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (sizes, settings) = if args.quick {
+        (
+            Sizes {
+                categories: 5,
+                products: 200,
+                customers: 12,
+                active: 6,
+            },
+            Settings {
+                concurrency: args.concurrency.unwrap_or(8),
+                warmup: Duration::ZERO,
+                measure: Duration::from_millis(500),
+                pgbench_seconds: 1,
+                mix_steps: vec![0.25],
+            },
+        )
+    } else {
+        (
+            Sizes {
+                categories: 50,
+                products: 10_000,
+                customers: 1_000,
+                active: 100,
+            },
+            Settings {
+                concurrency: args.concurrency.unwrap_or(16),
+                warmup: Duration::from_secs(2),
+                measure: Duration::from_secs(10),
+                pgbench_seconds: 10,
+                mix_steps: vec![0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.15],
+            },
+        )
+    };
+    let postgres = Postgres {
+        host: args.pg_host.clone(),
+        port: args.pg_port,
+        user: args.pg_user.clone(),
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let started_at = chrono::Utc::now();
+    progress(&format!("starting {} all", args.gocommerce.display()));
+    let sink = std::sync::Arc::new(smtp::SmtpSink::start().await?);
+    let smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
+    let server = Gocommerce::start(&args.gocommerce, &postgres, &run_id, &smtp_url).await?;
+    server::quiesce(server.pid, Duration::from_secs(10)).await;
+    let memory_start = server.memory();
+    let outcome = run(
+        &args,
+        &server,
+        sink,
+        (sizes, settings.clone()),
+        &run_id,
+        started_at,
+        memory_start,
+    )
+    .await;
+    progress("stopping gocommerce and dropping its databases");
+    let stopped = server.stop().await;
+    let report = outcome?;
+    stopped?;
+
+    std::fs::create_dir_all(&args.out_dir)?;
+    let stem = started_at.format("%Y-%m-%dT%H-%M-%SZ").to_string();
+    let json_path = args.out_dir.join(format!("{stem}.json"));
+    let md_path = args.out_dir.join(format!("{stem}.md"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    let markdown = report::markdown(&report);
+    std::fs::write(&md_path, &markdown)?;
+    progress(&format!(
+        "wrote {} and {}",
+        json_path.display(),
+        md_path.display()
+    ));
+    if !report.failures.is_empty() {
+        anyhow::bail!(
+            "{} scenario(s) could not run: {}",
+            report.failures.len(),
+            report.failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn run(
+    args: &Args,
+    server: &Gocommerce,
+    sink: std::sync::Arc<smtp::SmtpSink>,
+    (sizes, settings): (Sizes, Settings),
+    run_id: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    memory_start: server::Memory,
+) -> anyhow::Result<Report> {
+    let postgres = &server.postgres;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    progress(&format!(
+        "seeding {} products in {} categories, {} customers",
+        sizes.products, sizes.categories, sizes.customers
+    ));
+    let seeded = seed::seed(&client, &server.base, sizes)
+        .await
+        .context("seeding failed")?;
+    server::quiesce(server.pid, Duration::from_secs(20)).await;
+    let memory_idle = server.memory();
+    let cx = Context {
+        client,
+        base: server.base.clone(),
+        seeded,
+        settings: settings.clone(),
+        postgres: postgres.clone(),
+        pgbench: args.pgbench.clone(),
+        sql_dir: args.repo.join("bench").join("sql"),
+        server_pid: server.pid,
+        paid: std::sync::Arc::default(),
+        smtp: sink,
+    };
+    progress(&scenarios::describe(server));
+    let settle = || {
+        server::quiesce(
+            server.pid,
+            Duration::from_secs(if args.quick { 5 } else { 20 }),
+        )
+    };
+    let mut done: Vec<Scenario> = Vec::new();
+    let mut failures = Vec::new();
+
+    settle().await;
+    progress("scenario 1: proxy cost");
+    match scenarios::proxy_cost(&cx).await {
+        Ok(s) => done.push(s),
+        Err(e) => failures.push(format!("1 proxy cost: {e:#}")),
+    }
+    settle().await;
+    progress("scenario 2: catalog reads against pgbench");
+    let product_db = server
+        .database("product")
+        .context("no product database")?
+        .to_owned();
+    let (mut view_max, mut search_max) = (0.0, 0.0);
+    match scenarios::catalog_read(&cx, &product_db).await {
+        Ok(list) => {
+            view_max = saturation(&list[0]);
+            search_max = saturation(&list[1]);
+            done.extend(list);
+        }
+        Err(e) => failures.push(format!("2 catalog read: {e:#}")),
+    }
+    settle().await;
+    progress("scenario 3: order placement against pgbench");
+    let mut checkout_max = 0.0;
+    match scenarios::order_placement(&cx, run_id, &args.repo).await {
+        Ok(s) => {
+            checkout_max = saturation(&s);
+            done.push(s);
+        }
+        Err(e) => failures.push(format!("3 order placement: {e:#}")),
+    }
+    settle().await;
+    progress("scenario 4: login against Argon2id");
+    let mut login_max = 0.0;
+    match scenarios::login(&cx, view_max).await {
+        Ok(s) => {
+            login_max = saturation(&s);
+            done.push(s);
+        }
+        Err(e) => failures.push(format!("4 login: {e:#}")),
+    }
+    settle().await;
+    progress("scenario 5: token verification");
+    match scenarios::token_verification(&cx).await {
+        Ok(s) => done.push(s),
+        Err(e) => failures.push(format!("5 token verification: {e:#}")),
+    }
+    settle().await;
+    progress("scenarios 6 and 7: mixed load and memory");
+    let maxima = Maxima {
+        product_view: view_max,
+        search: search_max,
+        login: login_max,
+        checkout: checkout_max,
+    };
+    match scenarios::mixed(&cx, maxima, memory_idle).await {
+        Ok((mixed, memory)) => {
+            done.push(mixed);
+            done.push(memory);
+        }
+        Err(e) => failures.push(format!("6/7 mixed load: {e:#}")),
+    }
+    // A scenario whose saturation run never succeeded measured nothing:
+    // that is a broken harness or server, not a slow one.
+    for scenario in &done {
+        for level in scenario
+            .levels
+            .iter()
+            .filter(|l| l.load.starts_with("saturation"))
+        {
+            if level.measured.throughput <= 0.0 {
+                failures.push(format!(
+                    "{} {}: no request succeeded at {} ({} errors)",
+                    scenario.id, scenario.name, level.load, level.measured.errors
+                ));
+            }
+        }
+    }
+    Ok(Report {
+        started_at: started_at.to_rfc3339(),
+        mode: if args.quick {
+            "quick".to_owned()
+        } else {
+            "full".to_owned()
+        },
+        binary: args.gocommerce.display().to_string(),
+        build: args.build.clone(),
+        concurrency: settings.concurrency,
+        measure_seconds: settings.measure.as_secs_f64(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        seed: SeedSizes {
+            categories: sizes.categories,
+            products: sizes.products,
+            customers: sizes.customers,
+            logged_in: cx.seeded.customers.len(),
+        },
+        memory_start,
+        memory_idle,
+        scenarios: done,
+        failures,
+    })
+}
+
+fn saturation(scenario: &Scenario) -> f64 {
+    scenario
+        .levels
+        .iter()
+        .find(|l| l.load == "saturation")
+        .map(|l| l.measured.throughput)
+        .unwrap_or(0.0)
+}

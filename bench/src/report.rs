@@ -1,0 +1,167 @@
+//! The results of a run as JSON (every figure) and as a Markdown summary.
+
+use serde::Serialize;
+
+use crate::scenarios::{Level, Scenario};
+use crate::server::Memory;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub started_at: String,
+    pub mode: String,
+    pub binary: String,
+    pub build: String,
+    pub concurrency: usize,
+    pub measure_seconds: f64,
+    pub cpus: usize,
+    pub seed: SeedSizes,
+    /// Just started, databases empty.
+    pub memory_start: Memory,
+    /// After seeding, once the process is idle again.
+    pub memory_idle: Memory,
+    pub scenarios: Vec<Scenario>,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SeedSizes {
+    pub categories: usize,
+    pub products: usize,
+    pub customers: usize,
+    pub logged_in: usize,
+}
+
+fn num(value: Option<f64>, digits: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "n/a".to_owned(),
+    }
+}
+
+fn row(level: &Level) -> String {
+    let m = &level.measured;
+    let b = level.baseline.as_ref();
+    format!(
+        "| {} | {} | {:.1} | {:.2} / {:.2} / {:.2} / {:.2} | {} | {} | {} | {} | {} |",
+        level.load,
+        num(level.rate, 1),
+        m.throughput,
+        m.p50_ms,
+        m.p90_ms,
+        m.p99_ms,
+        m.max_ms,
+        m.errors,
+        num(b.map(|b| b.throughput), 1),
+        b.map(|b| format!("{:.2} / {:.2}", b.p50_ms, b.p99_ms))
+            .unwrap_or_else(|| "n/a".to_owned()),
+        num(level.throughput_ratio, 2),
+        num(level.p99_ratio, 2),
+    )
+}
+
+/// The Markdown summary: one table per scenario, then its targets.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# GoCommerce benchmark, {}\n\n",
+        report.started_at
+    ));
+    out.push_str(&format!(
+        "Mode **{}**, {} build of `{}`, {} CPUs, concurrency {}, {:.1} s per measurement. \
+         Seeded {} products in {} categories, {} customers ({} logged in). \
+         Every ratio is gocommerce ÷ its baseline in this same run; targets are reported, never enforced.\n\n",
+        report.mode, report.build, report.binary, report.cpus, report.concurrency,
+        report.measure_seconds, report.seed.products, report.seed.categories,
+        report.seed.customers, report.seed.logged_in,
+    ));
+    out.push_str(&format!(
+        "Idle memory: VmRSS {:.1} MiB just started, {:.1} MiB after seeding (VmHWM {:.1} MiB).\n\n",
+        report.memory_start.rss_mib, report.memory_idle.rss_mib, report.memory_idle.hwm_mib
+    ));
+    for scenario in &report.scenarios {
+        out.push_str(&format!(
+            "## {}. {}\n\nBaseline: {}.\n\n",
+            scenario.id, scenario.name, scenario.baseline
+        ));
+        for note in &scenario.notes {
+            out.push_str(&format!("- {note}\n"));
+        }
+        if !scenario.notes.is_empty() {
+            out.push('\n');
+        }
+        if !scenario.levels.is_empty() {
+            out.push_str("| load | rate/s | req/s | p50 / p90 / p99 / max ms | errors | baseline req/s | baseline p50 / p99 ms | throughput ratio | p99 ratio |\n");
+            out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+            for level in &scenario.levels {
+                out.push_str(&row(level));
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+        for check in &scenario.checks {
+            let verdict = match check.met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            };
+            out.push_str(&format!(
+                "- target {}: {} ({})\n",
+                check.target,
+                num(check.value, 2),
+                verdict
+            ));
+        }
+        out.push('\n');
+    }
+    if !report.failures.is_empty() {
+        out.push_str("## Scenarios that could not run\n\n");
+        for failure in &report.failures {
+            out.push_str(&format!("- {failure}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Summary;
+
+    fn summary(throughput: f64, p99: f64) -> Summary {
+        Summary {
+            requests: 10,
+            errors: 0,
+            seconds: 1.0,
+            throughput,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: p99,
+            max_ms: 9.0,
+        }
+    }
+
+    #[test]
+    fn the_summary_shows_each_level_with_its_baseline_and_ratios() {
+        let level = Level {
+            load: "saturation".to_owned(),
+            rate: None,
+            measured: summary(500.0, 4.0),
+            baseline: Some(summary(1000.0, 2.0)),
+            throughput_ratio: Some(0.5),
+            p99_ratio: Some(2.0),
+        };
+        let line = row(&level);
+        assert!(line.starts_with("| saturation | n/a | 500.0 |"), "{line}");
+        assert!(
+            line.ends_with("| 1000.0 | 1.00 / 2.00 | 0.50 | 2.00 |"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_missing_figure_is_shown_as_not_available() {
+        assert_eq!(num(None, 2), "n/a");
+        assert_eq!(num(Some(f64::NAN), 2), "n/a");
+        assert_eq!(num(Some(1.234), 1), "1.2");
+    }
+}

@@ -1,0 +1,837 @@
+//! The seven scenarios: each measures gocommerce and its baseline in the
+//! same run and reports the figures and their ratios. Targets are reported
+//! as met or not; nothing here fails on a number.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::baseline::{self, BareServer, Pgbench};
+use crate::load::{self, Op, Request};
+use crate::mix::{Kind, Mix};
+use crate::seed::{CUSTOMER_PASSWORD, NOUNS, Seeded};
+use crate::server::{Gocommerce, Memory, Postgres};
+use crate::smtp::{Arrivals, SmtpSink};
+use crate::stats::Recorder;
+use crate::stats::{Summary, predicted_mix_rate, ratio};
+
+/// The fractions of each side's own maximum the open-loop levels run at.
+pub const LEVELS: [f64; 3] = [0.5, 0.7, 0.9];
+
+/// How long and how hard each measurement runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// pgbench counts whole seconds.
+    pub pgbench_seconds: u64,
+    /// Mixed-load rates tried, as fractions of the predicted rate.
+    pub mix_steps: Vec<f64>,
+}
+
+/// One measurement of gocommerce next to its baseline's at the same load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Level {
+    /// "saturation" (closed loop) or the open-loop share of each side's maximum.
+    pub load: String,
+    /// Requests a second offered (open loop only).
+    pub rate: Option<f64>,
+    pub measured: Summary,
+    pub baseline: Option<Summary>,
+    pub throughput_ratio: Option<f64>,
+    pub p99_ratio: Option<f64>,
+}
+
+impl Level {
+    fn new(
+        load: impl Into<String>,
+        rate: Option<f64>,
+        measured: Summary,
+        baseline: Option<Summary>,
+    ) -> Self {
+        Self {
+            load: load.into(),
+            rate,
+            measured,
+            throughput_ratio: baseline.and_then(|b| ratio(measured.throughput, b.throughput)),
+            p99_ratio: baseline.and_then(|b| ratio(measured.p99_ms, b.p99_ms)),
+            baseline,
+        }
+    }
+}
+
+/// A target of the issue and whether this run met it (None: not measured).
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub target: String,
+    pub value: Option<f64>,
+    pub met: Option<bool>,
+}
+
+impl Check {
+    fn at_least(target: &str, value: Option<f64>, limit: f64) -> Self {
+        Self {
+            target: target.to_owned(),
+            value,
+            met: value.map(|v| v >= limit),
+        }
+    }
+
+    fn at_most(target: &str, value: Option<f64>, limit: f64) -> Self {
+        Self {
+            target: target.to_owned(),
+            value,
+            met: value.map(|v| v <= limit),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub id: u32,
+    pub name: String,
+    pub baseline: String,
+    pub notes: Vec<String>,
+    pub levels: Vec<Level>,
+    pub checks: Vec<Check>,
+    pub memory: Option<Memory>,
+}
+
+impl Scenario {
+    fn new(id: u32, name: &str, baseline: &str) -> Self {
+        Self {
+            id,
+            name: name.to_owned(),
+            baseline: baseline.to_owned(),
+            notes: Vec::new(),
+            levels: Vec::new(),
+            checks: Vec::new(),
+            memory: None,
+        }
+    }
+
+    fn level(&self, load: &str) -> Option<&Level> {
+        self.levels.iter().find(|l| l.load == load)
+    }
+}
+
+/// Everything the scenarios share.
+#[derive(Debug)]
+pub struct Context {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub seeded: Seeded,
+    pub settings: Settings,
+    pub postgres: Postgres,
+    pub pgbench: std::path::PathBuf,
+    pub sql_dir: std::path::PathBuf,
+    pub server_pid: u32,
+    /// When the checkout load saw each order PAID, by order id.
+    pub paid: Arrivals,
+    pub smtp: Arc<SmtpSink>,
+}
+
+fn draw() -> u32 {
+    rand::random::<u32>()
+}
+
+impl Context {
+    /// The open loop's connection budget: sixteen per closed-loop worker.
+    fn max_in_flight(&self) -> usize {
+        (self.settings.concurrency * 16).max(64)
+    }
+
+    async fn warm(&self, op: &Op) {
+        if !self.settings.warmup.is_zero() {
+            load::closed_loop(op, self.settings.concurrency, self.settings.warmup).await;
+        }
+    }
+
+    async fn saturate(&self, op: &Op) -> Summary {
+        self.warm(op).await;
+        load::closed_loop(op, self.settings.concurrency, self.settings.measure).await
+    }
+
+    async fn at_rate(&self, op: &Op, rate: f64) -> Summary {
+        load::open_loop_summary(op, rate, self.settings.measure, self.max_in_flight()).await
+    }
+
+    fn product_id(&self, index: u64) -> String {
+        let ids = &self.seeded.product_ids;
+        ids[(index as usize).wrapping_mul(7919) % ids.len()].clone()
+    }
+
+    fn get_product(&self, token: Option<String>) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let ids = Arc::new(self.seeded.product_ids.clone());
+        load::single(move |_| {
+            let id = ids[draw() as usize % ids.len()].clone();
+            let mut request = client.get(format!("{base}/v1/products/{id}"));
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    fn get_from(&self, url: String, token: Option<String>) -> Op {
+        let client = self.client.clone();
+        load::single(move |_| {
+            let mut request = client.get(&url);
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    fn search(&self) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        load::single(move |_| {
+            let q = NOUNS[draw() as usize % NOUNS.len()];
+            let request = client.get(format!("{base}/v1/products")).query(&[("q", q)]);
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    fn login(&self) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let emails = Arc::new(self.seeded.emails.clone());
+        load::single(move |_| {
+            let email = emails[draw() as usize % emails.len()].clone();
+            let request = client
+                .post(format!("{base}/v1/auth/login"))
+                .json(&json!({"email": email, "password": CUSTOMER_PASSWORD}));
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    fn order_list(&self) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let customers = Arc::new(self.seeded.customers.clone());
+        load::single(move |_| {
+            let customer = &customers[draw() as usize % customers.len()];
+            let request = client
+                .get(format!("{base}/v1/orders"))
+                .bearer_auth(&customer.token);
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    fn profile(&self) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let customers = Arc::new(self.seeded.customers.clone());
+        load::single(move |_| {
+            let customer = &customers[draw() as usize % customers.len()];
+            let request = client
+                .get(format!("{base}/v1/users/me"))
+                .bearer_auth(&customer.token);
+            async move { ok(request.send().await).await }
+        })
+    }
+
+    /// POST /v1/orders, then (if the answer is not PAID yet) GET the order
+    /// every 5 ms until it is; anything else final is an error.
+    fn checkout(&self) -> Op {
+        let client = self.client.clone();
+        let base = self.base.clone();
+        let customers = Arc::new(self.seeded.customers.clone());
+        let ids = Arc::new(self.seeded.product_ids.clone());
+        let paid = self.paid.clone();
+        load::single(move |_| {
+            let paid = paid.clone();
+            let customer = customers[draw() as usize % customers.len()].clone();
+            let product_id = ids[draw() as usize % ids.len()].clone();
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                let placed = client
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(&customer.token)
+                    .json(&json!({
+                        "items": [{"product_id": product_id, "quantity": 1}],
+                        "shipping_address_id": customer.address_id,
+                        "payment_method": "pm_card_ok",
+                    }))
+                    .send()
+                    .await;
+                let Ok(placed) = placed else { return false };
+                if !placed.status().is_success() {
+                    return false;
+                }
+                let Ok(order) = placed.json::<Value>().await else {
+                    return false;
+                };
+                let Some(id) = order["id"].as_str().map(str::to_owned) else {
+                    return false;
+                };
+                let mut status = order["status"].as_str().unwrap_or_default().to_owned();
+                loop {
+                    match status.as_str() {
+                        "PAID" => {
+                            paid.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(id, tokio::time::Instant::now());
+                            return true;
+                        }
+                        "PENDING" | "RESERVED" => {}
+                        _ => return false,
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let Ok(response) = client
+                        .get(format!("{base}/v1/orders/{id}"))
+                        .bearer_auth(&customer.token)
+                        .send()
+                        .await
+                    else {
+                        return false;
+                    };
+                    let Ok(order) = response.json::<Value>().await else {
+                        return false;
+                    };
+                    status = order["status"].as_str().unwrap_or_default().to_owned();
+                }
+            }
+        })
+    }
+
+    fn pgbench(&self, database: &str, script: &str, defines: Vec<(String, String)>) -> Pgbench {
+        Pgbench {
+            binary: self.pgbench.clone(),
+            postgres: self.postgres.clone(),
+            database: database.to_owned(),
+            script: self.sql_dir.join(script),
+            defines,
+        }
+    }
+
+    /// Saturation of both, then gocommerce and pgbench each at the same share
+    /// of its own maximum.
+    async fn against_pgbench(
+        &self,
+        scenario: &mut Scenario,
+        op: &Op,
+        pgbench: &Pgbench,
+    ) -> anyhow::Result<()> {
+        let clients = self.settings.concurrency;
+        let seconds = self.settings.pgbench_seconds;
+        let base_max = pgbench.run(clients, seconds, None).await?;
+        let measured = self.saturate(op).await;
+        scenario
+            .levels
+            .push(Level::new("saturation", None, measured, Some(base_max)));
+        for share in LEVELS {
+            let rate = share * measured.throughput;
+            let measured = self.at_rate(op, rate).await;
+            let base = pgbench
+                .run(clients, seconds, Some(share * base_max.throughput))
+                .await?;
+            scenario
+                .levels
+                .push(Level::new(percent(share), Some(rate), measured, Some(base)));
+        }
+        Ok(())
+    }
+}
+
+/// A 2xx answer whose body was read to the end (as a browser would; an
+/// unread body would also cost the connection).
+async fn ok(response: Result<reqwest::Response, reqwest::Error>) -> bool {
+    match response {
+        Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+pub fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+/// Scenario 1: Proxy cost: GET /v1/products/{id} through the gateway and gRPC against
+/// a bare axum handler answering the same JSON bytes.
+pub async fn proxy_cost(cx: &Context) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::new(
+        1,
+        "proxy cost: GET /v1/products/{id}",
+        "bare axum handler returning the same JSON bytes",
+    );
+    scenario.notes.push("no warm cache or in-memory path exists for products: the normal path (gateway → gRPC → PostgreSQL) is measured".to_owned());
+    let id = cx.product_id(0);
+    let body = cx
+        .client
+        .get(format!("{}/v1/products/{id}", cx.base))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let bare = BareServer::start(Bytes::from(body.to_vec()))?;
+    let bare_op = cx.get_from(format!("http://{}/v1/products/{id}", bare.addr), None);
+    let op = cx.get_product(None);
+    let base_max = cx.saturate(&bare_op).await;
+    let measured = cx.saturate(&op).await;
+    scenario
+        .levels
+        .push(Level::new("saturation", None, measured, Some(base_max)));
+    for share in LEVELS {
+        let rate = share * measured.throughput;
+        let measured = cx.at_rate(&op, rate).await;
+        let base = cx.at_rate(&bare_op, share * base_max.throughput).await;
+        scenario
+            .levels
+            .push(Level::new(percent(share), Some(rate), measured, Some(base)));
+    }
+    drop(bare);
+    scenario.checks.push(Check::at_least(
+        "throughput ≥ 0.5× baseline",
+        scenario
+            .level("saturation")
+            .and_then(|l| l.throughput_ratio),
+        0.5,
+    ));
+    scenario.checks.push(Check::at_most(
+        "p99 at 50% ≤ 2× baseline p99",
+        scenario.level("50%").and_then(|l| l.p99_ratio),
+        2.0,
+    ));
+    Ok(scenario)
+}
+
+/// The live product database, with `bench_ids` numbering the products for pgbench.
+async fn number_products(cx: &Context, database: &str) -> anyhow::Result<()> {
+    cx.postgres
+        .exec(database, None, &[], "DROP TABLE IF EXISTS bench_ids; CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM products; ALTER TABLE bench_ids ADD PRIMARY KEY (n); ANALYZE bench_ids;")
+        .await
+        .map(|_| ())
+}
+
+/// Scenario 2: Catalog reads with the database: product by id and a search, against
+/// pgbench running the same SQL prepared at the same concurrency.
+pub async fn catalog_read(cx: &Context, product_db: &str) -> anyhow::Result<Vec<Scenario>> {
+    number_products(cx, product_db).await?;
+    let nprod = cx.seeded.product_ids.len().to_string();
+    let mut get = Scenario::new(
+        2,
+        "catalog read: GET /v1/products/{id}",
+        "pgbench -M prepared, the same SELECT (db::find_product)",
+    );
+    let pgbench = cx.pgbench(
+        product_db,
+        "get_product.sql",
+        vec![("nprod".to_owned(), nprod)],
+    );
+    cx.against_pgbench(&mut get, &cx.get_product(None), &pgbench)
+        .await?;
+    let mut search = Scenario::new(
+        2,
+        "catalog read: GET /v1/products?q=<word>",
+        "pgbench -M prepared, the same search SELECT (db::search, relevance, 20 a page)",
+    );
+    search.notes.push("pgbench searches one word; the harness draws one of 20 words, each matching 1/20 of the catalog".to_owned());
+    let pgbench = cx.pgbench(
+        product_db,
+        "search.sql",
+        vec![("q".to_owned(), NOUNS[0].to_owned())],
+    );
+    cx.against_pgbench(&mut search, &cx.search(), &pgbench)
+        .await?;
+    for scenario in [&mut get, &mut search] {
+        let throughput = scenario
+            .level("saturation")
+            .and_then(|l| l.throughput_ratio);
+        let p99 = scenario.level("70%").map(|l| l.measured.p99_ms);
+        scenario.checks.push(Check::at_least(
+            "throughput ≥ 0.4× baseline",
+            throughput,
+            0.4,
+        ));
+        scenario
+            .checks
+            .push(Check::at_most("p99 at 70% ≤ 5 ms", p99, 5.0));
+    }
+    Ok(vec![get, search])
+}
+
+/// Scenario 3: Order placement until PAID, against pgbench running the saga's
+/// transactions in a database holding the three services' tables.
+pub async fn order_placement(
+    cx: &Context,
+    run_id: &str,
+    repo: &std::path::Path,
+) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::new(
+        3,
+        "order placement: POST /v1/orders until PAID",
+        "pgbench -M prepared, the saga's transactions (order, product and payment SQL) in one database",
+    );
+    scenario.notes.push("the pgbench script (bench/sql/saga.sql) is reconstructed from the services' db.rs; it leaves out gRPC, RabbitMQ and the outbox relays".to_owned());
+    let database = format!("gct_saga_bench{run_id}");
+    cx.postgres.create_database(&database).await?;
+    let result = async {
+        for (schema, svc) in [("ord", "order"), ("prod", "product"), ("pay", "payment")] {
+            cx.postgres
+                .exec(&database, None, &[], &format!("CREATE SCHEMA {schema}"))
+                .await?;
+            let dir = repo.join("services").join(svc).join("migrations");
+            let mut files: Vec<_> = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            files.sort();
+            for file in files {
+                let sql = std::fs::read_to_string(&file)?;
+                cx.postgres
+                    .exec(&database, Some(&format!("{schema},public")), &[], &sql)
+                    .await?;
+            }
+        }
+        let nprod = cx.seeded.product_ids.len().to_string();
+        let setup = std::fs::read_to_string(cx.sql_dir.join("saga_setup.sql"))?;
+        cx.postgres
+            .exec(&database, None, &[("nprod", nprod.clone())], &setup)
+            .await?;
+        let pgbench = cx.pgbench(&database, "saga.sql", vec![("nprod".to_owned(), nprod)]);
+        cx.against_pgbench(&mut scenario, &cx.checkout(), &pgbench)
+            .await
+    }
+    .await;
+    cx.postgres.drop_database(&database).await?;
+    result?;
+    scenario.checks.push(Check::at_least(
+        "throughput ≥ 0.5× baseline",
+        scenario
+            .level("saturation")
+            .and_then(|l| l.throughput_ratio),
+        0.5,
+    ));
+    Ok(scenario)
+}
+
+/// Scenario 4: Login against the same Argon2id hash on two threads in a plain loop;
+/// and catalog reads at half their maximum, alone and while logins saturate.
+pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::new(
+        4,
+        "login: POST /v1/auth/login",
+        "Argon2id (19 MiB, 2 passes, 1 lane) on 2 threads in a plain loop",
+    );
+    scenario.notes.push("the baseline is a closed loop only; the open-loop levels report gocommerce alone at shares of its own maximum".to_owned());
+    let op = cx.login();
+    let base_max =
+        baseline::argon2_loop(2, cx.settings.measure.max(Duration::from_secs(1))).await?;
+    let measured = cx.saturate(&op).await;
+    scenario
+        .levels
+        .push(Level::new("saturation", None, measured, Some(base_max)));
+    for share in LEVELS {
+        let rate = share * measured.throughput;
+        let measured = cx.at_rate(&op, rate).await;
+        scenario
+            .levels
+            .push(Level::new(percent(share), Some(rate), measured, None));
+    }
+    let reads = cx.get_product(None);
+    let rate = 0.5 * catalog_max;
+    let alone = cx.at_rate(&reads, rate).await;
+    let (beside, _) = tokio::join!(
+        cx.at_rate(&reads, rate),
+        load::closed_loop(&op, cx.settings.concurrency, cx.settings.measure)
+    );
+    scenario.levels.push(Level::new(
+        "catalog reads at 50% while logins saturate (baseline: reads alone)",
+        Some(rate),
+        beside,
+        Some(alone),
+    ));
+    scenario.checks.push(Check::at_least(
+        "throughput ≥ 0.85× baseline",
+        scenario.levels.first().and_then(|l| l.throughput_ratio),
+        0.85,
+    ));
+    scenario.checks.push(Check::at_most(
+        "catalog-read p99 rises ≤ 2× while logins saturate",
+        scenario.levels.last().and_then(|l| l.p99_ratio),
+        2.0,
+    ));
+    Ok(scenario)
+}
+
+/// Scenario 5: Token verification: product reads with an access token against the same reads without.
+pub async fn token_verification(cx: &Context) -> anyhow::Result<Scenario> {
+    let mut scenario = Scenario::new(
+        5,
+        "token verification: GET /v1/products/{id} with a bearer token",
+        "the same reads without a token",
+    );
+    let token = cx.seeded.customers.first().map(|c| c.token.clone());
+    let without = cx.saturate(&cx.get_product(None)).await;
+    let with = cx.saturate(&cx.get_product(token)).await;
+    scenario
+        .levels
+        .push(Level::new("saturation", None, with, Some(without)));
+    scenario.checks.push(Check::at_least(
+        "throughput ≥ 0.9× baseline",
+        scenario.levels[0].throughput_ratio,
+        0.9,
+    ));
+    Ok(scenario)
+}
+
+/// Isolated maxima the mixed load's prediction is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct Maxima {
+    pub product_view: f64,
+    pub search: f64,
+    pub login: f64,
+    pub checkout: f64,
+}
+
+/// Scenarios 6 and 7: the mixed open-loop load: the highest rate at which reads keep
+/// p99 ≤ 50 ms and checkouts ≤ 250 ms, against the rate predicted from each
+/// kind's isolated maximum; memory at 70% of that rate.
+pub async fn mixed(
+    cx: &Context,
+    maxima: Maxima,
+    idle: Memory,
+) -> anyhow::Result<(Scenario, Scenario)> {
+    let mut scenario = Scenario::new(
+        6,
+        "mixed open-loop load",
+        "the rate predicted from each endpoint's isolated maximum",
+    );
+    let order_list = cx.saturate(&cx.order_list()).await;
+    let profile = cx.saturate(&cx.profile()).await;
+    scenario.levels.push(Level::new(
+        "saturation: GET /v1/orders alone",
+        None,
+        order_list,
+        None,
+    ));
+    scenario.levels.push(Level::new(
+        "saturation: GET /v1/users/me alone",
+        None,
+        profile,
+        None,
+    ));
+    let mix = Mix::standard();
+    let max_of = |kind: Kind| match kind {
+        Kind::ProductView => maxima.product_view,
+        Kind::Search => maxima.search,
+        Kind::OrderList => order_list.throughput,
+        Kind::ProfileRead => profile.throughput,
+        Kind::Login => maxima.login,
+        Kind::Checkout => maxima.checkout,
+    };
+    let parts: Vec<(f64, f64)> = Kind::ALL
+        .iter()
+        .map(|&k| (mix.share(k), max_of(k)))
+        .collect();
+    let predicted = predicted_mix_rate(&parts).unwrap_or(0.0);
+    scenario.notes.push(format!(
+        "predicted rate {predicted:.1}/s from the isolated maxima"
+    ));
+    let ops: Vec<Op> = vec![
+        cx.get_product(None),
+        cx.search(),
+        cx.order_list(),
+        cx.profile(),
+        cx.login(),
+        cx.checkout(),
+    ];
+    let ops = Arc::new(ops);
+    let mixed_op: Op = {
+        let ops = ops.clone();
+        let mix = mix.clone();
+        Arc::new(move |index| {
+            let kind = mix.pick(draw()).unwrap_or(Kind::ProductView);
+            let class = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+            let (_, request) = ops[class](index);
+            (class, request as Request)
+        })
+    };
+    let mut best: Option<f64> = None;
+    for &step in &cx.settings.mix_steps {
+        let rate = step * predicted;
+        let (recorders, elapsed) = load::open_loop(
+            &mixed_op,
+            Kind::ALL.len(),
+            rate,
+            cx.settings.measure,
+            cx.max_in_flight(),
+        )
+        .await;
+        let reads: Vec<_> = Kind::ALL
+            .iter()
+            .zip(&recorders)
+            .filter(|(k, _)| k.is_read())
+            .map(|(_, r)| r.clone())
+            .collect();
+        let read = load::merged(&reads).summary(elapsed);
+        let checkout = recorders[5].summary(elapsed);
+        let all = load::merged(&recorders).summary(elapsed);
+        let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
+        scenario.levels.push(Level::new(
+            format!("{} of predicted: all", percent(step)),
+            Some(rate),
+            all,
+            None,
+        ));
+        scenario.levels.push(Level::new(
+            format!("{} of predicted: reads", percent(step)),
+            None,
+            read,
+            None,
+        ));
+        scenario.levels.push(Level::new(
+            format!("{} of predicted: checkouts", percent(step)),
+            None,
+            checkout,
+            None,
+        ));
+        if passed {
+            best = Some(rate);
+        } else {
+            break;
+        }
+    }
+    let found = best.and_then(|b| ratio(b, predicted));
+    scenario.notes.push(match best {
+        Some(rate) => format!("highest rate within the latency targets: {rate:.1}/s"),
+        None => "no rate tried met the latency targets (read p99 ≤ 50 ms, checkout p99 ≤ 250 ms, no errors)".to_owned(),
+    });
+    scenario.checks.push(Check::at_least(
+        "sustained rate ≥ 0.8× predicted",
+        found,
+        0.8,
+    ));
+
+    let mut memory = Scenario::new(
+        7,
+        "memory of gocommerce all (VmRSS / VmHWM)",
+        "none: absolute limits",
+    );
+    let seventy =
+        0.7 * best.unwrap_or(cx.settings.mix_steps.first().copied().unwrap_or(0.25) * predicted);
+    let pid = cx.server_pid;
+    let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak_kib = peak_kib.clone();
+        tokio::spawn(async move {
+            loop {
+                let kib = (crate::server::memory(pid).rss_mib * 1024.0) as u64;
+                peak_kib.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Emails still queued from earlier scenarios would delay this run's.
+    let drained = cx
+        .smtp
+        .drain(Duration::from_secs(2), Duration::from_secs(120))
+        .await;
+    // Only this run's orders count towards the notification lag.
+    cx.paid
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    let (recorders, elapsed) = load::open_loop(
+        &mixed_op,
+        Kind::ALL.len(),
+        seventy,
+        cx.settings.measure,
+        cx.max_in_flight(),
+    )
+    .await;
+    sampler.abort();
+    let mut loaded = crate::server::memory(pid);
+    loaded.rss_mib = loaded
+        .rss_mib
+        .max(peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0);
+    let lag = notification_lag(cx).await;
+    memory.levels.push(Level::new(
+        "mixed load at 70% of the sustained rate",
+        Some(seventy),
+        load::merged(&recorders).summary(elapsed),
+        None,
+    ));
+    memory.notes.push(format!("idle after seeding: VmRSS {:.1} MiB; under the mixed load at 70%: peak VmRSS (sampled every 100 ms) {:.1} MiB, VmHWM (peak since start, seeding included) {:.1} MiB", idle.rss_mib, loaded.rss_mib, loaded.hwm_mib));
+    memory.memory = Some(loaded);
+    scenario.notes.push(format!(
+        "before the run at 70%, the emails queued by earlier scenarios took {:.1} s to drain (limit 120 s)",
+        drained.as_secs_f64()
+    ));
+    let lag_p99_s = match lag {
+        Some(lag) => {
+            scenario.levels.push(Level::new(
+                "notification lag at 70% (order seen PAID → email at SMTP)",
+                None,
+                lag,
+                None,
+            ));
+            Some(lag.p99_ms / 1000.0)
+        }
+        None => {
+            scenario.notes.push(
+                "notification lag not measured: no order was paid during the run at 70%".to_owned(),
+            );
+            None
+        }
+    };
+    scenario.checks.push(Check::at_most(
+        "notification lag p99 ≤ 1 s at 70% (seconds)",
+        lag_p99_s,
+        1.0,
+    ));
+    memory.checks.push(Check::at_most(
+        "idle VmRSS ≤ 100 MiB",
+        Some(idle.rss_mib),
+        100.0,
+    ));
+    memory.checks.push(Check::at_most(
+        "VmRSS under the mixed load at 70% ≤ 300 MiB",
+        Some(loaded.rss_mib),
+        300.0,
+    ));
+    Ok((scenario, memory))
+}
+
+/// From each order's PAID (as the checkout load saw it) to its confirmation
+/// email reaching the SMTP sink; an email still missing after 10 s is an
+/// error. None when no order was paid.
+async fn notification_lag(cx: &Context) -> Option<Summary> {
+    let paid: Vec<(String, tokio::time::Instant)> = cx
+        .paid
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(id, at)| (id.clone(), *at))
+        .collect();
+    if paid.is_empty() {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline
+        && paid.iter().any(|(id, _)| cx.smtp.arrival(id).is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut recorder = Recorder::new();
+    for (id, at) in &paid {
+        match cx.smtp.arrival(id) {
+            Some(arrived) => recorder.record(arrived.saturating_duration_since(*at), true),
+            None => recorder.record(Duration::from_secs(10), false),
+        }
+    }
+    Some(recorder.summary(cx.settings.measure))
+}
+
+/// The server every scenario runs against, for the caller's bookkeeping.
+pub fn describe(server: &Gocommerce) -> String {
+    format!("gocommerce all, pid {}, {}", server.pid, server.base)
+}

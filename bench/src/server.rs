@@ -1,0 +1,329 @@
+//! Starting `gocommerce all` on free loopback ports with fresh databases (as
+//! scripts/schemathesis.sh does), reading its memory, stopping it and
+//! dropping its databases; and the psql/pgbench plumbing around PostgreSQL.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+
+pub const SERVICES: [&str; 6] = [
+    "auth",
+    "user",
+    "product",
+    "order",
+    "payment",
+    "notification",
+];
+pub const ADMIN_EMAIL: &str = "admin@bench.test";
+pub const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+/// The PostgreSQL server every database of the run lives on.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+impl Postgres {
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}@{}:{}/{}",
+            self.user, self.host, self.port, database
+        )
+    }
+
+    fn psql(&self, database: &str) -> Command {
+        let mut command = Command::new("psql");
+        command
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+            ])
+            .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-qAt"])
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs SQL text (several statements allowed) in `database`, with
+    /// `search_path` set when given; returns psql's output.
+    pub async fn exec(
+        &self,
+        database: &str,
+        search_path: Option<&str>,
+        vars: &[(&str, String)],
+        sql: &str,
+    ) -> anyhow::Result<String> {
+        let mut command = self.psql(database);
+        if let Some(path) = search_path {
+            command.env("PGOPTIONS", format!("-c search_path={path}"));
+        }
+        for (name, value) in vars {
+            command.args(["-v", &format!("{name}={value}")]);
+        }
+        let file =
+            std::env::temp_dir().join(format!("gocommerce-bench-{}.sql", uuid::Uuid::new_v4()));
+        tokio::fs::write(&file, sql).await?;
+        let output = command.arg("-f").arg(&file).output().await;
+        let _ = tokio::fs::remove_file(&file).await;
+        let output = output.context("psql could not be started")?;
+        if !output.status.success() {
+            bail!(
+                "psql failed in {database}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<()> {
+        self.exec(
+            "postgres",
+            None,
+            &[],
+            &format!("CREATE DATABASE \"{name}\""),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        self.exec(
+            "postgres",
+            None,
+            &[],
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// A port nobody listens on right now (the usual small race is accepted).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Memory of a process from /proc/<pid>/status, in MiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub hwm_mib: f64,
+}
+
+/// Reads VmRSS and VmHWM (kB) out of a /proc/<pid>/status text.
+pub fn parse_status(status: &str) -> Memory {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    Memory {
+        rss_mib: field("VmRSS:"),
+        hwm_mib: field("VmHWM:"),
+    }
+}
+
+pub fn memory(pid: u32) -> Memory {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| parse_status(&s))
+        .unwrap_or_default()
+}
+
+/// CPU time (user + system, in clock ticks) of a process from the text of
+/// /proc/<pid>/stat: fields 14 and 15, counted after the `)` that ends the
+/// command name (which may itself hold spaces).
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Waits (up to `limit`) until the process uses under a tenth of a core, so
+/// work left over from one measurement (requests the client gave up on,
+/// outbox relays) does not run into the next.
+pub async fn quiesce(pid: u32, limit: Duration) {
+    let ticks = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_cpu_ticks(&s))
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let window = Duration::from_millis(250);
+    while tokio::time::Instant::now() < deadline {
+        let Some(before) = ticks() else { return };
+        tokio::time::sleep(window).await;
+        let Some(after) = ticks() else { return };
+        // 100 ticks a second (USER_HZ on Linux): 0.1 core over 250 ms is 2.5.
+        if after.saturating_sub(before) <= 2 {
+            return;
+        }
+    }
+}
+
+/// A running `gocommerce all` and the databases it was given.
+#[derive(Debug)]
+pub struct Gocommerce {
+    child: Child,
+    pub pid: u32,
+    pub base: String,
+    pub databases: Vec<(String, String)>,
+    pub log: PathBuf,
+    pub postgres: Postgres,
+}
+
+impl Gocommerce {
+    /// Starts the binary with fresh `gct_<svc>_bench<id>` databases (the test
+    /// clean-up drops leftovers), a bootstrap admin, long-lived access tokens,
+    /// no auth rate limit and emails sent to `smtp_url`, and waits until the
+    /// gateway is ready.
+    pub async fn start(
+        binary: &Path,
+        postgres: &Postgres,
+        run_id: &str,
+        smtp_url: &str,
+    ) -> anyhow::Result<Self> {
+        let gateway_port = free_port()?;
+        let admin_port = free_port()?;
+        let log = std::env::temp_dir().join(format!("gocommerce-bench-{run_id}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut command = Command::new(binary);
+        command
+            .arg("all")
+            .env("GATEWAY_ADDR", format!("127.0.0.1:{gateway_port}"))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("GOCOMMERCE_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("GOCOMMERCE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("GATEWAY_AUTH_RATE_PER_MINUTE", "100000000")
+            .env("ACCESS_TOKEN_TTL_SECONDS", "86400")
+            .env("SHUTDOWN_GRACE_SECONDS", "2")
+            .env("SMTP_URL", smtp_url)
+            .env("AMQP_NAMESPACE", format!("bench_{run_id}."))
+            .env("AMQP_QUEUE_EXPIRES_SECONDS", "600")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let mut databases = Vec::new();
+        for svc in SERVICES {
+            let upper = svc.to_ascii_uppercase();
+            let name = format!("gct_{svc}_bench{run_id}");
+            command.env(format!("{upper}_GRPC_ADDR"), "127.0.0.1:0");
+            command.env(format!("{upper}_DATABASE_URL"), postgres.url(&name));
+            databases.push((svc.to_owned(), name));
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("gocommerce exited at once")?;
+        let mut server = Self {
+            child,
+            pid,
+            base: format!("http://127.0.0.1:{gateway_port}"),
+            databases,
+            log,
+            postgres: postgres.clone(),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.base);
+        for _ in 0..240 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "gocommerce exited with {status} before it was ready; log: {}",
+                    self.log.display()
+                );
+            }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "gocommerce was not ready within 60 s; log: {}",
+            self.log.display()
+        )
+    }
+
+    pub fn database(&self, svc: &str) -> Option<&str> {
+        self.databases
+            .iter()
+            .find(|(s, _)| s == svc)
+            .map(|(_, name)| name.as_str())
+    }
+
+    pub fn memory(&self) -> Memory {
+        memory(self.pid)
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL; then the databases are dropped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        for (_, name) in &self.databases {
+            self.postgres.drop_database(name).await?;
+        }
+        // Kept only when starting failed (the error names it).
+        let _ = std::fs::remove_file(&self.log);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_and_peak_memory_are_read_in_mebibytes() {
+        let status =
+            "Name:\tgocommerce\nVmPeak:\t  999 kB\nVmHWM:\t   204800 kB\nVmRSS:\t   102400 kB\n";
+        let memory = parse_status(status);
+        assert_eq!(memory.rss_mib, 100.0);
+        assert_eq!(memory.hwm_mib, 200.0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
+        let stat = "4242 (tokio-runtime w) S 1 4242 4242 0 -1 4194304 100 0 0 0 1500 250 0 0 20 0 8 0 1000";
+        assert_eq!(parse_cpu_ticks(stat), Some(1750));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn a_status_without_memory_lines_reads_as_zero() {
+        assert_eq!(parse_status("Name:\tkthreadd\n"), Memory::default());
+    }
+}

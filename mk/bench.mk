@@ -1,0 +1,20 @@
+# Benchmark targets of GoCommerce (see bench/README.md). Included from the
+# top-level Makefile. Benchmarks report figures as ratios to baselines
+# measured in the same run; they never fail on a number.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/gocommerce/target
+export CARGO_TARGET_DIR
+BENCH_RESULTS ?= bench/results
+BENCH_QUICK_RESULTS ?= $(CARGO_TARGET_DIR)/bench-quick
+
+.PHONY: bench bench-quick
+
+bench: ## Release build, full benchmark run; writes bench/results/<date>.{json,md}
+	cargo build --release -p gocommerce -p gocommerce-bench
+	$(CARGO_TARGET_DIR)/release/gocommerce-bench --gocommerce $(CARGO_TARGET_DIR)/release/gocommerce \
+	  --build release --out-dir $(BENCH_RESULTS)
+
+bench-quick: ## Smoke run of every scenario on the debug build (tests the harness, judges no number)
+	cargo build -p gocommerce -p gocommerce-bench
+	$(CARGO_TARGET_DIR)/debug/gocommerce-bench --quick --gocommerce $(CARGO_TARGET_DIR)/debug/gocommerce \
+	  --build debug --out-dir $(BENCH_QUICK_RESULTS)
