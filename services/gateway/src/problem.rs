@@ -40,6 +40,15 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
 impl Problem {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::with_status(code.http(), code.slug(), code.title(), detail)

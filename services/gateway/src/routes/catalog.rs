@@ -72,13 +72,6 @@ fn backend_error(status: tonic::Status) -> Problem {
     Problem::from_status(&status, "product")
 }
 
-fn field_error(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
 /// The caller of a public route: the verified caller when a token is sent
 /// (a bad token is still 401), otherwise an anonymous customer. Never no
 /// caller at all, because the product service shows archived products to
@@ -510,7 +503,7 @@ fn sku(raw: &str) -> Result<(), String> {
 
 fn check_price(errors: &mut Vec<FieldError>, field: &str, price: &Price) {
     if !(0..=MAX_PRICE).contains(&price.amount) {
-        errors.push(field_error(
+        errors.push(FieldError::new(
             &format!("{field}.amount"),
             format!("must be a whole number of minor units from 0 to {MAX_PRICE}"),
         ));
@@ -564,14 +557,14 @@ fn image_url_ok(url: &str) -> bool {
 
 fn check_images(errors: &mut Vec<FieldError>, images: &[String]) {
     if images.len() > MAX_IMAGES {
-        errors.push(field_error(
+        errors.push(FieldError::new(
             "images",
             format!("must hold at most {MAX_IMAGES} URLs"),
         ));
     }
     for (index, url) in images.iter().enumerate() {
         if !image_url_ok(url) {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 &format!("images[{index}]"),
                 format!(
                     "must be an absolute http(s) URL (http(s)://host[:port]/path, printable ASCII) of at most {MAX_URL_CHARS} characters"
@@ -647,7 +640,7 @@ impl Validate for CreateProductBody {
         check_price(&mut errors, "price", &self.price);
         check_images(&mut errors, self.images.as_deref().unwrap_or_default());
         if !(0..=MAX_QUANTITY).contains(&self.stock) {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 "stock",
                 format!("must be a whole number from 0 to {MAX_QUANTITY}"),
             ));
@@ -797,7 +790,7 @@ impl Validate for SearchQuery {
         if let Some(category) = &self.category {
             let is_id = category.len() == 36 && Uuid::try_parse(category).is_ok();
             if !is_id && slug(category).is_err() {
-                errors.push(field_error(
+                errors.push(FieldError::new(
                     "category",
                     "must be a category id (UUID) or slug",
                 ));
@@ -805,7 +798,7 @@ impl Validate for SearchQuery {
         }
         for (field, bound) in [("min_price", self.min_price), ("max_price", self.max_price)] {
             if bound.is_some_and(|b| b < 0) {
-                errors.push(field_error(field, "must not be negative"));
+                errors.push(FieldError::new(field, "must not be negative"));
             }
         }
         if let Some(currency) = &self.currency {
@@ -815,14 +808,17 @@ impl Validate for SearchQuery {
             .page_size
             .is_some_and(|size| !(1..=100).contains(&size))
         {
-            errors.push(field_error("page_size", "must be 1 to 100"));
+            errors.push(FieldError::new("page_size", "must be 1 to 100"));
         }
         if self
             .page_token
             .as_ref()
             .is_some_and(|token| token.len() > 200)
         {
-            errors.push(field_error("page_token", "must be at most 200 characters"));
+            errors.push(FieldError::new(
+                "page_token",
+                "must be at most 200 characters",
+            ));
         }
         errors
     }
@@ -1174,7 +1170,7 @@ impl Validate for StockAdjustmentBody {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if self.delta == 0 || !(-MAX_QUANTITY..=MAX_QUANTITY).contains(&self.delta) {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 "delta",
                 format!("must be a non-zero whole number from -{MAX_QUANTITY} to {MAX_QUANTITY}"),
             ));
@@ -1284,14 +1280,14 @@ impl Validate for ImportLine {
             (None, Some(value)) => {
                 check(&mut errors, "category_slug", slug(value));
             }
-            _ => errors.push(field_error(
+            _ => errors.push(FieldError::new(
                 "category_id",
                 "give exactly one of category_id and category_slug",
             )),
         }
         check_images(&mut errors, self.images.as_deref().unwrap_or_default());
         if self.stock.is_some_and(|s| !(0..=MAX_QUANTITY).contains(&s)) {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 "stock",
                 format!("must be a whole number from 0 to {MAX_QUANTITY}"),
             ));

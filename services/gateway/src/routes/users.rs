@@ -60,13 +60,6 @@ fn backend_error(status: tonic::Status) -> Problem {
     Problem::from_status(&status, "user")
 }
 
-fn field_error(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
 /// A role: `customer` or `admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -902,14 +895,17 @@ impl Validate for UserListQuery {
             .page_size
             .is_some_and(|size| !(1..=100).contains(&size))
         {
-            errors.push(field_error("page_size", "must be 1 to 100"));
+            errors.push(FieldError::new("page_size", "must be 1 to 100"));
         }
         if self
             .page_token
             .as_ref()
             .is_some_and(|token| token.len() > 200)
         {
-            errors.push(field_error("page_token", "must be at most 200 characters"));
+            errors.push(FieldError::new(
+                "page_token",
+                "must be at most 200 characters",
+            ));
         }
         errors
     }
