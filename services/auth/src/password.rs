@@ -10,13 +10,12 @@
 //! workers it stays near one block per worker. The queue in front of the
 //! workers also means a burst of logins waits instead of exhausting threads.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::AuthError;
 
@@ -26,7 +25,7 @@ fn params() -> Params {
     Params::new(19 * 1024, 2, 1, None).expect("constant parameters are valid")
 }
 
-/// Jobs waiting for a worker, per worker; more callers wait on the async side.
+/// Jobs waiting for a worker, per worker; more callers wait, without a thread, to enqueue.
 const QUEUE_PER_WORKER: usize = 64;
 
 // Verifying against this when an email is unknown makes a failed login take
@@ -40,14 +39,14 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
 #[derive(Debug, Clone)]
 pub struct Hasher {
-    jobs: SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Hasher {
     /// Starts `workers` hashing threads; they end when the last clone is dropped.
     pub fn new(workers: usize) -> Self {
         let workers = workers.max(1);
-        let (jobs, queue) = sync_channel::<Job>(workers * QUEUE_PER_WORKER);
+        let (jobs, queue) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..workers {
             let queue = Arc::clone(&queue);
@@ -85,11 +84,9 @@ impl Hasher {
         let job: Job = Box::new(move |memory| {
             let _ = reply.send(work(memory));
         });
-        // A full queue blocks the sender: wait for room off the executor.
-        let jobs = self.jobs.clone();
-        tokio::task::spawn_blocking(move || jobs.send(job))
+        self.jobs
+            .send(job)
             .await
-            .map_err(|e| AuthError::Hashing(e.to_string()))?
             .map_err(|_| AuthError::Hashing("the hashing threads are gone".to_owned()))?;
         answer
             .await
@@ -97,14 +94,17 @@ impl Hasher {
     }
 }
 
-fn work(queue: &Mutex<Receiver<Job>>) {
+fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
     let mut memory = Vec::new();
     loop {
         // Hold the lock only to take a job, never while hashing.
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let job = queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .blocking_recv();
         match job {
-            Ok(job) => job(&mut memory),
-            Err(_) => return,
+            Some(job) => job(&mut memory),
+            None => return,
         }
     }
 }
