@@ -24,7 +24,7 @@ use clap::Parser;
 use crate::report::{Report, SeedSizes};
 use crate::scenarios::{Context, Maxima, Scenario, Settings};
 use crate::seed::Sizes;
-use crate::server::{Gocommerce, Postgres};
+use crate::server::{Gocommerce, Launch, Postgres, ProductCache};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark gocommerce against same-run baselines")]
@@ -55,6 +55,16 @@ struct Args {
     /// Label of the build in the report (debug or release).
     #[arg(long, default_value = "unknown")]
     build: String,
+    /// Run only these scenarios (e.g. `--only 1,2`); 6 and 7 also need 1 to 4
+    /// for the predicted rate. All by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
+}
+
+impl Args {
+    fn wants(&self, scenario: u32) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
 }
 
 fn progress(message: &str) {
@@ -110,12 +120,15 @@ async fn main() -> anyhow::Result<()> {
     progress(&format!("starting {} all", args.gocommerce.display()));
     let sink = std::sync::Arc::new(smtp::SmtpSink::start().await?);
     let smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
-    let server = Gocommerce::start(&args.gocommerce, &postgres, &run_id, &smtp_url).await?;
+    let launch = Launch::new(&args.gocommerce, &postgres, &run_id, &smtp_url)?;
+    // Scenario 2 asks for the database path: the first phase runs with the
+    // product cache off, the second (scenarios 1, 6, 7) as deployed.
+    let mut server = Gocommerce::start(&launch, ProductCache::Off).await?;
     server::quiesce(server.pid, Duration::from_secs(10)).await;
     let memory_start = server.memory();
     let outcome = run(
         &args,
-        &server,
+        &mut server,
         sink,
         (sizes, settings.clone()),
         &run_id,
@@ -152,14 +165,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(
     args: &Args,
-    server: &Gocommerce,
+    server: &mut Gocommerce,
     sink: std::sync::Arc<smtp::SmtpSink>,
     (sizes, settings): (Sizes, Settings),
     run_id: &str,
     started_at: chrono::DateTime<chrono::Utc>,
     memory_start: server::Memory,
 ) -> anyhow::Result<Report> {
-    let postgres = &server.postgres;
+    let postgres = server.postgres.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .timeout(Duration::from_secs(30))
@@ -173,7 +186,7 @@ async fn run(
         .context("seeding failed")?;
     server::quiesce(server.pid, Duration::from_secs(20)).await;
     let memory_idle = server.memory();
-    let cx = Context {
+    let mut cx = Context {
         client,
         base: server.base.clone(),
         seeded,
@@ -186,77 +199,100 @@ async fn run(
         smtp: sink,
     };
     progress(&scenarios::describe(server));
-    let settle = || {
-        server::quiesce(
-            server.pid,
-            Duration::from_secs(if args.quick { 5 } else { 20 }),
-        )
-    };
+    let settle_limit = Duration::from_secs(if args.quick { 5 } else { 20 });
     let mut done: Vec<Scenario> = Vec::new();
     let mut failures = Vec::new();
-
-    settle().await;
-    progress("scenario 1: proxy cost");
-    match scenarios::proxy_cost(&cx).await {
-        Ok(s) => done.push(s),
-        Err(e) => failures.push(format!("1 proxy cost: {e:#}")),
-    }
-    settle().await;
-    progress("scenario 2: catalog reads against pgbench");
-    let product_db = server
-        .database("product")
-        .context("no product database")?
-        .to_owned();
-    let (mut view_max, mut search_max) = (0.0, 0.0);
-    match scenarios::catalog_read(&cx, &product_db).await {
-        Ok(list) => {
-            view_max = saturation(&list[0]);
-            search_max = saturation(&list[1]);
-            done.extend(list);
-        }
-        Err(e) => failures.push(format!("2 catalog read: {e:#}")),
-    }
-    settle().await;
-    progress("scenario 3: order placement against pgbench");
-    let mut checkout_max = 0.0;
-    match scenarios::order_placement(&cx, run_id, &args.repo).await {
-        Ok(s) => {
-            checkout_max = saturation(&s);
-            done.push(s);
-        }
-        Err(e) => failures.push(format!("3 order placement: {e:#}")),
-    }
-    settle().await;
-    progress("scenario 4: login against Argon2id");
-    let mut login_max = 0.0;
-    match scenarios::login(&cx, view_max).await {
-        Ok(s) => {
-            login_max = saturation(&s);
-            done.push(s);
-        }
-        Err(e) => failures.push(format!("4 login: {e:#}")),
-    }
-    settle().await;
-    progress("scenario 5: token verification");
-    match scenarios::token_verification(&cx).await {
-        Ok(s) => done.push(s),
-        Err(e) => failures.push(format!("5 token verification: {e:#}")),
-    }
-    settle().await;
-    progress("scenarios 6 and 7: mixed load and memory");
-    let maxima = Maxima {
-        product_view: view_max,
-        search: search_max,
-        login: login_max,
-        checkout: checkout_max,
+    let mut maxima = Maxima {
+        product_view: 0.0,
+        search: 0.0,
+        login: 0.0,
+        checkout: 0.0,
     };
-    match scenarios::mixed(&cx, maxima, memory_idle).await {
-        Ok((mixed, memory)) => {
-            done.push(mixed);
-            done.push(memory);
+
+    if args.wants(2) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenario 2: catalog reads against pgbench (product cache off)");
+        let product_db = server
+            .database("product")
+            .context("no product database")?
+            .to_owned();
+        match scenarios::catalog_read(&cx, &product_db).await {
+            Ok(list) => {
+                maxima.search = saturation(&list[1]);
+                done.extend(list);
+            }
+            Err(e) => failures.push(format!("2 catalog read: {e:#}")),
         }
-        Err(e) => failures.push(format!("6/7 mixed load: {e:#}")),
     }
+    if args.wants(3) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenario 3: order placement against pgbench");
+        match scenarios::order_placement(&cx, run_id, &args.repo).await {
+            Ok(s) => {
+                maxima.checkout = saturation(&s);
+                done.push(s);
+            }
+            Err(e) => failures.push(format!("3 order placement: {e:#}")),
+        }
+    }
+    if args.wants(4) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenario 4: login against Argon2id");
+        let view_max = done.iter().find(|s| s.id == 2).map_or(0.0, saturation);
+        match scenarios::login(&cx, view_max).await {
+            Ok(s) => {
+                maxima.login = saturation(&s);
+                done.push(s);
+            }
+            Err(e) => failures.push(format!("4 login: {e:#}")),
+        }
+    }
+    if args.wants(5) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenario 5: token verification");
+        match scenarios::token_verification(&cx).await {
+            Ok(s) => done.push(s),
+            Err(e) => failures.push(format!("5 token verification: {e:#}")),
+        }
+    }
+
+    progress("restarting gocommerce with the product cache on");
+    server.restart(ProductCache::On).await?;
+    cx.server_pid = server.pid;
+    progress(&scenarios::describe(server));
+    if args.wants(1) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenario 1: proxy cost (product cache on)");
+        match scenarios::proxy_cost(&cx).await {
+            Ok(s) => {
+                maxima.product_view = saturation(&s);
+                done.push(s);
+            }
+            Err(e) => failures.push(format!("1 proxy cost: {e:#}")),
+        }
+    }
+    if args.wants(6) || args.wants(7) {
+        server::quiesce(cx.server_pid, settle_limit).await;
+        progress("scenarios 6 and 7: mixed load and memory");
+        if maxima.product_view > 0.0
+            && maxima.search > 0.0
+            && maxima.login > 0.0
+            && maxima.checkout > 0.0
+        {
+            match scenarios::mixed(&cx, maxima, memory_idle).await {
+                Ok((mixed, memory)) => {
+                    done.push(mixed);
+                    done.push(memory);
+                }
+                Err(e) => failures.push(format!("6/7 mixed load: {e:#}")),
+            }
+        } else {
+            failures.push(
+                "6/7 mixed load: needs the maxima of scenarios 1 to 4 (run them too)".to_owned(),
+            );
+        }
+    }
+    done.sort_by_key(|s| s.id);
     // A scenario whose saturation run never succeeded measured nothing:
     // that is a broken harness or server, not a slow one.
     for scenario in &done {

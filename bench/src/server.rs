@@ -176,6 +176,45 @@ pub async fn quiesce(pid: u32, limit: Duration) {
     }
 }
 
+/// What `gocommerce all` is started with; kept so it can be restarted with
+/// the same databases and ports.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub binary: PathBuf,
+    pub postgres: Postgres,
+    pub run_id: String,
+    pub smtp_url: String,
+    pub gateway_port: u16,
+    pub admin_port: u16,
+}
+
+impl Launch {
+    pub fn new(
+        binary: &Path,
+        postgres: &Postgres,
+        run_id: &str,
+        smtp_url: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            binary: binary.to_owned(),
+            postgres: postgres.clone(),
+            run_id: run_id.to_owned(),
+            smtp_url: smtp_url.to_owned(),
+            gateway_port: free_port()?,
+            admin_port: free_port()?,
+        })
+    }
+}
+
+/// Whether the product service keeps product views in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductCache {
+    /// `PRODUCT_CACHE_TTL_MS=0`: every view reads PostgreSQL.
+    Off,
+    /// The default configuration.
+    On,
+}
+
 /// A running `gocommerce all` and the databases it was given.
 #[derive(Debug)]
 pub struct Gocommerce {
@@ -185,34 +224,32 @@ pub struct Gocommerce {
     pub databases: Vec<(String, String)>,
     pub log: PathBuf,
     pub postgres: Postgres,
+    pub cache: ProductCache,
+    launch: Launch,
 }
 
 impl Gocommerce {
-    /// Starts the binary with fresh `gct_<svc>_bench<id>` databases (the test
-    /// clean-up drops leftovers), a bootstrap admin, long-lived access tokens,
-    /// no auth rate limit and emails sent to `smtp_url`, and waits until the
-    /// gateway is ready.
-    pub async fn start(
-        binary: &Path,
-        postgres: &Postgres,
-        run_id: &str,
-        smtp_url: &str,
-    ) -> anyhow::Result<Self> {
-        let gateway_port = free_port()?;
-        let admin_port = free_port()?;
+    /// Starts the binary with `gct_<svc>_bench<id>` databases (created by its
+    /// migrations on the first start; the test clean-up drops leftovers), a
+    /// bootstrap admin, long-lived access tokens, no auth rate limit and
+    /// emails sent to the launch's SMTP URL, and waits until the gateway is
+    /// ready.
+    pub async fn start(launch: &Launch, cache: ProductCache) -> anyhow::Result<Self> {
+        let run_id = &launch.run_id;
+        let postgres = &launch.postgres;
         let log = std::env::temp_dir().join(format!("gocommerce-bench-{run_id}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(&launch.binary);
         command
             .arg("all")
-            .env("GATEWAY_ADDR", format!("127.0.0.1:{gateway_port}"))
-            .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("GATEWAY_ADDR", format!("127.0.0.1:{}", launch.gateway_port))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{}", launch.admin_port))
             .env("GOCOMMERCE_ADMIN_EMAIL", ADMIN_EMAIL)
             .env("GOCOMMERCE_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("GATEWAY_AUTH_RATE_PER_MINUTE", "100000000")
             .env("ACCESS_TOKEN_TTL_SECONDS", "86400")
             .env("SHUTDOWN_GRACE_SECONDS", "2")
-            .env("SMTP_URL", smtp_url)
+            .env("SMTP_URL", &launch.smtp_url)
             .env("AMQP_NAMESPACE", format!("bench_{run_id}."))
             .env("AMQP_QUEUE_EXPIRES_SECONDS", "600")
             .env(
@@ -223,6 +260,9 @@ impl Gocommerce {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .kill_on_drop(true);
+        if cache == ProductCache::Off {
+            command.env("PRODUCT_CACHE_TTL_MS", "0");
+        }
         let mut databases = Vec::new();
         for svc in SERVICES {
             let upper = svc.to_ascii_uppercase();
@@ -233,18 +273,28 @@ impl Gocommerce {
         }
         let child = command
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+            .with_context(|| format!("cannot start {}", launch.binary.display()))?;
         let pid = child.id().context("gocommerce exited at once")?;
         let mut server = Self {
             child,
             pid,
-            base: format!("http://127.0.0.1:{gateway_port}"),
+            base: format!("http://127.0.0.1:{}", launch.gateway_port),
             databases,
             log,
             postgres: postgres.clone(),
+            cache,
+            launch: launch.clone(),
         };
         server.wait_ready().await?;
         Ok(server)
+    }
+
+    /// Stops this process (its databases stay) and starts it again on the
+    /// same ports and databases with the product cache as asked.
+    pub async fn restart(&mut self, cache: ProductCache) -> anyhow::Result<()> {
+        self.terminate().await;
+        *self = Self::start(&self.launch, cache).await?;
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -281,8 +331,8 @@ impl Gocommerce {
         memory(self.pid)
     }
 
-    /// SIGTERM, a grace period, then SIGKILL; then the databases are dropped.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// SIGTERM, a grace period, then SIGKILL.
+    async fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
@@ -293,6 +343,11 @@ impl Gocommerce {
         {
             let _ = self.child.kill().await;
         }
+    }
+
+    /// Stops the process, then drops the databases.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate().await;
         for (_, name) in &self.databases {
             self.postgres.drop_database(name).await?;
         }

@@ -1,6 +1,7 @@
 //! The product service's settings, read from the environment.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
 
@@ -9,6 +10,10 @@ pub struct ProductConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
     pub database_max_connections: u32,
+    /// How long a product view may be served from memory; zero turns the cache off.
+    pub cache_ttl: Duration,
+    /// Most product views kept in memory.
+    pub cache_capacity: usize,
     pub common: config::CommonConfig,
 }
 
@@ -19,6 +24,12 @@ impl ProductConfig {
             grpc_addr: ServiceName::Product.grpc_addr(env)?,
             database_url: ServiceName::Product.database_url(env)?,
             database_max_connections: common.database_max_connections,
+            cache_ttl: Duration::from_millis(config::parse(
+                env,
+                "PRODUCT_CACHE_TTL_MS",
+                30_000u64,
+            )?),
+            cache_capacity: config::parse(env, "PRODUCT_CACHE_CAPACITY", 50_000usize)?,
             common,
         })
     }

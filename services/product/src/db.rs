@@ -369,6 +369,29 @@ pub async fn find_products(
     .await?)
 }
 
+/// Tells every replica's product cache (at commit; nothing if the
+/// transaction rolls back) that these products changed.
+#[tracing::instrument(skip_all, fields(count = ids.len()), err)]
+pub async fn notify_changed(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), ProductError> {
+    sqlx::query("SELECT pg_notify($1, id::text) FROM unnest($2::uuid[]) AS id")
+        .bind(crate::cache::CHANNEL)
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Tells every replica's product cache that any product may have changed.
+#[tracing::instrument(skip_all, err)]
+pub async fn notify_all_changed(conn: &mut PgConnection) -> Result<(), ProductError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::cache::CHANNEL)
+        .bind(crate::cache::EVERYTHING)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The fields of a product update; `None` leaves a field unchanged.
 #[derive(Debug, Default)]
 pub struct ProductPatch {

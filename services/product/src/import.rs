@@ -174,7 +174,9 @@ impl ProductService {
                 }
             }
         }
+        db::notify_all_changed(&mut tx).await?;
         tx.commit().await?;
+        self.cache.clear();
         Ok(())
     }
 }

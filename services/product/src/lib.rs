@@ -2,6 +2,7 @@
 //! full-text search and keyset pagination, bulk import, and the inventory
 //! (stock, a ledger of movements, all-or-nothing reservations for orders).
 
+mod cache;
 pub mod config;
 mod convert;
 mod db;

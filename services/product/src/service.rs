@@ -2,6 +2,7 @@
 //! transactions around the queries in `db`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,6 +15,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::cache::ProductCache;
 use crate::convert;
 use crate::db::{self, MovementKind, NewMovement, ProductPatch, ReservationItemRow};
 use crate::error::ProductError;
@@ -29,6 +31,7 @@ const MAX_BATCH_IDS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct ProductService {
     pub pool: PgPool,
+    pub cache: Arc<ProductCache>,
 }
 
 fn caller(metadata: &MetadataMap) -> Result<Option<Caller>, ProductError> {
@@ -316,13 +319,24 @@ impl ProductService {
         // an admin sees archived products here (peers use GetProducts).
         let admin = caller(request.metadata())?.is_some_and(|c| c.is_admin());
         let id = input::uuid("product_id", &request.get_ref().product_id)?;
-        let mut conn = self.pool.acquire().await?;
-        let product = db::find_product(&mut conn, id)
-            .await?
-            .filter(|p| p.active || admin)
-            .ok_or_else(no_product)?;
+        let product = match self.cache.get(id) {
+            Some(product) => product,
+            None => {
+                let ticket = self.cache.ticket();
+                let mut conn = self.pool.acquire().await?;
+                let row = db::find_product(&mut conn, id)
+                    .await?
+                    .ok_or_else(no_product)?;
+                let product = convert::product(&row);
+                self.cache.store(ticket, id, &product);
+                product
+            }
+        };
+        if !(product.active || admin) {
+            return Err(no_product());
+        }
         Ok(pb::GetProductResponse {
-            product: Some(convert::product(&product)),
+            product: Some(product),
         })
     }
 
@@ -409,7 +423,9 @@ impl ProductService {
         let product = db::find_product(&mut tx, id)
             .await?
             .ok_or_else(no_product)?;
+        db::notify_changed(&mut tx, &[id]).await?;
         tx.commit().await?;
+        self.cache.invalidate([id]);
         Ok(pb::UpdateProductResponse {
             product: Some(convert::product(&product)),
         })
@@ -421,13 +437,16 @@ impl ProductService {
     ) -> Result<pb::ArchiveProductResponse, ProductError> {
         require_admin(request.metadata())?;
         let id = input::uuid("product_id", &request.get_ref().product_id)?;
-        let mut conn = self.pool.acquire().await?;
-        if !db::archive_product(&mut conn, id).await? {
+        let mut tx = self.pool.begin().await?;
+        if !db::archive_product(&mut tx, id).await? {
             return Err(no_product());
         }
-        let product = db::find_product(&mut conn, id)
+        let product = db::find_product(&mut tx, id)
             .await?
             .ok_or_else(no_product)?;
+        db::notify_changed(&mut tx, &[id]).await?;
+        tx.commit().await?;
+        self.cache.invalidate([id]);
         tracing::info!(product_id = %id, "product archived");
         Ok(pb::ArchiveProductResponse {
             product: Some(convert::product(&product)),
@@ -513,7 +532,9 @@ impl ProductService {
             },
         )
         .await?;
+        db::notify_changed(&mut tx, &[id]).await?;
         tx.commit().await?;
+        self.cache.invalidate([id]);
         tracing::info!(product_id = %id, delta = request.delta, "stock adjusted");
         Ok(pb::AdjustStockResponse {
             stock: Some(convert::stock(&stock)),
@@ -629,7 +650,11 @@ impl ProductService {
             )
             .await?;
         }
+        // Reserving may have sold the last unit: in_stock changes.
+        let changed: Vec<Uuid> = ordered.iter().map(|(_, item)| item.product_id).collect();
+        db::notify_changed(&mut tx, &changed).await?;
         tx.commit().await?;
+        self.cache.invalidate(changed);
         tracing::info!(order_id = %order_id, items = rows.len(), "stock reserved");
         Ok(pb::ReserveStockResponse {
             reservation: Some(convert::reservation(&reservation, &rows)),
@@ -695,7 +720,10 @@ impl ProductService {
             .await?;
         }
         let reservation = db::set_reservation_status(&mut tx, order_id, done).await?;
+        let changed: Vec<Uuid> = ordered.iter().map(|item| item.product_id).collect();
+        db::notify_changed(&mut tx, &changed).await?;
         tx.commit().await?;
+        self.cache.invalidate(changed);
         tracing::info!(order_id = %order_id, status = done, "reservation settled");
         Ok(convert::reservation(&reservation, &items))
     }

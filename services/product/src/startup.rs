@@ -1,4 +1,7 @@
-//! Builds the product service: its database and the bound gRPC listener.
+//! Builds the product service: its database, the product cache and the
+//! bound gRPC listener.
+
+use std::sync::Arc;
 
 use gocommerce_platform::Readiness;
 use gocommerce_platform::db::{DbError, connect_and_migrate};
@@ -7,6 +10,7 @@ use gocommerce_proto::product::v1::product_service_server::{ProductServiceServer
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 
+use crate::cache::{ChangeListener, ProductCache};
 use crate::config::ProductConfig;
 use crate::service::ProductService;
 
@@ -25,6 +29,7 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     service: ProductService,
+    changes: ChangeListener,
     readiness: Readiness,
 }
 
@@ -37,6 +42,11 @@ impl Application {
         )
         .await?;
         readiness.add_postgres("product-database", pool.clone());
+        let cache = Arc::new(ProductCache::new(config.cache_ttl, config.cache_capacity));
+        // Holds one pooled connection for LISTEN while the service runs.
+        let changes = ChangeListener::connect(cache.clone(), pool.clone())
+            .await
+            .map_err(DbError::Connect)?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(StartupError::Bind)?;
@@ -45,7 +55,8 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            service: ProductService { pool },
+            service: ProductService { pool, cache },
+            changes,
             readiness,
         })
     }
@@ -54,11 +65,13 @@ impl Application {
         self.port
     }
 
-    /// Serves until shutdown.
+    /// Serves, and listens for other replicas' product changes, until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let pool = self.service.pool.clone();
+        let listener = tokio::spawn(self.changes.run(self.readiness.shutdown().clone()));
         let routes = tonic::service::Routes::new(ProductServiceServer::new(self.service));
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
+        let _ = listener.await;
         pool.close().await;
         result
     }
