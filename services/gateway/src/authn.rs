@@ -2,6 +2,11 @@
 //! service's JWKS, which is cached and fetched again when a token names an
 //! unknown `kid` (at most every few seconds, so forged kids cannot turn into
 //! a flood of fetches). The verified caller travels on to the services.
+//!
+//! A signature check costs more than the rest of a cached catalog read, and a
+//! client sends the same access token with every request for its lifetime, so
+//! tokens that verified are remembered (by their exact text) until they
+//! expire; a JWKS change forgets them all, since a key may have been retired.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -23,6 +28,9 @@ use crate::problem::Problem;
 use crate::startup::AppState;
 
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most verified tokens remembered; about half a KiB each.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Why a token was refused; each becomes a 401 whose detail says so.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +69,61 @@ pub struct TokenVerifier {
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims were checked, with the caller they
+/// name and the Unix time from which they are refused (`exp` plus leeway).
+#[derive(Debug)]
+struct VerifiedTokens {
+    capacity: usize,
+    entries: std::sync::Mutex<HashMap<String, (Caller, i64)>>,
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Caller, i64)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, token: &str, now: i64) -> Option<Caller> {
+        self.lock()
+            .get(token)
+            .filter(|(_, exp)| now < *exp)
+            .map(|(caller, _)| *caller)
+    }
+
+    fn insert(&self, token: &str, caller: Caller, exp: i64, now: i64) {
+        if exp <= now {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity {
+            entries.retain(|_, (_, exp)| now < *exp);
+            if entries.len() >= self.capacity {
+                return;
+            }
+        }
+        entries.insert(token.to_owned(), (caller, exp));
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl TokenVerifier {
@@ -69,6 +132,7 @@ impl TokenVerifier {
             keys: RwLock::default(),
             last_fetch: Mutex::new(None),
             validation: token::validation(issuer, audience),
+            verified: VerifiedTokens::new(VERIFIED_CAPACITY),
         }
     }
 
@@ -107,16 +171,26 @@ impl TokenVerifier {
             .filter_map(|jwk| decoding_key(jwk).map(|key| (jwk.kid.clone(), key)))
             .collect();
         tracing::debug!(keys = keys.len(), "fetched jwks");
-        *self
+        let mut current = self
             .keys
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A retired key's tokens must stop working at once.
+        if current.keys().any(|kid| !keys.contains_key(kid)) {
+            self.verified.clear();
+        }
+        *current = keys;
+        drop(current);
         *last_fetch = Some(Instant::now());
         Ok(())
     }
 
     /// Verifies a bearer token and returns the caller it names.
     pub async fn verify(&self, token: &str, backends: &Backends) -> Result<Caller, Problem> {
+        let now = unix_now();
+        if let Some(caller) = self.verified.get(token, now) {
+            return Ok(caller);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthenticated(TokenError::Malformed.to_string()))?;
         if header.alg != token::ALGORITHM {
@@ -135,11 +209,18 @@ impl TokenVerifier {
                     .ok_or_else(|| Problem::unauthenticated(TokenError::UnknownKey.to_string()))?
             }
         };
-        self.check(token, &key)
-            .map_err(|e| Problem::unauthenticated(e.to_string()))
+        let (caller, exp) = self
+            .check(token, &key)
+            .map_err(|e| Problem::unauthenticated(e.to_string()))?;
+        // Remembered for as long as a fresh check would accept it: until
+        // `exp` plus the clock-skew leeway.
+        let leeway = i64::try_from(token::LEEWAY_SECONDS).unwrap_or(0);
+        self.verified
+            .insert(token, caller, exp.saturating_add(leeway), now);
+        Ok(caller)
     }
 
-    fn check(&self, token: &str, key: &DecodingKey) -> Result<Caller, TokenError> {
+    fn check(&self, token: &str, key: &DecodingKey) -> Result<(Caller, i64), TokenError> {
         let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -157,7 +238,7 @@ impl TokenVerifier {
         }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Claims)?;
         let role = claims.role.parse().map_err(|_| TokenError::Claims)?;
-        Ok(Caller { user_id, role })
+        Ok((Caller { user_id, role }, claims.exp))
     }
 }
 
@@ -220,5 +301,56 @@ impl FromRequestParts<AppState> for Admin {
                 "this route is for admins only",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gocommerce_platform::Role;
+
+    use super::*;
+
+    fn caller() -> Caller {
+        Caller {
+            user_id: Uuid::new_v4(),
+            role: Role::Customer,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let verified = VerifiedTokens::new(10);
+        let who = caller();
+        verified.insert("token", who, 1_000, 900);
+
+        assert_eq!(
+            verified.get("token", 999).map(|c| c.user_id),
+            Some(who.user_id)
+        );
+        assert!(verified.get("token", 1_000).is_none(), "expired at exp");
+        assert!(verified.get("other", 999).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_only_from_expired_tokens() {
+        let verified = VerifiedTokens::new(2);
+        verified.insert("a", caller(), 1_000, 900);
+        verified.insert("b", caller(), 2_000, 900);
+
+        verified.insert("c", caller(), 2_000, 950);
+        assert!(verified.get("c", 950).is_none(), "no live token is evicted");
+
+        verified.insert("c", caller(), 2_000, 1_500);
+        assert!(
+            verified.get("c", 1_500).is_some(),
+            "the expired one made room"
+        );
+    }
+
+    #[test]
+    fn an_already_expired_token_is_not_remembered() {
+        let verified = VerifiedTokens::new(2);
+        verified.insert("late", caller(), 1_000, 1_010);
+        assert!(verified.lock().is_empty());
     }
 }

@@ -210,54 +210,108 @@ impl Publisher {
     }
 
     async fn try_publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let channel = {
-            let mut slot = self.channel.lock().await;
-            match slot.as_ref() {
-                Some(channel) if channel.status().connected() => channel.clone(),
-                _ => {
-                    let channel = self.broker.channel().await?;
-                    channel
-                        .confirm_select(ConfirmSelectOptions::default())
-                        .await?;
-                    *slot = Some(channel.clone());
-                    channel
-                }
-            }
+        let channel = self.channel().await?;
+        let confirm = send(&channel, message).await?;
+        outcome(confirm.await?)
+    }
+
+    /// Publishes the messages in order, then waits for all their confirms
+    /// together: one wait for the broker's disk instead of one per message.
+    /// The outer error means the channel failed (nothing more can be known);
+    /// otherwise each message has its own outcome, in the order given.
+    pub async fn publish_all(
+        &self,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let result = self.try_publish_all(messages).await;
+        let channel_failed = match &result {
+            Err(BrokerError::Amqp(_)) => true,
+            Err(_) => false,
+            Ok(outcomes) => outcomes
+                .iter()
+                .any(|o| matches!(o, Err(BrokerError::Amqp(_)))),
         };
-        let mut headers = FieldTable::default();
-        for (key, value) in &message.headers {
-            headers.insert(
-                ShortString::from(key.as_str()),
-                AMQPValue::LongString(LongString::from(value.as_str())),
-            );
+        if channel_failed {
+            self.channel.lock().await.take();
         }
-        let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(message.content_type.as_str().into())
-            .with_message_id(message.message_id.as_str().into())
-            .with_type(message.routing_key.as_str().into())
-            .with_timestamp(timestamp)
-            .with_headers(headers);
-        let confirmation = channel
-            .basic_publish(
-                message.exchange.as_str().into(),
-                message.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.payload,
-                properties,
-            )
-            .await?
-            .await?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
-            Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
+        result
+    }
+
+    async fn try_publish_all(
+        &self,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let channel = self.channel().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            confirms.push(send(&channel, message).await?);
         }
+        Ok(futures::future::join_all(confirms)
+            .await
+            .into_iter()
+            .map(|confirmation| outcome(confirmation?))
+            .collect())
+    }
+
+    /// The publishing channel (in confirm mode), opened if there is none.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.channel.lock().await;
+        match slot.as_ref() {
+            Some(channel) if channel.status().connected() => Ok(channel.clone()),
+            _ => {
+                let channel = self.broker.channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                *slot = Some(channel.clone());
+                Ok(channel)
+            }
+        }
+    }
+}
+
+/// Sends one message persistently and mandatorily; the broker's confirm
+/// arrives through the returned future.
+async fn send(
+    channel: &Channel,
+    message: &Outgoing,
+) -> Result<lapin::PublisherConfirm, BrokerError> {
+    let mut headers = FieldTable::default();
+    for (key, value) in &message.headers {
+        headers.insert(
+            ShortString::from(key.as_str()),
+            AMQPValue::LongString(LongString::from(value.as_str())),
+        );
+    }
+    let timestamp = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(message.content_type.as_str().into())
+        .with_message_id(message.message_id.as_str().into())
+        .with_type(message.routing_key.as_str().into())
+        .with_timestamp(timestamp)
+        .with_headers(headers);
+    Ok(channel
+        .basic_publish(
+            message.exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &message.payload,
+            properties,
+        )
+        .await?)
+}
+
+/// A confirm as an outcome: a message no queue would take is an error.
+fn outcome(confirmation: Confirmation) -> Result<(), BrokerError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked),
+        Confirmation::NotRequested => Err(BrokerError::NotConfirmed),
     }
 }
 
@@ -272,7 +326,7 @@ pub struct QueueSpec {
     pub retry_delays: Vec<Duration>,
     /// Attempts before a message is dead-lettered.
     pub max_attempts: u32,
-    /// Unacknowledged messages in flight per consumer.
+    /// Unacknowledged messages in flight per consumer, all handled at once.
     pub prefetch: u16,
 }
 
@@ -415,10 +469,9 @@ where
     let publisher = Publisher::new(broker.clone());
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
-        let outcome = tokio::select! {
-            outcome = consume_once(&broker, &spec, &handler, &publisher, &shutdown) => outcome,
-            () = shutdown.wait() => break,
-        };
+        // consume_once watches the signal itself, so that the messages
+        // being handled when it trips are finished and acked.
+        let outcome = consume_once(&broker, &spec, &handler, &publisher, &shutdown).await;
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(error) => {
@@ -444,43 +497,93 @@ where
     H: Fn(Incoming) -> F,
     F: Future<Output = Result<(), HandlerError>>,
 {
-    let channel = broker.channel().await?;
-    spec.declare(broker, &channel).await?;
-    channel
-        .basic_qos(spec.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            spec.queue(broker).as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let subscribe = async {
+        let channel = broker.channel().await?;
+        spec.declare(broker, &channel).await?;
+        channel
+            .basic_qos(spec.prefetch, BasicQosOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                spec.queue(broker).as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, BrokerError>((channel, deliveries))
+    };
+    let (channel, mut deliveries) = tokio::select! {
+        subscribed = subscribe => subscribed?,
+        () = shutdown.wait() => return Ok(()),
+    };
     tracing::info!(queue = %spec.name, "consuming");
+    // Up to `prefetch` deliveries are handled at once: handlers wait on
+    // databases, peers and SMTP, so one at a time would cap a consumer at
+    // the inverse of one message's latency. Each is acked on its own.
+    let limit = usize::from(spec.prefetch.max(1));
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    // Set when no more deliveries are taken: shutdown (`None`) or a broken
+    // channel. Handlers already running finish either way; after a break
+    // their acks fail and the broker delivers those messages again.
+    let mut stopped: Option<Option<BrokerError>> = None;
     loop {
-        let delivery = tokio::select! {
-            next = deliveries.next() => match next {
-                Some(delivery) => delivery?,
+        tokio::select! {
+            next = deliveries.next(), if stopped.is_none() && in_flight.len() < limit => match next {
+                Some(Ok(delivery)) => in_flight.push(settle(
+                    delivery, broker, spec, handler, publisher, &channel,
+                )),
+                Some(Err(error)) => stopped = Some(Some(error.into())),
                 // The broker cancelled us or the connection closed.
-                None => return Err(BrokerError::NotConfirmed),
+                None => stopped = Some(Some(BrokerError::NotConfirmed)),
             },
-            () = shutdown.wait() => return Ok(()),
-        };
-        let incoming = incoming(&delivery);
-        let span = tracing::info_span!(
-            "consume",
-            otel.name = %format_args!("{} receive", spec.name),
-            otel.kind = "consumer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = %spec.name,
-            messaging.message.id = %incoming.message_id,
-            routing_key = %incoming.routing_key,
-            attempt = incoming.attempt,
-        );
-        telemetry::set_parent_from_map(&span, &string_headers(&delivery.properties));
-        let result = handler(incoming.clone()).instrument(span.clone()).await;
-        let _entered = span.enter();
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(error) = settled
+                    && !matches!(stopped, Some(Some(_)))
+                {
+                    stopped = Some(Some(error));
+                }
+            },
+            () = shutdown.wait(), if stopped.is_none() => stopped = Some(None),
+        }
+        if let Some(reason) = &mut stopped
+            && in_flight.is_empty()
+        {
+            return reason.take().map_or(Ok(()), Err);
+        }
+    }
+}
+
+/// Runs the handler on one delivery, then acks it, or moves it to a wait or
+/// the dead-letter queue (or, if that fails, puts it back).
+async fn settle<H, F>(
+    delivery: lapin::message::Delivery,
+    broker: &Broker,
+    spec: &QueueSpec,
+    handler: &H,
+    publisher: &Publisher,
+    channel: &Channel,
+) -> Result<(), BrokerError>
+where
+    H: Fn(Incoming) -> F,
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    let incoming = incoming(&delivery);
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format_args!("{} receive", spec.name),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %spec.name,
+        messaging.message.id = %incoming.message_id,
+        routing_key = %incoming.routing_key,
+        attempt = incoming.attempt,
+    );
+    telemetry::set_parent_from_map(&span, &string_headers(&delivery.properties));
+    // Instrumented rather than entered: many deliveries are in flight on
+    // one task, and an entered span would leak into the others' polls.
+    async move {
+        let result = handler(incoming.clone()).await;
         match result {
             Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -517,7 +620,7 @@ where
                 if matches!(moved, Err(BrokerError::Unroutable)) {
                     // The wait or dead-letter queue is gone (deleted by hand or
                     // expired through x-expires): declare it again, then retry.
-                    spec.declare(broker, &channel).await?;
+                    spec.declare(broker, channel).await?;
                     moved = publisher.publish(&outgoing).await;
                 }
                 match moved {
@@ -538,7 +641,10 @@ where
                 }
             }
         }
+        Ok(())
     }
+    .instrument(span)
+    .await
 }
 
 /// Moves up to `limit` messages from `spec`'s dead-letter queue back to its

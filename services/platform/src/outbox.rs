@@ -161,6 +161,11 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
     .fetch_all(&mut *tx)
     .await?;
     let handled = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut spans = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
     for row in &rows {
         let headers: HashMap<String, String> =
             serde_json::from_value(row.headers.clone()).unwrap_or_default();
@@ -172,7 +177,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
             messaging.message.id = %row.id,
         );
         telemetry::set_parent_from_map(&span, &headers);
-        let outgoing = Outgoing {
+        messages.push(Outgoing {
             exchange: publisher.broker().events_exchange(),
             routing_key: row.routing_key.clone(),
             message_id: row.id.to_string(),
@@ -181,21 +186,36 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
             // The publish span's context, so consumers join the producer's trace.
             headers: {
                 let _entered = span.enter();
-                let mut headers = headers.clone();
+                let mut headers = headers;
                 headers.extend(telemetry::current_context_map());
                 headers
             },
-        };
-        let result = tracing::Instrument::instrument(publisher.publish(&outgoing), span).await;
+        });
+        spans.push(span);
+    }
+    // Sent in order, confirmed together; each span lasts until its confirm.
+    let outcomes = match publisher.publish_all(&messages).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            // The broker is unreachable: every message failed alike.
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+            )
+            .bind(&ids)
+            .bind(error.to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Err(error.into());
+        }
+    };
+    let mut published = Vec::with_capacity(rows.len());
+    let mut broken = None;
+    for ((row, span), result) in rows.iter().zip(&spans).zip(outcomes) {
+        let _entered = span.enter();
         match result {
-            Ok(()) => {
-                sqlx::query(
-                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = $1",
-                )
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            Ok(()) => published.push(row.id),
             Err(error @ (BrokerError::Unroutable | BrokerError::Nacked)) => {
                 // This message's own problem: it waits, the others go on.
                 tracing::warn!(message_id = %row.id, routing_key = %row.routing_key, %error, "event not accepted, will retry it");
@@ -211,7 +231,8 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 .await?;
             }
             Err(error) => {
-                // The broker is unreachable: stop, every message would fail alike.
+                // The channel broke before the confirm: sent again at once
+                // when the relay has its broker back.
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
                 )
@@ -219,10 +240,19 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 .bind(error.to_string())
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                return Err(error.into());
+                broken.get_or_insert(error);
             }
         }
+    }
+    sqlx::query(
+        "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+    )
+    .bind(&published)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(error) = broken {
+        tx.commit().await?;
+        return Err(error.into());
     }
     tx.commit().await?;
     Ok(handled)

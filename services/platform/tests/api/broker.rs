@@ -234,3 +234,47 @@ async fn wait_until_dead_letters(broker: &Broker, spec: &broker::QueueSpec, coun
     }
     panic!("the dead-letter queue never held {count} messages");
 }
+
+#[tokio::test]
+async fn a_consumer_handles_as_many_messages_at_once_as_its_prefetch() {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let prefetch = usize::from(spec.prefetch);
+    // Every handler waits until all of them have started: handled one at a
+    // time, the first would wait forever and nothing would be acked.
+    let all_started = std::sync::Arc::new(tokio::sync::Barrier::new(prefetch));
+    let (handled, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |incoming: broker::Incoming| {
+        let all_started = all_started.clone();
+        let handled = handled.clone();
+        async move {
+            all_started.wait().await;
+            let _ = handled.send(incoming.message_id);
+            Ok(())
+        }
+    };
+    tokio::spawn(broker::consume(
+        broker.clone(),
+        spec.clone(),
+        handler,
+        shutdown.clone(),
+    ));
+    let publisher = Publisher::new(broker.clone());
+
+    for n in 0..prefetch {
+        publisher
+            .publish(&event(&routing_key, &n.to_string()))
+            .await
+            .expect("confirmed");
+    }
+
+    for _ in 0..prefetch {
+        tokio::time::timeout(std::time::Duration::from_secs(20), handled_rx.recv())
+            .await
+            .expect("every handler got past the barrier together")
+            .expect("handled");
+    }
+    finish(&broker, &spec, &shutdown).await;
+}
