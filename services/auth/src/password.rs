@@ -9,6 +9,11 @@
 //! 800 MiB, three 19 MiB blocks in each of a dozen glibc arenas. With the
 //! workers it stays near one block per worker. The queue in front of the
 //! workers also means a burst of logins waits instead of exhausting threads.
+//!
+//! The workers run at a lower CPU priority (nice 10 on Linux): a hash is
+//! tens of milliseconds of pure CPU, and on a node with two cores a burst of
+//! logins would otherwise take them from every other request. Contended,
+//! request handling wins; idle cores still go to hashing in full.
 
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -52,7 +57,10 @@ impl Hasher {
             let queue = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
-                .spawn(move || work(&queue));
+                .spawn(move || {
+                    yield_to_requests();
+                    work(&queue);
+                });
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a password hashing thread");
             }
@@ -93,6 +101,22 @@ impl Hasher {
             .map_err(|_| AuthError::Hashing("a hashing thread failed".to_owned()))?
     }
 }
+
+/// The nice value of the hashing threads: about a tenth of the CPU share of
+/// a normal thread when both want a core.
+const HASHING_NICE: i32 = 10;
+
+#[cfg(target_os = "linux")]
+fn yield_to_requests() {
+    // On Linux, PRIO_PROCESS with a thread id sets that one thread's nice.
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), HASHING_NICE) {
+        tracing::warn!(%error, "failed to lower the priority of a hashing thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_to_requests() {}
 
 fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
     let mut memory = Vec::new();
@@ -198,6 +222,22 @@ mod tests {
                 .await
                 .expect("verify")
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_a_lower_priority_than_request_handling() {
+        let hasher = Hasher::new(1);
+
+        let worker = hasher
+            .run(|_| {
+                rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+                    .map_err(|e| AuthError::Hashing(e.to_string()))
+            })
+            .await
+            .expect("the worker's nice");
+
+        assert!(worker >= HASHING_NICE, "the worker runs at nice {worker}");
     }
 
     #[tokio::test]
