@@ -17,6 +17,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use tokio::process::Command;
 
 use crate::server::Postgres;
@@ -51,6 +52,10 @@ impl BareServer {
                     }),
                 );
                 if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                    // TCP_NODELAY like the gateway's listener.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;

@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use gocommerce_platform::grpc::GrpcError;
 use gocommerce_platform::{Readiness, metrics};
 use serde::Serialize;
@@ -111,8 +112,15 @@ impl Application {
     /// Serves until the shutdown signal; in-flight requests finish first.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.readiness.shutdown().clone();
+        // Without TCP_NODELAY a response written in pieces can wait for the
+        // client's delayed ACK: 40 ms stalls on loopback.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "failed to set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

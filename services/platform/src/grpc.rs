@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -81,9 +81,14 @@ pub async fn serve(
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.drained().await;
-        })
+        // TCP_NODELAY as on the client side: HTTP/2 writes frames in pieces,
+        // and Nagle would hold them for the peer's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.drained().await;
+            },
+        )
         .await;
     watcher.abort();
     Ok(result?)

@@ -745,6 +745,9 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
     let mut reserve = Vec::new();
     for (index, id) in stranded.iter().enumerate() {
         let status = if index == 0 { "PENDING" } else { "RESERVED" };
+        // One transaction, as the service writes them: the recovery loop
+        // must never find the order without its items.
+        let mut tx = order_db.begin().await.expect("transaction");
         sqlx::query(
             "INSERT INTO orders (id, user_id, status, currency, total, shipping_address, shipping_address_id, \
              payment_method, charge_started, next_attempt_at) VALUES ($1, $2, $3, 'USD', 1000, '{}', $4, 'pm_card_ok', \
@@ -755,7 +758,7 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
         .bind(status)
         .bind(Uuid::parse_str(&shop.address_id).expect("uuid"))
         .bind(index == 1)
-        .execute(&order_db)
+        .execute(&mut *tx)
         .await
         .expect("insert order");
         sqlx::query(
@@ -764,14 +767,15 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
         )
         .bind(id)
         .bind(Uuid::parse_str(&shop.product_id).expect("uuid"))
-        .execute(&order_db)
+        .execute(&mut *tx)
         .await
         .expect("insert item");
         sqlx::query("INSERT INTO order_history (order_id, to_status, actor, reason) VALUES ($1, 'PENDING', 'test', 'placed')")
             .bind(id)
-            .execute(&order_db)
+            .execute(&mut *tx)
             .await
             .expect("history");
+        tx.commit().await.expect("committed");
         if index == 1 {
             reserve.push(*id);
         }
