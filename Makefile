@@ -57,10 +57,14 @@ $(BUF):
 	npm install --no-audit --no-fund --silent --prefix $(TOOLS) @bufbuild/buf@1
 	test -x $(BUF)
 
-# aiosmtpd is the real SMTP server the notification tests start.
-$(SCHEMATHESIS) $(AIOSMTPD):
+# aiosmtpd is the real SMTP server the notification tests start. The venv is
+# brought in line with scripts/python-tools.txt whenever that file changes.
+$(SCHEMATHESIS) $(AIOSMTPD): $(TOOLS)/venv/installed.txt
+
+$(TOOLS)/venv/installed.txt: scripts/python-tools.txt
 	test -x $(TOOLS)/venv/bin/python || python3 -m venv $(TOOLS)/venv
-	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'aiosmtpd>=1.4,<2'
+	$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check -r scripts/python-tools.txt
 	test -x $(SCHEMATHESIS) && test -x $(AIOSMTPD)
+	cp scripts/python-tools.txt $@
 
 -include mk/*.mk

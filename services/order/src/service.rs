@@ -666,17 +666,22 @@ impl pb::order_service_server::OrderService for OrderService {
         let after = parse_page_token(&page.page_token)?;
         let mut conn = self.pool().acquire().await.map_err(OrderError::from)?;
         let mut rows = db::list(&mut conn, user_id, status, after, i64::from(size) + 1).await?;
-        drop(conn);
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
             rows.last().map(page_token).unwrap_or_default()
         } else {
             String::new()
         };
-        let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            items.push(self.view(row, false).await?);
-        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut lines = db::items_of(&mut conn, &ids).await?;
+        drop(conn);
+        let items = rows
+            .iter()
+            .map(|row| {
+                let lines = lines.remove(&row.id).unwrap_or_default();
+                convert::order_to_proto(row, &lines, &[])
+            })
+            .collect();
         Ok(Response::new(pb::ListOrdersResponse {
             items,
             next_page_token,

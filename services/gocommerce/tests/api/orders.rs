@@ -640,13 +640,21 @@ async fn order_lists_are_newest_first_and_paginated() {
     let app = spawn_app().await;
     let shop = Shop::open(&app, 20, 100).await;
     let mut ids = Vec::new();
-    for _ in 0..5 {
-        let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
-            .await
-            .json()
-            .await
-            .expect("json");
-        ids.push(order["id"].as_str().expect("id").to_owned());
+    let mut quantities = std::collections::HashMap::new();
+    for quantity in 1..=5 {
+        let order: Value = place(
+            &app,
+            &shop.customer,
+            &shop.order(quantity, "pm_card_ok"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        let id = order["id"].as_str().expect("id").to_owned();
+        quantities.insert(id.clone(), quantity);
+        ids.push(id);
     }
     ids.reverse();
 
@@ -673,6 +681,23 @@ async fn order_lists_are_newest_first_and_paginated() {
         .map(|o| o["id"].as_str().expect("id").to_owned())
         .collect();
     assert_eq!(listed, ids);
+    for order in first["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .chain(second["items"].as_array().expect("items"))
+    {
+        let id = order["id"].as_str().expect("id");
+        let lines = order["items"]
+            .as_array()
+            .expect("each listed order has its lines");
+        assert_eq!(lines.len(), 1, "{id}");
+        assert_eq!(
+            lines[0]["quantity"], quantities[id],
+            "{id} lists its own line"
+        );
+        assert_eq!(lines[0]["product_id"], shop.product_id.as_str());
+    }
     assert!(second["next_page_token"].is_null());
     assert_eq!(admin["items"].as_array().expect("items").len(), 5);
     let bad = app
