@@ -172,7 +172,7 @@ async fn run(
     started_at: chrono::DateTime<chrono::Utc>,
     memory_start: server::Memory,
 ) -> anyhow::Result<Report> {
-    let postgres = server.postgres.clone();
+    let postgres = server.postgres().clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .timeout(Duration::from_secs(30))

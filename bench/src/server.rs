@@ -223,7 +223,6 @@ pub struct Gocommerce {
     pub base: String,
     pub databases: Vec<(String, String)>,
     pub log: PathBuf,
-    pub postgres: Postgres,
     pub cache: ProductCache,
     launch: Launch,
 }
@@ -281,7 +280,6 @@ impl Gocommerce {
             base: format!("http://127.0.0.1:{}", launch.gateway_port),
             databases,
             log,
-            postgres: postgres.clone(),
             cache,
             launch: launch.clone(),
         };
@@ -320,6 +318,10 @@ impl Gocommerce {
         )
     }
 
+    pub fn postgres(&self) -> &Postgres {
+        &self.launch.postgres
+    }
+
     pub fn database(&self, svc: &str) -> Option<&str> {
         self.databases
             .iter()
@@ -349,7 +351,7 @@ impl Gocommerce {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.terminate().await;
         for (_, name) in &self.databases {
-            self.postgres.drop_database(name).await?;
+            self.launch.postgres.drop_database(name).await?;
         }
         // Kept only when starting failed (the error names it).
         let _ = std::fs::remove_file(&self.log);

@@ -201,18 +201,8 @@ impl Publisher {
     /// confirmed it. A message no queue would take is an error, not a success.
     #[tracing::instrument(skip_all, fields(routing_key = %message.routing_key, message_id = %message.message_id), err)]
     pub async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let result = self.try_publish(message).await;
-        if matches!(result, Err(BrokerError::Amqp(_))) {
-            // The channel may be dead; the next publish opens a new one.
-            self.channel.lock().await.take();
-        }
-        result
-    }
-
-    async fn try_publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let channel = self.channel().await?;
-        let confirm = send(&channel, message).await?;
-        outcome(confirm.await?)
+        let mut outcomes = self.publish_all(std::slice::from_ref(message)).await?;
+        outcomes.pop().unwrap_or(Err(BrokerError::NotConfirmed))
     }
 
     /// Publishes the messages in order, then waits for all their confirms
@@ -224,6 +214,7 @@ impl Publisher {
         messages: &[Outgoing],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let result = self.try_publish_all(messages).await;
+        // The channel may be dead; the next publish opens a new one.
         let channel_failed = match &result {
             Err(BrokerError::Amqp(_)) => true,
             Err(_) => false,
@@ -523,35 +514,43 @@ where
     // the inverse of one message's latency. Each is acked on its own.
     let limit = usize::from(spec.prefetch.max(1));
     let mut in_flight = futures::stream::FuturesUnordered::new();
-    // Set when no more deliveries are taken: shutdown (`None`) or a broken
-    // channel. Handlers already running finish either way; after a break
-    // their acks fail and the broker delivers those messages again.
-    let mut stopped: Option<Option<BrokerError>> = None;
+    // Set when no more deliveries are taken. Handlers already running finish
+    // either way; after a break their acks fail and the broker delivers
+    // those messages again.
+    let mut stopped: Option<Stop> = None;
     loop {
         tokio::select! {
             next = deliveries.next(), if stopped.is_none() && in_flight.len() < limit => match next {
                 Some(Ok(delivery)) => in_flight.push(settle(
                     delivery, broker, spec, handler, publisher, &channel,
                 )),
-                Some(Err(error)) => stopped = Some(Some(error.into())),
+                Some(Err(error)) => stopped = Some(Stop::Broken(error.into())),
                 // The broker cancelled us or the connection closed.
-                None => stopped = Some(Some(BrokerError::NotConfirmed)),
+                None => stopped = Some(Stop::Broken(BrokerError::NotConfirmed)),
             },
             Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(error) = settled
-                    && !matches!(stopped, Some(Some(_)))
+                    && !matches!(stopped, Some(Stop::Broken(_)))
                 {
-                    stopped = Some(Some(error));
+                    stopped = Some(Stop::Broken(error));
                 }
             },
-            () = shutdown.wait(), if stopped.is_none() => stopped = Some(None),
+            () = shutdown.wait(), if stopped.is_none() => stopped = Some(Stop::Shutdown),
         }
-        if let Some(reason) = &mut stopped
-            && in_flight.is_empty()
-        {
-            return reason.take().map_or(Ok(()), Err);
+        if in_flight.is_empty() {
+            match stopped.take() {
+                Some(Stop::Shutdown) => return Ok(()),
+                Some(Stop::Broken(error)) => return Err(error),
+                None => {}
+            }
         }
     }
+}
+
+/// Why a consumer stopped taking deliveries.
+enum Stop {
+    Shutdown,
+    Broken(BrokerError),
 }
 
 /// Runs the handler on one delivery, then acks it, or moves it to a wait or

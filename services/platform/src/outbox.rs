@@ -194,29 +194,20 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
         spans.push(span);
     }
     // Sent in order, confirmed together; each span lasts until its confirm.
-    let outcomes = match publisher.publish_all(&messages).await {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            // The broker is unreachable: every message failed alike.
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
-            )
-            .bind(&ids)
-            .bind(error.to_string())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Err(error.into());
-        }
+    // A channel that broke (before sending or before a confirm) stops the
+    // relay: those rows are sent again at once when the broker is back.
+    let (outcomes, mut broken) = match publisher.publish_all(&messages).await {
+        Ok(outcomes) => (outcomes, None),
+        Err(error) => (Vec::new(), Some(error)),
     };
     let mut published = Vec::with_capacity(rows.len());
-    let mut broken = None;
-    for ((row, span), result) in rows.iter().zip(&spans).zip(outcomes) {
+    let mut unsent = Vec::new();
+    let mut outcomes = outcomes.into_iter();
+    for (row, span) in rows.iter().zip(&spans) {
         let _entered = span.enter();
-        match result {
-            Ok(()) => published.push(row.id),
-            Err(error @ (BrokerError::Unroutable | BrokerError::Nacked)) => {
+        match outcomes.next() {
+            Some(Ok(())) => published.push(row.id),
+            Some(Err(error @ (BrokerError::Unroutable | BrokerError::Nacked))) => {
                 // This message's own problem: it waits, the others go on.
                 tracing::warn!(message_id = %row.id, routing_key = %row.routing_key, %error, "event not accepted, will retry it");
                 sqlx::query(
@@ -230,18 +221,11 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 .execute(&mut *tx)
                 .await?;
             }
-            Err(error) => {
-                // The channel broke before the confirm: sent again at once
-                // when the relay has its broker back.
-                sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                )
-                .bind(row.id)
-                .bind(error.to_string())
-                .execute(&mut *tx)
-                .await?;
+            Some(Err(error)) => {
+                unsent.push(row.id);
                 broken.get_or_insert(error);
             }
+            None => unsent.push(row.id),
         }
     }
     sqlx::query(
@@ -251,6 +235,13 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
     .execute(&mut *tx)
     .await?;
     if let Some(error) = broken {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+        )
+        .bind(&unsent)
+        .bind(error.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         return Err(error.into());
     }
