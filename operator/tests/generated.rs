@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use gocommerce_operator::render;
 
+/// The checkout being tested, read when the test runs: a binary compiled in
+/// another clone sharing the target directory must not read that clone.
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets it");
+    Path::new(&manifest_dir).join("..")
 }
 
 #[test]
