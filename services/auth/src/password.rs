@@ -10,10 +10,15 @@
 //! workers it stays near one block per worker. The queue in front of the
 //! workers also means a burst of logins waits instead of exhausting threads.
 //!
-//! The workers run at a lower CPU priority (nice 10 on Linux): a hash is
-//! tens of milliseconds of pure CPU, and on a node with two cores a burst of
-//! logins would otherwise take them from every other request. Contended,
-//! request handling wins; idle cores still go to hashing in full.
+//! The workers run under Linux's idle scheduling class (`SCHED_IDLE`): a hash
+//! is tens of milliseconds of pure CPU, and on a node with two cores a burst
+//! of logins would otherwise take them from every other request. Idle cores
+//! still go to hashing in full, but any request thread that wakes up takes
+//! the core at once. A high nice value was not enough: under the kernel's
+//! EEVDF scheduler a nice-10 hash still ran out its time slice before a woken
+//! request thread got the core, and a catalog read, which wakes four threads
+//! on its way, collected those waits (its p99 rose 2 to 12 times while logins
+//! saturated).
 
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -102,16 +107,22 @@ impl Hasher {
     }
 }
 
-/// The nice value of the hashing threads: about a tenth of the CPU share of
-/// a normal thread when both want a core.
-const HASHING_NICE: i32 = 10;
+/// The scheduling policy of the hashing threads.
+#[cfg(target_os = "linux")]
+const HASHING_POLICY: thread_priority::ThreadSchedulePolicy =
+    thread_priority::ThreadSchedulePolicy::Normal(
+        thread_priority::NormalThreadSchedulePolicy::Idle,
+    );
 
 #[cfg(target_os = "linux")]
 fn yield_to_requests() {
-    // On Linux, PRIO_PROCESS with a thread id sets that one thread's nice.
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), HASHING_NICE) {
-        tracing::warn!(%error, "failed to lower the priority of a hashing thread");
+    let lowered = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        HASHING_POLICY,
+    );
+    if let Err(error) = lowered {
+        tracing::warn!(?error, "failed to lower the priority of a hashing thread");
     }
 }
 
@@ -226,18 +237,23 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn hashing_threads_run_at_a_lower_priority_than_request_handling() {
+    async fn hashing_threads_run_only_when_no_request_thread_wants_the_core() {
         let hasher = Hasher::new(1);
 
         let worker = hasher
             .run(|_| {
-                rustix::process::getpriority_process(Some(rustix::thread::gettid()))
-                    .map_err(|e| AuthError::Hashing(e.to_string()))
+                thread_priority::thread_schedule_policy()
+                    .map_err(|e| AuthError::Hashing(format!("{e:?}")))
             })
             .await
-            .expect("the worker's nice");
+            .expect("the worker's policy");
+        let caller = thread_priority::thread_schedule_policy().expect("the caller's policy");
 
-        assert!(worker >= HASHING_NICE, "the worker runs at nice {worker}");
+        assert_eq!(worker, HASHING_POLICY);
+        assert_ne!(
+            caller, HASHING_POLICY,
+            "only the hashing threads are demoted"
+        );
     }
 
     #[tokio::test]
