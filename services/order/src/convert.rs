@@ -155,7 +155,10 @@ pub fn status_event(
             items: lines(order, items),
             total,
             shipping_address: address,
-            payment_id: String::new(),
+            payment_id: order
+                .payment_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }),
         Status::Cancelled => Payload::OrderCancelled(ev::OrderCancelled {
             order_id: id,

@@ -24,6 +24,8 @@ pub struct OrderRow {
     pub cancel_requested: bool,
     pub charge_started: bool,
     pub payment_captured: bool,
+    /// The captured payment; set together with `payment_captured`.
+    pub payment_id: Option<Uuid>,
     pub compensating: bool,
     pub out_of_stock: bool,
     pub refunded_amount: i64,
@@ -65,7 +67,7 @@ pub struct HistoryRow {
 }
 
 const ORDER: &str = "id, user_id, status, currency, total, shipping_address, shipping_address_id, \
-     payment_method, cancel_reason, cancel_requested, charge_started, payment_captured, compensating, \
+     payment_method, cancel_reason, cancel_requested, charge_started, payment_captured, payment_id, compensating, \
      out_of_stock, refunded_amount, carrier, tracking_number, shipped_at, delivered_at, saga_attempts, \
      next_attempt_at, created_at, updated_at";
 
@@ -313,11 +315,19 @@ pub async fn start_charge(conn: &mut PgConnection, id: Uuid) -> Result<bool, Ord
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]
-pub async fn mark_captured(conn: &mut PgConnection, id: Uuid) -> Result<(), OrderError> {
-    sqlx::query("UPDATE orders SET payment_captured = true, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(conn)
-        .await?;
+pub async fn mark_captured(
+    conn: &mut PgConnection,
+    id: Uuid,
+    payment_id: Option<Uuid>,
+) -> Result<(), OrderError> {
+    sqlx::query(
+        "UPDATE orders SET payment_captured = true, payment_id = $2, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(payment_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

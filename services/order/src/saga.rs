@@ -232,7 +232,9 @@ impl Saga {
                 | payment_pb::PaymentStatus::Refunded,
             ) => {
                 let mut conn = self.pool.acquire().await?;
-                db::mark_captured(&mut conn, order.id).await?;
+                // The payment service always names its payments by UUID.
+                let payment_id = Uuid::parse_str(&payment.id).ok();
+                db::mark_captured(&mut conn, order.id, payment_id).await?;
                 Ok(Next::Continue)
             }
             Ok(payment_pb::PaymentStatus::Declined) => {

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use gocommerce_proto::events::v1::EventEnvelope;
+use gocommerce_proto::events::v1::event_envelope::Payload;
+use prost::Message;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -185,6 +188,41 @@ async fn an_order_paid_with_a_good_card_keeps_a_snapshot_of_its_prices() {
         payment["amount"],
         json!({"amount": 2500, "currency": "USD"})
     );
+}
+
+#[tokio::test]
+async fn the_order_paid_event_names_the_payment_that_paid() {
+    // Arrange
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 900).await;
+    let response = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None).await;
+    let order: Value = response.json().await.expect("json");
+    let order_id = order["id"].as_str().expect("id");
+    wait_for(&app, &shop.customer, order_id, "PAID").await;
+
+    // Act
+    let orders = sqlx::PgPool::connect(&app.env["ORDER_DATABASE_URL"])
+        .await
+        .expect("order database");
+    let payload: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE routing_key = 'order.paid'")
+            .fetch_one(&orders)
+            .await
+            .expect("the order.paid event");
+
+    // Assert
+    let envelope = EventEnvelope::decode(payload.as_slice()).expect("an event envelope");
+    let Some(Payload::OrderPaid(paid)) = envelope.payload else {
+        panic!("order.paid carries {:?}", envelope.payload);
+    };
+    let payment = get(
+        &app,
+        &shop.customer,
+        &format!("/v1/orders/{order_id}/payment"),
+    )
+    .await;
+    assert_eq!(paid.order_id, order_id);
+    assert_eq!(Some(paid.payment_id.as_str()), payment["id"].as_str());
 }
 
 #[tokio::test]
