@@ -30,6 +30,9 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// How long a pooled connection may sit idle and still be used unchecked.
+pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
 /// Connects to `url`, creating its database if needed, and migrates it.
 #[tracing::instrument(skip_all, fields(db.name), err)]
 pub async fn connect_and_migrate(
@@ -52,6 +55,21 @@ pub async fn connect_and_migrate(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: one more
+        // round trip to the server per acquire, as many as the query itself
+        // for a lookup by key. A connection that answered within the last
+        // second is handed out as it is; one idle for longer is pinged first
+        // and replaced if the server has gone away meanwhile (a restart, an
+        // idle-session timeout, a terminated backend).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TRUSTED_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(DbError::Connect)?;

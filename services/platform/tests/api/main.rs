@@ -4,4 +4,5 @@
 mod broker;
 mod helpers;
 mod outbox;
+mod pool;
 mod resilience;
