@@ -809,23 +809,24 @@ pub async fn insert_reservation_items(
 /// Reserves `quantity` of an active product if that much is available. The
 /// condition and the increment are one statement, so concurrent reservations
 /// never oversell: the second waits for the first's row lock, then re-checks.
+/// Returns the stock still available afterwards, or None if nothing was reserved.
 #[tracing::instrument(skip_all, fields(product_id = %product_id, quantity), err)]
 pub async fn reserve(
     conn: &mut PgConnection,
     product_id: Uuid,
     quantity: i64,
-) -> Result<bool, ProductError> {
-    let updated = sqlx::query(
+) -> Result<Option<i64>, ProductError> {
+    sqlx::query_scalar(
         "UPDATE stock s SET reserved = s.reserved + $2, updated_at = now() FROM products p \
          WHERE s.product_id = $1 AND p.id = s.product_id AND p.active \
-           AND s.on_hand - s.reserved >= $2",
+           AND s.on_hand - s.reserved >= $2 \
+         RETURNING s.on_hand - s.reserved",
     )
     .bind(product_id)
     .bind(quantity)
-    .execute(conn)
+    .fetch_optional(conn)
     .await
-    .map_err(map_error)?;
-    Ok(updated.rows_affected() == 1)
+    .map_err(map_error)
 }
 
 /// Why a product cannot be reserved: its name, whether it is active, and its
@@ -845,24 +846,23 @@ pub async fn availability(
 }
 
 /// Moves reserved quantities out: back to available stock (release), or out
-/// of on-hand stock for good (commit).
+/// of on-hand stock for good (commit). Returns the stock available afterwards.
 #[tracing::instrument(skip_all, fields(product_id = %product_id, quantity, commit), err)]
 pub async fn unreserve(
     conn: &mut PgConnection,
     product_id: Uuid,
     quantity: i64,
     commit: bool,
-) -> Result<(), ProductError> {
+) -> Result<i64, ProductError> {
     let on_hand_delta = if commit { quantity } else { 0 };
-    sqlx::query(
+    sqlx::query_scalar(
         "UPDATE stock SET reserved = reserved - $2, on_hand = on_hand - $3, updated_at = now() \
-         WHERE product_id = $1",
+         WHERE product_id = $1 RETURNING on_hand - reserved",
     )
     .bind(product_id)
     .bind(quantity)
     .bind(on_hand_delta)
-    .execute(conn)
+    .fetch_one(conn)
     .await
-    .map_err(map_error)?;
-    Ok(())
+    .map_err(map_error)
 }

@@ -142,6 +142,26 @@ fn same_items(a: &[ReservationItemRow], b: &[ReservationItemRow]) -> bool {
 }
 
 impl ProductService {
+    /// Commits `tx` and tells every replica's cache, this one's included,
+    /// that the views of `changed` products are stale. NOTIFY makes the
+    /// commits of all notifying transactions in the cluster take turns (a
+    /// global lock held through the WAL flush), so stock movements announce
+    /// only the products whose view they change.
+    async fn commit_announcing(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        changed: Vec<Uuid>,
+    ) -> Result<(), ProductError> {
+        if changed.is_empty() {
+            tx.commit().await?;
+            return Ok(());
+        }
+        db::notify_changed(&mut tx, &changed).await?;
+        tx.commit().await?;
+        self.cache.invalidate(changed);
+        Ok(())
+    }
+
     // ------------------------------------------------------------ categories
 
     async fn category_create(
@@ -613,9 +633,14 @@ impl ProductService {
         // products never wait for each other in a cycle.
         let mut ordered = items.clone();
         ordered.sort_by_key(|(_, item)| item.product_id);
+        // Only a product whose last units were reserved changes its view.
+        let mut sold_out = Vec::new();
         for (index, item) in &ordered {
             let quantity = i64::from(item.quantity);
-            if db::reserve(&mut tx, item.product_id, quantity).await? {
+            if let Some(available) = db::reserve(&mut tx, item.product_id, quantity).await? {
+                if in_stock_flipped(available + quantity, available) {
+                    sold_out.push(item.product_id);
+                }
                 continue;
             }
             // Dropping the transaction rolls back every earlier item.
@@ -650,11 +675,7 @@ impl ProductService {
             )
             .await?;
         }
-        // Reserving may have sold the last unit: in_stock changes.
-        let changed: Vec<Uuid> = ordered.iter().map(|(_, item)| item.product_id).collect();
-        db::notify_changed(&mut tx, &changed).await?;
-        tx.commit().await?;
-        self.cache.invalidate(changed);
+        self.commit_announcing(tx, sold_out).await?;
         tracing::info!(order_id = %order_id, items = rows.len(), "stock reserved");
         Ok(pb::ReserveStockResponse {
             reservation: Some(convert::reservation(&reservation, &rows)),
@@ -698,9 +719,20 @@ impl ProductService {
         }
         let mut ordered = items.clone();
         ordered.sort_by_key(|item| item.product_id);
+        // A commit takes the units out of on-hand and reserved stock alike,
+        // so availability stays; a release can bring a sold-out product back.
+        let mut back_in_stock = Vec::new();
         for item in &ordered {
             let quantity = i64::from(item.quantity);
-            db::unreserve(&mut tx, item.product_id, quantity, commit).await?;
+            let available = db::unreserve(&mut tx, item.product_id, quantity, commit).await?;
+            let before = if commit {
+                available
+            } else {
+                available - quantity
+            };
+            if in_stock_flipped(before, available) {
+                back_in_stock.push(item.product_id);
+            }
             db::insert_movement(
                 &mut tx,
                 &NewMovement {
@@ -720,10 +752,7 @@ impl ProductService {
             .await?;
         }
         let reservation = db::set_reservation_status(&mut tx, order_id, done).await?;
-        let changed: Vec<Uuid> = ordered.iter().map(|item| item.product_id).collect();
-        db::notify_changed(&mut tx, &changed).await?;
-        tx.commit().await?;
-        self.cache.invalidate(changed);
+        self.commit_announcing(tx, back_in_stock).await?;
         tracing::info!(order_id = %order_id, status = done, "reservation settled");
         Ok(convert::reservation(&reservation, &items))
     }
@@ -866,4 +895,10 @@ impl pb::product_service_server::ProductService for ProductService {
             reservation: Some(reservation),
         }))
     }
+}
+
+/// Whether a stock movement from `before` to `after` available units changes
+/// the product's `in_stock`, the only part of its view that stock decides.
+fn in_stock_flipped(before: i64, after: i64) -> bool {
+    (before > 0) != (after > 0)
 }

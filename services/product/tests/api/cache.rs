@@ -3,8 +3,8 @@
 //! while nothing has changed them.
 
 use gocommerce_proto::product::v1::{
-    AdjustStockRequest, ArchiveProductRequest, GetProductRequest, Product, ReleaseStockRequest,
-    UpdateProductRequest,
+    AdjustStockRequest, ArchiveProductRequest, CommitReservationRequest, GetProductRequest,
+    Product, ReleaseStockRequest, UpdateProductRequest,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -87,6 +87,49 @@ async fn reserving_and_releasing_the_last_unit_flips_in_stock_at_once() {
 
     assert!(!reserved.in_stock, "the last unit is reserved");
     assert!(released.in_stock, "the unit is back");
+}
+
+#[tokio::test]
+async fn in_stock_follows_availability_through_partial_reservations_commits_and_releases() {
+    // Arrange: two units, each reserved by its own order.
+    let app = spawn_app().await;
+    let product = cached_product(&app, 2).await;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let release = |order_id: Uuid| ReleaseStockRequest {
+        order_id: order_id.to_string(),
+    };
+    let commit = |order_id: Uuid| CommitReservationRequest {
+        order_id: order_id.to_string(),
+    };
+
+    // Act
+    app.reserve(first, vec![item(&product.id, 1)])
+        .await
+        .expect("first reserved");
+    let one_left = view(&app, &product.id).await.expect("visible");
+    app.reserve(second, vec![item(&product.id, 1)])
+        .await
+        .expect("second reserved");
+    let none_left = view(&app, &product.id).await.expect("visible");
+    app.client()
+        .commit_reservation(anonymous(commit(first)))
+        .await
+        .expect("first committed");
+    let one_sold = view(&app, &product.id).await.expect("visible");
+    app.client()
+        .release_stock(anonymous(release(second)))
+        .await
+        .expect("second released");
+    let one_back = view(&app, &product.id).await.expect("visible");
+
+    // Assert
+    assert!(one_left.in_stock, "one unit is still available");
+    assert!(!none_left.in_stock, "both units are reserved");
+    assert!(
+        !one_sold.in_stock,
+        "one unit sold, the other still reserved"
+    );
+    assert!(one_back.in_stock, "the released unit is available again");
 }
 
 #[tokio::test]
