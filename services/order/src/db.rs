@@ -319,16 +319,15 @@ pub async fn mark_captured(
     conn: &mut PgConnection,
     id: Uuid,
     payment_id: Option<Uuid>,
-) -> Result<(), OrderError> {
-    sqlx::query(
+) -> Result<Option<OrderRow>, OrderError> {
+    Ok(sqlx::query_as(&format!(
         "UPDATE orders SET payment_captured = true, payment_id = $2, updated_at = now() \
-         WHERE id = $1",
-    )
+         WHERE id = $1 RETURNING {ORDER}"
+    ))
     .bind(id)
     .bind(payment_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Decides to cancel a not-yet-paid order; refused once money was taken.

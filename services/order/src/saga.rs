@@ -48,8 +48,15 @@ pub struct Saga {
 }
 
 enum Next {
+    /// Another step may be due; the order must be read again.
     Continue,
+    /// Another step may be due; the step's own write returned the order as
+    /// it now is, so it is not read again.
+    With(Box<OrderRow>),
+    /// Nothing more to do now; the step changed the order.
     Stop,
+    /// Nothing more to do now, and the order is as the step found it.
+    Done,
 }
 
 /// Codes after which the outcome of a call is unknown or may change: ask again.
@@ -76,15 +83,23 @@ impl Saga {
     /// Drives the order as far as it can go now and returns it.
     #[tracing::instrument(skip_all, fields(order_id = %id), err)]
     pub async fn drive(&self, id: Uuid) -> Result<OrderRow, OrderError> {
+        let mut known = None;
         for _ in 0..MAX_STEPS {
-            let mut conn = self.pool.acquire().await?;
-            let order = db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)?;
-            drop(conn);
+            let order = match known.take() {
+                Some(order) => order,
+                None => self.load(id).await?,
+            };
             match self.step(&order).await? {
-                Next::Continue => continue,
+                Next::Continue => {}
+                Next::With(order) => known = Some(*order),
                 Next::Stop => break,
+                Next::Done => return Ok(order),
             }
         }
+        self.load(id).await
+    }
+
+    async fn load(&self, id: Uuid) -> Result<OrderRow, OrderError> {
         let mut conn = self.pool.acquire().await?;
         db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)
     }
@@ -104,13 +119,12 @@ impl Saga {
             }
             Status::Reserved => self.charge(order).await,
             Status::Paid if order.cancel_requested => self.refund_and_cancel(order).await,
-            _ => {
-                if order.next_attempt_at.is_some() {
-                    let mut conn = self.pool.acquire().await?;
-                    db::settle(&mut conn, order.id).await?;
-                }
+            _ if order.next_attempt_at.is_some() => {
+                let mut conn = self.pool.acquire().await?;
+                db::settle(&mut conn, order.id).await?;
                 Ok(Next::Stop)
             }
+            _ => Ok(Next::Done),
         }
     }
 
@@ -168,7 +182,7 @@ impl Saga {
         match self.product.clone().reserve_stock(request).await {
             Ok(_) => {
                 let mut tx = self.pool.begin().await?;
-                db::transition(
+                let reserved = db::transition(
                     &mut tx,
                     order.id,
                     &[Status::Pending],
@@ -179,7 +193,7 @@ impl Saga {
                 )
                 .await?;
                 tx.commit().await?;
-                Ok(Next::Continue)
+                Ok(reserved.map_or(Next::Continue, |row| Next::With(Box::new(row))))
             }
             Err(status) if transient(status.code()) => {
                 self.retry_later(order, "reserve stock", &status).await
@@ -234,8 +248,8 @@ impl Saga {
                 let mut conn = self.pool.acquire().await?;
                 // The payment service always names its payments by UUID.
                 let payment_id = Uuid::parse_str(&payment.id).ok();
-                db::mark_captured(&mut conn, order.id, payment_id).await?;
-                Ok(Next::Continue)
+                let captured = db::mark_captured(&mut conn, order.id, payment_id).await?;
+                Ok(captured.map_or(Next::Continue, |row| Next::With(Box::new(row))))
             }
             Ok(payment_pb::PaymentStatus::Declined) => {
                 self.start_compensation(
@@ -289,14 +303,14 @@ impl Saga {
             },
         )
         .await?;
-        if let Some(paid) = paid {
+        if let Some(paid) = &paid {
             let items = db::items(&mut tx, order.id).await?;
-            if let Some(event) = convert::status_event(&paid, &items, SYSTEM) {
+            if let Some(event) = convert::status_event(paid, &items, SYSTEM) {
                 outbox::enqueue(&mut tx, &event).await?;
             }
         }
         tx.commit().await?;
-        Ok(Next::Continue)
+        Ok(paid.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 
     async fn compensate(&self, order: &OrderRow) -> Result<Next, OrderError> {
@@ -396,14 +410,14 @@ impl Saga {
             },
         )
         .await?;
-        if let Some(cancelled) = cancelled {
+        if let Some(cancelled) = &cancelled {
             let items = db::items(&mut tx, order.id).await?;
-            if let Some(event) = convert::status_event(&cancelled, &items, actor) {
+            if let Some(event) = convert::status_event(cancelled, &items, actor) {
                 outbox::enqueue(&mut tx, &event).await?;
             }
         }
         tx.commit().await?;
-        Ok(Next::Continue)
+        Ok(cancelled.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 }
 
