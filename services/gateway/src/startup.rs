@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
 use gocommerce_platform::grpc::GrpcError;
-use gocommerce_platform::{Readiness, metrics};
+use gocommerce_platform::{Readiness, admin, metrics};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -24,10 +24,12 @@ use crate::problem;
 use crate::ratelimit::{self, KeyedLimiter};
 use crate::routes::{self, auth};
 
-/// What every handler shares.
+/// What every handler shares. Cloned for every request (axum's `State`), so
+/// the clients sit behind one `Arc`: cloning six gRPC clients (each with its
+/// URI and channel handle) was about 3% of a cached product view.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub backends: Backends,
+    pub backends: Arc<Backends>,
     pub verifier: Arc<TokenVerifier>,
     pub auth_limiter: Arc<KeyedLimiter>,
     pub trust_forwarded_for: bool,
@@ -56,7 +58,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GatewayConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let backends = Backends::connect(&config)?;
+        let backends = Arc::new(Backends::connect(&config)?);
         let verifier = Arc::new(TokenVerifier::new(&config.issuer, &config.audience));
         {
             // Ready once tokens can be verified: the JWKS has been fetched.
@@ -112,13 +114,7 @@ impl Application {
     /// Serves until the shutdown signal; in-flight requests finish first.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.readiness.shutdown().clone();
-        // Without TCP_NODELAY a response written in pieces can wait for the
-        // client's delayed ACK: 40 ms stalls on loopback.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "failed to set TCP_NODELAY");
-            }
-        });
+        let listener = self.listener.tap_io(admin::set_nodelay);
         axum::serve(
             listener,
             self.router

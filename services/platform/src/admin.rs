@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 use crate::{Readiness, metrics};
@@ -23,10 +24,19 @@ pub fn router(readiness: Readiness) -> Router {
     health_routes(readiness).route("/metrics", get(metrics_handler))
 }
 
+/// Turns off Nagle's algorithm on an accepted HTTP connection. axum 0.8 no
+/// longer does: a response written in pieces then waits for the client's
+/// delayed ACK, 40 ms stalls on loopback. For `ListenerExt::tap_io`.
+pub fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "failed to set TCP_NODELAY");
+    }
+}
+
 /// Serves the admin router until shutdown.
 pub async fn serve(listener: TcpListener, readiness: Readiness) -> std::io::Result<()> {
     let shutdown = readiness.shutdown().clone();
-    axum::serve(listener, router(readiness))
+    axum::serve(listener.tap_io(set_nodelay), router(readiness))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
 }
