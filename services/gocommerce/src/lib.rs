@@ -1,14 +1,17 @@
 //! Starts GoCommerce components in this process: one service, or all of them,
-//! each on its own port and talking to the others over real gRPC, plus the
-//! admin listener. Shared by the `gocommerce` binary and the tests.
+//! each on its own port (and, in `all`, its own runtime) and talking to the
+//! others over real gRPC, plus the admin listener. Shared by the `gocommerce`
+//! binary and the tests.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gocommerce_platform::config::{CommonConfig, Env, ServiceName};
+use futures::future::BoxFuture;
+use gocommerce_platform::config::{self, CommonConfig, ConfigError, Env, ServiceName};
 use gocommerce_platform::{Readiness, admin};
 use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
 /// What to run.
@@ -61,7 +64,117 @@ pub struct Running {
     pub ports: HashMap<ServiceName, u16>,
     readiness: Readiness,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// The components' own runtimes (`all` only).
+    runtimes: Vec<Runtime>,
 }
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its workers stop, which an async
+        // context (the caller's runtime) must not do.
+        for runtime in self.runtimes.drain(..) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Where components run. One component per process, as deployed, runs on
+/// the caller's runtime. In `all` each component gets a runtime of its own
+/// with `COMPONENT_THREADS` workers (1 by default), as if it were a process
+/// of its own: a request crosses the gateway, an HTTP/2 connection and a
+/// service, half a dozen tasks that a shared work-stealing runtime keeps
+/// handing between its workers. On two cores that cost a third of the CPU of
+/// a cached product view, and the allocator's locks contended on the frees.
+struct Launcher {
+    own_runtime_threads: Option<usize>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    runtimes: Vec<Runtime>,
+}
+
+impl Launcher {
+    /// Builds a component with `build(config, readiness)`, which binds its
+    /// port, and spawns it; returns the port.
+    async fn launch<C, A, E, F, B>(
+        &mut self,
+        name: &'static str,
+        build: B,
+        config: C,
+        readiness: &Readiness,
+    ) -> anyhow::Result<u16>
+    where
+        B: FnOnce(C, Readiness) -> F,
+        F: Future<Output = Result<A, E>> + Send + 'static,
+        A: Launchable + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let build = build(config, readiness.clone());
+        let build = async move {
+            build
+                .await
+                .with_context(|| format!("{name} failed to start"))
+        };
+        let Some(threads) = self.own_runtime_threads else {
+            let app = build.await?;
+            let port = app.port();
+            self.tasks.spawn(app.run(name));
+            return Ok(port);
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(format!("gc-{name}"))
+            .enable_all()
+            .build()
+            .with_context(|| format!("cannot start the runtime of the {name}"))?;
+        // Built on its own runtime, so its sockets and timers belong to it.
+        let app = runtime
+            .spawn(build)
+            .await
+            .with_context(|| format!("the {name} panicked while starting"))??;
+        let port = app.port();
+        let running = runtime.spawn(app.run(name));
+        self.tasks.spawn(async move {
+            running
+                .await
+                .with_context(|| format!("the {name} panicked"))?
+        });
+        self.runtimes.push(runtime);
+        Ok(port)
+    }
+}
+
+/// What `start` needs of a component's `Application`.
+trait Launchable {
+    fn port(&self) -> u16;
+    fn run(self, name: &'static str) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+macro_rules! component {
+    ($($app:ty),* $(,)?) => {$(
+        impl Launchable for $app {
+            fn port(&self) -> u16 {
+                <$app>::port(self)
+            }
+
+            fn run(self, name: &'static str) -> BoxFuture<'static, anyhow::Result<()>> {
+                Box::pin(async move {
+                    self.run_until_stopped()
+                        .await
+                        .with_context(|| format!("{name} failed"))
+                })
+            }
+        }
+    )*};
+}
+
+component!(
+    gocommerce_auth::Application,
+    gocommerce_user::Application,
+    gocommerce_product::Application,
+    gocommerce_payment::Application,
+    gocommerce_order::Application,
+    gocommerce_notification::Application,
+    gocommerce_gateway::Application,
+);
 
 /// Builds and binds the chosen components, then spawns them.
 pub async fn start(
@@ -77,6 +190,20 @@ pub async fn start(
         .with_context(|| format!("cannot bind ADMIN_ADDR {}", common.admin_addr))?;
     let admin_port = admin_listener.local_addr()?.port();
     tasks.spawn(admin::serve(admin_listener, readiness.clone()).map_err_anyhow("admin listener"));
+    let own_runtime_threads = match component {
+        Component::All => Some(config::parse(env, "COMPONENT_THREADS", 1usize).and_then(
+            |threads| match threads {
+                0 => Err(ConfigError::new("COMPONENT_THREADS", "must be at least 1")),
+                threads => Ok(threads),
+            },
+        )?),
+        _ => None,
+    };
+    let mut launcher = Launcher {
+        own_runtime_threads,
+        tasks,
+        runtimes: Vec::new(),
+    };
 
     // In one process the services' real ports are known: peers are pointed
     // at them, so port 0 works and no URL variable can point elsewhere.
@@ -90,20 +217,28 @@ pub async fn start(
     // Services others call start first, so their real ports are known.
     if component.runs(Component::User) {
         let config = gocommerce_user::UserConfig::from_env(env)?;
-        let app = gocommerce_user::Application::build(config, readiness.clone())
-            .await
-            .context("user service failed to start")?;
-        ports.insert(ServiceName::User, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("user service"));
+        let port = launcher
+            .launch(
+                "user service",
+                gocommerce_user::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::User, port);
     }
 
     if component.runs(Component::Product) {
         let config = gocommerce_product::ProductConfig::from_env(env)?;
-        let app = gocommerce_product::Application::build(config, readiness.clone())
-            .await
-            .context("product service failed to start")?;
-        ports.insert(ServiceName::Product, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("product service"));
+        let port = launcher
+            .launch(
+                "product service",
+                gocommerce_product::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::Product, port);
     }
 
     if component.runs(Component::Auth) {
@@ -111,20 +246,28 @@ pub async fn start(
         if let Some(url) = local(&ports, ServiceName::User) {
             config.user_url = url;
         }
-        let app = gocommerce_auth::Application::build(config, readiness.clone())
-            .await
-            .context("auth service failed to start")?;
-        ports.insert(ServiceName::Auth, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("auth service"));
+        let port = launcher
+            .launch(
+                "auth service",
+                gocommerce_auth::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::Auth, port);
     }
 
     if component.runs(Component::Payment) {
         let config = gocommerce_payment::PaymentConfig::from_env(env)?;
-        let app = gocommerce_payment::Application::build(config, readiness.clone())
-            .await
-            .context("payment service failed to start")?;
-        ports.insert(ServiceName::Payment, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("payment service"));
+        let port = launcher
+            .launch(
+                "payment service",
+                gocommerce_payment::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::Payment, port);
     }
 
     if component.runs(Component::Order) {
@@ -138,11 +281,15 @@ pub async fn start(
         if let Some(url) = local(&ports, ServiceName::User) {
             config.user_url = url;
         }
-        let app = gocommerce_order::Application::build(config, readiness.clone())
-            .await
-            .context("order service failed to start")?;
-        ports.insert(ServiceName::Order, app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("order service"));
+        let port = launcher
+            .launch(
+                "order service",
+                gocommerce_order::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::Order, port);
     }
 
     if component.runs(Component::Notification) {
@@ -150,14 +297,15 @@ pub async fn start(
         if let Some(url) = local(&ports, ServiceName::User) {
             config.user_url = url;
         }
-        let app = gocommerce_notification::Application::build(config, readiness.clone())
-            .await
-            .context("notification service failed to start")?;
-        ports.insert(ServiceName::Notification, app.port());
-        tasks.spawn(
-            app.run_until_stopped()
-                .map_err_anyhow("notification service"),
-        );
+        let port = launcher
+            .launch(
+                "notification service",
+                gocommerce_notification::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        ports.insert(ServiceName::Notification, port);
     }
 
     let mut gateway_port = None;
@@ -175,11 +323,15 @@ pub async fn start(
                 *url = local;
             }
         }
-        let app = gocommerce_gateway::Application::build(config, readiness.clone())
-            .await
-            .context("gateway failed to start")?;
-        gateway_port = Some(app.port());
-        tasks.spawn(app.run_until_stopped().map_err_anyhow("gateway"));
+        let port = launcher
+            .launch(
+                "gateway",
+                gocommerce_gateway::Application::build,
+                config,
+                &readiness,
+            )
+            .await?;
+        gateway_port = Some(port);
     }
 
     Ok(Running {
@@ -188,7 +340,8 @@ pub async fn start(
         gateway_port,
         ports,
         readiness,
-        tasks,
+        tasks: launcher.tasks,
+        runtimes: launcher.runtimes,
     })
 }
 
