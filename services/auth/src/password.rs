@@ -2,13 +2,16 @@
 //! async executor. Argon2 takes the whole password (no 72-byte truncation as
 //! with bcrypt).
 //!
-//! Each worker keeps its 19 MiB of Argon2 memory for its whole life. Letting
-//! every hash allocate its own (as `Argon2::hash_password` does) on the
-//! blocking pool left most of the process's memory stranded in the
-//! allocator: after a few hundred registrations `gocommerce all` held about
-//! 800 MiB, three 19 MiB blocks in each of a dozen glibc arenas. With the
-//! workers it stays near one block per worker. The queue in front of the
-//! workers also means a burst of logins waits instead of exhausting threads.
+//! Each worker keeps its 19 MiB of Argon2 memory from one hash to the next,
+//! and gives it back after `IDLE_RELEASE` without a job. Letting every hash
+//! allocate its own (as `Argon2::hash_password` does) on the blocking pool
+//! left most of the process's memory stranded in the allocator: after a few
+//! hundred registrations `gocommerce all` held about 800 MiB, three 19 MiB
+//! blocks in each of a dozen glibc arenas. With the workers it stays near one
+//! block per busy worker, and none once logins stop: two idle blocks were 38
+//! of the 100 MiB an idle `gocommerce all` may take. The queue in front of
+//! the workers also means a burst of logins waits instead of exhausting
+//! threads.
 //!
 //! The workers run under Linux's idle scheduling class (`SCHED_IDLE`): a hash
 //! is tens of milliseconds of pure CPU, and on a node with two cores a burst
@@ -20,12 +23,14 @@
 //! on its way, collected those waits (its p99 rose 2 to 12 times while logins
 //! saturated).
 
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::AuthError;
 
@@ -38,6 +43,11 @@ fn params() -> Params {
 /// Jobs waiting for a worker, per worker; more callers wait, without a thread, to enqueue.
 const QUEUE_PER_WORKER: usize = 64;
 
+/// How long a worker keeps its Argon2 memory without a job. Allocating it
+/// afresh costs a hash about a millisecond of page faults; a pause in logins
+/// this long is not a burst any more.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(10);
+
 // Verifying against this when an email is unknown makes a failed login take
 // as long as a wrong password, so timing does not reveal which emails exist.
 static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
@@ -49,28 +59,42 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
 #[derive(Debug, Clone)]
 pub struct Hasher {
-    jobs: mpsc::Sender<Job>,
+    jobs: flume::Sender<Job>,
+    /// Argon2 blocks the workers hold between jobs, all together.
+    retained: Arc<AtomicUsize>,
 }
 
 impl Hasher {
     /// Starts `workers` hashing threads; they end when the last clone is dropped.
     pub fn new(workers: usize) -> Self {
+        Self::with_idle_release(workers, IDLE_RELEASE)
+    }
+
+    /// Like `new`, with workers that free their memory after `idle` without a job.
+    pub fn with_idle_release(workers: usize, idle: Duration) -> Self {
         let workers = workers.max(1);
-        let (jobs, queue) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
-        let queue = Arc::new(Mutex::new(queue));
+        let (jobs, queue) = flume::bounded::<Job>(workers * QUEUE_PER_WORKER);
+        let retained = Arc::new(AtomicUsize::new(0));
         for index in 0..workers {
-            let queue = Arc::clone(&queue);
+            let queue = queue.clone();
+            let retained = Arc::clone(&retained);
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
                     yield_to_requests();
-                    work(&queue);
+                    work(&queue, idle, &retained);
                 });
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a password hashing thread");
             }
         }
-        Self { jobs }
+        Self { jobs, retained }
+    }
+
+    /// The bytes of Argon2 memory the workers hold between jobs.
+    #[cfg(test)]
+    fn retained_bytes(&self) -> usize {
+        self.retained.load(Ordering::Relaxed) * size_of::<Block>()
     }
 
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
@@ -94,11 +118,17 @@ impl Hasher {
         work: impl FnOnce(&mut Vec<Block>) -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
         let (reply, answer) = oneshot::channel();
+        let retained = Arc::clone(&self.retained);
         let job: Job = Box::new(move |memory| {
-            let _ = reply.send(work(memory));
+            let before = memory.len();
+            let outcome = work(memory);
+            // Jobs only ever grow the memory (see `blocks`); counted before
+            // the caller hears back.
+            retained.fetch_add(memory.len().saturating_sub(before), Ordering::Relaxed);
+            let _ = reply.send(outcome);
         });
         self.jobs
-            .send(job)
+            .send_async(job)
             .await
             .map_err(|_| AuthError::Hashing("the hashing threads are gone".to_owned()))?;
         answer
@@ -129,18 +159,24 @@ fn yield_to_requests() {
 #[cfg(not(target_os = "linux"))]
 fn yield_to_requests() {}
 
-fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
-    let mut memory = Vec::new();
+fn work(queue: &flume::Receiver<Job>, idle: Duration, retained: &AtomicUsize) {
+    let mut memory: Vec<Block> = Vec::new();
     loop {
-        // Hold the lock only to take a job, never while hashing.
-        let job = queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .blocking_recv();
-        match job {
-            Some(job) => job(&mut memory),
-            None => return,
-        }
+        let job = if memory.is_empty() {
+            queue.recv().ok()
+        } else {
+            match queue.recv_timeout(idle) {
+                Ok(job) => Some(job),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    retained.fetch_sub(memory.len(), Ordering::Relaxed);
+                    memory = Vec::new();
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        let Some(job) = job else { return };
+        job(&mut memory);
     }
 }
 
@@ -254,6 +290,37 @@ mod tests {
             caller, HASHING_POLICY,
             "only the hashing threads are demoted"
         );
+    }
+
+    #[tokio::test]
+    async fn workers_keep_their_memory_between_jobs_and_free_it_when_idle() {
+        let hasher = Hasher::with_idle_release(1, Duration::from_millis(200));
+        let block_bytes = params().block_count() * size_of::<Block>();
+        assert_eq!(hasher.retained_bytes(), 0, "nothing is held before a job");
+
+        let hash = hasher.hash("correct horse".to_owned()).await.expect("hash");
+        let held_after_a_job = hasher.retained_bytes();
+        let freed = wait_until(|| hasher.retained_bytes() == 0).await;
+        let verified = hasher
+            .verify("correct horse".to_owned(), Some(hash))
+            .await
+            .expect("verify");
+
+        assert_eq!(held_after_a_job, block_bytes, "kept for the next job");
+        assert!(freed, "an idle worker frees its memory");
+        assert!(verified, "a worker that freed its memory still hashes");
+        assert_eq!(hasher.retained_bytes(), block_bytes);
+    }
+
+    /// Polls `done` for up to ten seconds.
+    async fn wait_until(done: impl Fn() -> bool) -> bool {
+        for _ in 0..1000 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 
     #[tokio::test]

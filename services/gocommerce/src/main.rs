@@ -5,6 +5,14 @@ use gocommerce::{Component, start};
 use gocommerce_platform::config::{CommonConfig, ProcessEnv};
 use gocommerce_platform::{Readiness, Shutdown, telemetry};
 
+// jemalloc rather than glibc's malloc: a buffer freed on another thread than
+// the one that allocated it (a request's bytes cross several tasks) does not
+// take the arena's lock, which was half the futex calls of a loaded
+// `gocommerce all`; and its background thread hands freed pages back to the
+// kernel after a while, so a process that was busy shrinks when idle.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gocommerce",
@@ -20,6 +28,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tikv_jemalloc_ctl::background_thread::write(true)
+        .map_err(|e| anyhow::anyhow!("cannot start the allocator's background thread: {e}"))?;
     let env = ProcessEnv;
     let _telemetry = telemetry::init(&env, cli.component.service_name())?;
     let common = CommonConfig::from_env(&env)?;
