@@ -19,6 +19,9 @@ pub struct Report {
     pub memory_start: Memory,
     /// After seeding, once the process is idle again.
     pub memory_idle: Memory,
+    /// After `idle_settle_seconds` more without requests.
+    pub memory_settled: Memory,
+    pub idle_settle_seconds: u64,
     pub scenarios: Vec<Scenario>,
     pub failures: Vec<String>,
 }
@@ -75,8 +78,13 @@ pub fn markdown(report: &Report) -> String {
         report.seed.customers, report.seed.logged_in,
     ));
     out.push_str(&format!(
-        "Idle memory: VmRSS {:.1} MiB just started, {:.1} MiB after seeding (VmHWM {:.1} MiB).\n\n",
-        report.memory_start.rss_mib, report.memory_idle.rss_mib, report.memory_idle.hwm_mib
+        "Idle memory: VmRSS {:.1} MiB just started, {:.1} MiB as soon as seeding was over, \
+         {:.1} MiB after {} s more without requests (VmHWM {:.1} MiB).\n\n",
+        report.memory_start.rss_mib,
+        report.memory_idle.rss_mib,
+        report.memory_settled.rss_mib,
+        report.idle_settle_seconds,
+        report.memory_settled.hwm_mib
     ));
     for scenario in &report.scenarios {
         out.push_str(&format!(

@@ -31,6 +31,12 @@ pub struct Settings {
     pub pgbench_seconds: u64,
     /// Mixed-load rates tried, as fractions of the predicted rate.
     pub mix_steps: Vec<f64>,
+    /// Halvings of the gap between the last mixed step that held and the
+    /// first that broke.
+    pub mix_refinements: u32,
+    /// How long the process is left idle after seeding before its idle
+    /// memory is read.
+    pub idle_settle: Duration,
 }
 
 /// One measurement of gocommerce next to its baseline's at the same load.
@@ -612,6 +618,52 @@ pub struct Maxima {
     pub checkout: f64,
 }
 
+/// Runs the mixed load at `step` × `predicted` requests per second, records
+/// all, read and checkout figures, and says whether reads kept p99 ≤ 50 ms,
+/// checkouts p99 ≤ 250 ms and nothing failed.
+async fn mix_step(
+    cx: &Context,
+    mixed_op: &Op,
+    step: f64,
+    predicted: f64,
+    label: &str,
+    scenario: &mut Scenario,
+) -> bool {
+    let rate = step * predicted;
+    let (recorders, elapsed) = load::open_loop(
+        mixed_op,
+        Kind::ALL.len(),
+        rate,
+        cx.settings.measure,
+        cx.max_in_flight(),
+    )
+    .await;
+    let reads: Vec<_> = Kind::ALL
+        .iter()
+        .zip(&recorders)
+        .filter(|(k, _)| k.is_read())
+        .map(|(_, r)| r.clone())
+        .collect();
+    let read = load::merged(&reads).summary(elapsed);
+    let checkout = recorders[5].summary(elapsed);
+    let all = load::merged(&recorders).summary(elapsed);
+    let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
+    let name = format!("{} of predicted{label}", percent(step));
+    scenario
+        .levels
+        .push(Level::new(format!("{name}: all"), Some(rate), all, None));
+    scenario
+        .levels
+        .push(Level::new(format!("{name}: reads"), None, read, None));
+    scenario.levels.push(Level::new(
+        format!("{name}: checkouts"),
+        None,
+        checkout,
+        None,
+    ));
+    passed
+}
+
 /// Scenarios 6 and 7: the mixed open-loop load: the highest rate at which reads keep
 /// p99 ≤ 50 ms and checkouts ≤ 250 ms, against the rate predicted from each
 /// kind's isolated maximum; memory at 70% of that rate.
@@ -675,51 +727,29 @@ pub async fn mixed(
             (class, request as Request)
         })
     };
-    let mut best: Option<f64> = None;
+    // Coarse steps up to the first that breaks a limit, then halving the gap
+    // between the last step that held and that one: the steps are 15% of
+    // the predicted rate apart, and a run's outcome jumped by a whole step.
+    let mut held: Option<f64> = None;
+    let mut broke: Option<f64> = None;
     for &step in &cx.settings.mix_steps {
-        let rate = step * predicted;
-        let (recorders, elapsed) = load::open_loop(
-            &mixed_op,
-            Kind::ALL.len(),
-            rate,
-            cx.settings.measure,
-            cx.max_in_flight(),
-        )
-        .await;
-        let reads: Vec<_> = Kind::ALL
-            .iter()
-            .zip(&recorders)
-            .filter(|(k, _)| k.is_read())
-            .map(|(_, r)| r.clone())
-            .collect();
-        let read = load::merged(&reads).summary(elapsed);
-        let checkout = recorders[5].summary(elapsed);
-        let all = load::merged(&recorders).summary(elapsed);
-        let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
-        scenario.levels.push(Level::new(
-            format!("{} of predicted: all", percent(step)),
-            Some(rate),
-            all,
-            None,
-        ));
-        scenario.levels.push(Level::new(
-            format!("{} of predicted: reads", percent(step)),
-            None,
-            read,
-            None,
-        ));
-        scenario.levels.push(Level::new(
-            format!("{} of predicted: checkouts", percent(step)),
-            None,
-            checkout,
-            None,
-        ));
-        if passed {
-            best = Some(rate);
+        if mix_step(cx, &mixed_op, step, predicted, "", &mut scenario).await {
+            held = Some(step);
         } else {
+            broke = Some(step);
             break;
         }
     }
+    for _ in 0..cx.settings.mix_refinements {
+        let Some(high) = broke else { break };
+        let step = (held.unwrap_or(0.0) + high) / 2.0;
+        if mix_step(cx, &mixed_op, step, predicted, " (refined)", &mut scenario).await {
+            held = Some(step);
+        } else {
+            broke = Some(step);
+        }
+    }
+    let best = held.map(|step| step * predicted);
     let found = best.and_then(|b| ratio(b, predicted));
     scenario.notes.push(match best {
         Some(rate) => format!("highest rate within the latency targets: {rate:.1}/s"),
@@ -780,7 +810,7 @@ pub async fn mixed(
         load::merged(&recorders).summary(elapsed),
         None,
     ));
-    memory.notes.push(format!("idle after seeding: VmRSS {:.1} MiB; under the mixed load at 70%: peak VmRSS (sampled every 100 ms) {:.1} MiB, VmHWM (peak since start, seeding included) {:.1} MiB", idle.rss_mib, loaded.rss_mib, loaded.hwm_mib));
+    memory.notes.push(format!("idle after seeding (and {} s without requests): VmRSS {:.1} MiB; under the mixed load at 70%: peak VmRSS (sampled every 100 ms) {:.1} MiB, VmHWM (peak since start, seeding included) {:.1} MiB", cx.settings.idle_settle.as_secs(), idle.rss_mib, loaded.rss_mib, loaded.hwm_mib));
     memory.memory = Some(loaded);
     scenario.notes.push(format!(
         "before the run at 70%, the emails queued by earlier scenarios took {:.1} s to drain (limit 120 s)",
