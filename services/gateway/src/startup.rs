@@ -14,7 +14,9 @@ use gocommerce_platform::grpc::GrpcError;
 use gocommerce_platform::{Readiness, admin, metrics};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use utoipa::ToSchema;
 
 use crate::authn::TokenVerifier;
@@ -148,7 +150,23 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
+}
+
+/// Request ids are random (v4) UUIDs, drawn from the thread's userspace
+/// generator: `MakeRequestUuid` asks the kernel (`getrandom`) for every one,
+/// a system call on every request.
+#[derive(Debug, Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        header::HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Liveness.

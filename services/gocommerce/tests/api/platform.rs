@@ -62,6 +62,44 @@ async fn health_readiness_and_metrics_are_served() {
 }
 
 #[tokio::test]
+async fn every_answer_carries_a_fresh_request_id_and_a_callers_own_is_kept() {
+    let app = spawn_app().await;
+    let request_id = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    let first = app
+        .request(Method::GET, "/readyz")
+        .send()
+        .await
+        .expect("sent");
+    let second = app
+        .request(Method::GET, "/v1/no-such-route")
+        .send()
+        .await
+        .expect("sent");
+    let own = app
+        .request(Method::GET, "/readyz")
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("sent");
+
+    let first = request_id(&first).expect("an id on a success");
+    let second = request_id(&second).expect("an id on an error");
+    for id in [&first, &second] {
+        let parsed = uuid::Uuid::parse_str(id).expect("a UUID");
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random), "{id}");
+    }
+    assert_ne!(first, second, "each request has its own id");
+    assert_eq!(request_id(&own).as_deref(), Some("trace-me-42"));
+}
+
+#[tokio::test]
 async fn readiness_turns_false_as_soon_as_shutdown_starts() {
     let app = spawn_app().await;
 
