@@ -183,13 +183,6 @@ pub async fn start(
     readiness: Readiness,
 ) -> anyhow::Result<Running> {
     let common = CommonConfig::from_env(env)?;
-    let mut tasks = JoinSet::new();
-
-    let admin_listener = TcpListener::bind(common.admin_addr)
-        .await
-        .with_context(|| format!("cannot bind ADMIN_ADDR {}", common.admin_addr))?;
-    let admin_port = admin_listener.local_addr()?.port();
-    tasks.spawn(admin::serve(admin_listener, readiness.clone()).map_err_anyhow("admin listener"));
     let own_runtime_threads = match component {
         Component::All => Some(config::parse(env, "COMPONENT_THREADS", 1usize).and_then(
             |threads| match threads {
@@ -199,6 +192,13 @@ pub async fn start(
         )?),
         _ => None,
     };
+    let mut tasks = JoinSet::new();
+
+    let admin_listener = TcpListener::bind(common.admin_addr)
+        .await
+        .with_context(|| format!("cannot bind ADMIN_ADDR {}", common.admin_addr))?;
+    let admin_port = admin_listener.local_addr()?.port();
+    tasks.spawn(admin::serve(admin_listener, readiness.clone()).map_err_anyhow("admin listener"));
     let mut launcher = Launcher {
         own_runtime_threads,
         tasks,

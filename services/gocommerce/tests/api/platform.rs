@@ -431,6 +431,25 @@ async fn a_configured_signing_key_is_used_instead_of_a_generated_one() {
 }
 
 #[tokio::test]
+async fn all_in_one_process_refuses_zero_threads_per_component_by_name() {
+    let mut env = test_env();
+    env.insert("COMPONENT_THREADS".to_owned(), "0".to_owned());
+
+    let error = gocommerce::start(
+        gocommerce::Component::All,
+        &env,
+        gocommerce_platform::Readiness::new(gocommerce_platform::Shutdown::new()),
+    )
+    .await
+    .expect_err("zero threads are refused");
+
+    assert!(
+        format!("{error:#}").contains("COMPONENT_THREADS"),
+        "{error:#}"
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_signing_key_stops_the_start_with_a_clear_error() {
     let mut env = test_env();
     env.insert("JWT_SIGNING_KEY".to_owned(), "not a key".to_owned());
