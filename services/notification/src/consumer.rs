@@ -77,16 +77,15 @@ impl Handler {
             return Ok(());
         };
         let contact = self.contact(rendered.user_id).await?;
-        self.record(event_id, &envelope.event_type, &rendered, contact.as_ref())
+        let unsent = self
+            .record(event_id, &envelope.event_type, &rendered, contact.as_ref())
             .await
             .map_err(retry)?;
         let last_attempt = message.attempt >= self.max_attempts;
-        let failures = self.send_unsent(event_id, last_attempt).await?;
+        let failures = self
+            .send_unsent(unsent, event_id, &envelope.event_type, last_attempt)
+            .await?;
         if failures.is_empty() {
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
-            db::mark_processed(&mut conn, event_id, &envelope.event_type)
-                .await
-                .map_err(retry)?;
             Ok(())
         } else {
             Err(HandlerError::Retry(failures.join("; ")))
@@ -109,13 +108,16 @@ impl Handler {
         }
     }
 
+    /// Records the event's notifications once and returns those still to
+    /// send; with none left, the event is marked handled in the same
+    /// transaction.
     async fn record(
         &self,
         event_id: Uuid,
         event_type: &str,
         rendered: &Rendered,
         contact: Option<&GetContactResponse>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<NotificationRow>, sqlx::Error> {
         let channels = contact
             .and_then(|c| c.preferences.as_ref())
             .and_then(|p| p.channels)
@@ -190,23 +192,31 @@ impl Handler {
             };
             db::insert(&mut tx, &new).await?;
         }
-        tx.commit().await
+        let unsent = db::unsent(&mut tx, event_id).await?;
+        if unsent.is_empty() {
+            db::mark_processed(&mut tx, event_id, event_type).await?;
+        }
+        tx.commit().await?;
+        Ok(unsent)
     }
 
     /// Sends what is unsent; returns the failures. Each notification is
     /// locked while it is sent, so two deliveries of one event (two replicas)
-    /// never send it twice; the one that finds it locked retries later.
+    /// never send it twice; the one that finds it locked retries later. When
+    /// everything went out, the event is marked handled, with the last send
+    /// when it can be.
     async fn send_unsent(
         &self,
+        unsent: Vec<NotificationRow>,
         event_id: Uuid,
+        event_type: &str,
         last_attempt: bool,
     ) -> Result<Vec<String>, HandlerError> {
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
-        let mut conn = self.pool.acquire().await.map_err(retry)?;
-        let unsent = db::unsent(&mut conn, event_id).await.map_err(retry)?;
-        drop(conn);
         let mut failures = Vec::new();
-        for candidate in unsent {
+        let mut handled = unsent.is_empty();
+        let count = unsent.len();
+        for (index, candidate) in unsent.into_iter().enumerate() {
             let mut tx = self.pool.begin().await.map_err(retry)?;
             let notification = match db::claim(&mut tx, candidate.id).await.map_err(retry)? {
                 Claim::Claimed(notification) => notification,
@@ -225,6 +235,12 @@ impl Handler {
                     db::mark_sent(&mut tx, notification.id)
                         .await
                         .map_err(retry)?;
+                    if index + 1 == count && failures.is_empty() {
+                        db::mark_processed(&mut tx, event_id, event_type)
+                            .await
+                            .map_err(retry)?;
+                        handled = true;
+                    }
                     tx.commit().await.map_err(retry)?;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }
@@ -238,6 +254,13 @@ impl Handler {
                     failures.push(format!("{}: {error}", notification.channel));
                 }
             }
+        }
+        // The last one was sent by another delivery meanwhile.
+        if failures.is_empty() && !handled {
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            db::mark_processed(&mut conn, event_id, event_type)
+                .await
+                .map_err(retry)?;
         }
         Ok(failures)
     }

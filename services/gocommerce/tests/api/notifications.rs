@@ -394,6 +394,17 @@ async fn an_event_delivered_twice_sends_one_email() {
         .filter(|n| n["subject"] == format!("Order {order_id} confirmed").as_str())
         .count();
     assert_eq!(recorded, 1, "{page:#}");
+    // Handled once and remembered: a later redelivery stops at the inbox.
+    let notifications = sqlx::PgPool::connect(&app.env["NOTIFICATION_DATABASE_URL"])
+        .await
+        .expect("notification database");
+    let remembered: Option<String> =
+        sqlx::query_scalar("SELECT event_type FROM inbox WHERE event_id = $1")
+            .bind(id)
+            .fetch_optional(&notifications)
+            .await
+            .expect("inbox");
+    assert_eq!(remembered.as_deref(), Some("order.paid"));
     broker.close().await;
 }
 
