@@ -136,19 +136,21 @@ async fn record_history(
     actor: &str,
     reason: &str,
 ) -> Result<(), OrderError> {
-    sqlx::query("INSERT INTO order_history (order_id, from_status, to_status, actor, reason) VALUES ($1, $2, $3, $4, $5)")
-        .bind(order_id)
-        .bind(from.map(Status::as_str))
-        .bind(to.as_str())
-        .bind(actor)
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(STATUS_CHANNEL)
-        .bind(order_id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    // Watchers hear of the change at commit; one statement, one round trip.
+    sqlx::query(
+        "WITH recorded AS ( \
+           INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
+           VALUES ($1, $2, $3, $4, $5) RETURNING order_id) \
+         SELECT pg_notify($6, order_id::text) FROM recorded",
+    )
+    .bind(order_id)
+    .bind(from.map(Status::as_str))
+    .bind(to.as_str())
+    .bind(actor)
+    .bind(reason)
+    .bind(STATUS_CHANNEL)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -59,21 +59,22 @@ pub struct OutboxMessage {
 #[tracing::instrument(skip_all, fields(message_id = %message.id, routing_key = %message.routing_key), err)]
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
     let headers = serde_json::to_value(telemetry::current_context_map()).unwrap_or_default();
+    // The notification is delivered at commit and dropped on rollback:
+    // exactly when the row appears. One statement, one round trip.
     sqlx::query(
-        "INSERT INTO outbox (id, routing_key, content_type, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+        "WITH inserted AS ( \
+           INSERT INTO outbox (id, routing_key, content_type, payload, headers) \
+           VALUES ($1, $2, $3, $4, $5) RETURNING id) \
+         SELECT pg_notify($6, '') FROM inserted",
     )
     .bind(message.id)
     .bind(&message.routing_key)
     .bind(&message.content_type)
     .bind(&message.payload)
     .bind(headers)
-    .execute(&mut *conn)
+    .bind(CHANNEL)
+    .execute(conn)
     .await?;
-    // Delivered at commit, dropped on rollback: exactly when the row appears.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
