@@ -106,7 +106,7 @@ impl Drop for TestApp {
 
 /// Drops the test's databases, so runs leave nothing behind. FORCE ends the
 /// connections of the pools that are still closing.
-fn drop_databases(env: &HashMap<String, String>) {
+pub fn drop_databases(env: &HashMap<String, String>) {
     let names: Vec<String> = env
         .iter()
         .filter(|(key, _)| key.ends_with("_DATABASE_URL"))

@@ -152,7 +152,9 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
     for response in responses {
         assert_eq!(response.expect("answered").status(), StatusCode::CREATED);
     }
+    let env = app.env.clone();
     app.stop().await;
+    crate::helpers::drop_databases(&env);
 }
 
 #[tokio::test]
@@ -461,6 +463,8 @@ async fn a_malformed_signing_key_stops_the_start_with_a_clear_error() {
     )
     .await
     .expect_err("a bad key is refused");
+    // The auth service created its database before it read the key.
+    crate::helpers::drop_databases(&env);
 
     assert!(
         format!("{error:#}").contains("JWT_SIGNING_KEY"),
