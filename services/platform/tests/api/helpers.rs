@@ -66,8 +66,36 @@ pub async fn declare(broker: &Broker, spec: &QueueSpec) {
     spec.declare(broker, &channel).await.expect("topology");
 }
 
-/// A fresh database with an outbox table.
-pub async fn outbox_database() -> sqlx::PgPool {
+/// Drops its database when the test ends, so runs leave nothing behind.
+pub struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.0);
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(admin) =
+                    sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await
+                {
+                    // FORCE ends the connections of pools still open.
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&admin)
+                            .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// A fresh database with an outbox table, and the guard that drops it.
+pub async fn outbox_database() -> (sqlx::PgPool, DropDatabase) {
     let name = format!("gct_platform_{}", Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
@@ -90,7 +118,7 @@ pub async fn outbox_database() -> sqlx::PgPool {
     .execute(&pool)
     .await
     .expect("outbox table");
-    pool
+    (pool, DropDatabase(name))
 }
 
 /// Stops the test's consumer and deletes its queues, so runs leave nothing behind.

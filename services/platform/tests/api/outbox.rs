@@ -28,7 +28,7 @@ async fn pending(pool: &sqlx::PgPool) -> i64 {
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_event() {
-    let pool = outbox_database().await;
+    let (pool, _database) = outbox_database().await;
     let mut tx = pool.begin().await.expect("tx");
 
     outbox::enqueue(&mut tx, &message("test.rollback"))
@@ -45,7 +45,7 @@ async fn a_rolled_back_transaction_leaves_no_event() {
 
 #[tokio::test]
 async fn a_committed_event_is_published_and_marked_sent() {
-    let pool = outbox_database().await;
+    let (pool, _database) = outbox_database().await;
     let broker = Broker::new(AMQP_URL);
     let shutdown = Shutdown::new();
     let (spec, routing_key) = unique_spec(3);
@@ -77,7 +77,7 @@ async fn a_committed_event_is_published_and_marked_sent() {
 
 #[tokio::test]
 async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back() {
-    let pool = outbox_database().await;
+    let (pool, _database) = outbox_database().await;
     let (spec, routing_key) = unique_spec(3);
     let mut tx = pool.begin().await.expect("tx");
     outbox::enqueue(&mut tx, &message(&routing_key))
@@ -113,7 +113,7 @@ async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back(
 
 #[tokio::test]
 async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
-    let pool = outbox_database().await;
+    let (pool, _database) = outbox_database().await;
     let broker = Broker::new(AMQP_URL);
     let shutdown = Shutdown::new();
     let (spec, routing_key) = unique_spec(3);
