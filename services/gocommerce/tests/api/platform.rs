@@ -432,23 +432,30 @@ async fn a_configured_signing_key_is_used_instead_of_a_generated_one() {
     assert_eq!(header.kid.as_deref(), jwks["keys"][0]["kid"].as_str());
 }
 
+/// Starts `component` with `env`, expecting the start to fail; the error
+/// with its causes. What the start created before it failed is dropped.
+async fn refused_start(
+    component: gocommerce::Component,
+    env: &std::collections::HashMap<String, String>,
+) -> String {
+    let result = gocommerce::start(
+        component,
+        env,
+        gocommerce_platform::Readiness::new(gocommerce_platform::Shutdown::new()),
+    )
+    .await;
+    crate::helpers::drop_databases(env);
+    format!("{:#}", result.expect_err("the start is refused"))
+}
+
 #[tokio::test]
 async fn all_in_one_process_refuses_zero_threads_per_component_by_name() {
     let mut env = test_env();
     env.insert("COMPONENT_THREADS".to_owned(), "0".to_owned());
 
-    let error = gocommerce::start(
-        gocommerce::Component::All,
-        &env,
-        gocommerce_platform::Readiness::new(gocommerce_platform::Shutdown::new()),
-    )
-    .await
-    .expect_err("zero threads are refused");
+    let error = refused_start(gocommerce::Component::All, &env).await;
 
-    assert!(
-        format!("{error:#}").contains("COMPONENT_THREADS"),
-        "{error:#}"
-    );
+    assert!(error.contains("COMPONENT_THREADS"), "{error}");
 }
 
 #[tokio::test]
@@ -456,18 +463,7 @@ async fn a_malformed_signing_key_stops_the_start_with_a_clear_error() {
     let mut env = test_env();
     env.insert("JWT_SIGNING_KEY".to_owned(), "not a key".to_owned());
 
-    let error = gocommerce::start(
-        gocommerce::Component::Auth,
-        &env,
-        gocommerce_platform::Readiness::new(gocommerce_platform::Shutdown::new()),
-    )
-    .await
-    .expect_err("a bad key is refused");
-    // The auth service created its database before it read the key.
-    crate::helpers::drop_databases(&env);
+    let error = refused_start(gocommerce::Component::Auth, &env).await;
 
-    assert!(
-        format!("{error:#}").contains("JWT_SIGNING_KEY"),
-        "{error:#}"
-    );
+    assert!(error.contains("JWT_SIGNING_KEY"), "{error}");
 }
