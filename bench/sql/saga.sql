@@ -10,8 +10,8 @@ SELECT p.id AS pid, p.sku AS psku, p.name AS pname, p.price AS pprice FROM prod.
 BEGIN;
 INSERT INTO ord.orders (id, user_id, status, currency, total, shipping_address, shipping_address_id, payment_method, next_attempt_at) VALUES (:oid, :uid, 'PENDING', 'USD', :pprice, '{"name":"Bench","line1":"1 Bench Street","city":"Springfield","postal_code":"12345","country":"US"}', :aid, 'pm_card_ok', now() + make_interval(secs => 30));
 INSERT INTO ord.order_items (order_id, position, product_id, sku, name, unit_price, quantity, line_total) VALUES (:oid, 0, :pid, :psku, :pname, :pprice, 1, :pprice);
-INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) VALUES (:oid, NULL, 'PENDING', 'customer', 'placed');
-SELECT pg_notify('gocommerce_order_status', :oid);
+WITH recorded AS (INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) VALUES (:oid, NULL, 'PENDING', 'customer', 'order placed') RETURNING order_id) SELECT pg_notify('gocommerce_order_status', order_id::text) FROM recorded;
+WITH inserted AS (INSERT INTO ord.outbox (id, routing_key, content_type, payload) VALUES (gen_random_uuid(), 'order.created', 'application/json', convert_to('{"order_id":"' || :oid || '"}', 'UTF8')) RETURNING id) SELECT pg_notify('gocommerce_outbox', '') FROM inserted;
 COMMIT;
 -- ReserveStock in the product service.
 BEGIN;
@@ -20,34 +20,26 @@ INSERT INTO prod.reservation_items (order_id, position, product_id, quantity) VA
 UPDATE prod.stock SET reserved = reserved + 1, updated_at = now() WHERE product_id = :pid AND on_hand - reserved >= 1;
 INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, order_id, actor) VALUES (gen_random_uuid(), :pid, 'reservation', 0, 1, :oid, 'order');
 COMMIT;
--- PENDING -> RESERVED, then the charge is started.
-BEGIN;
-SELECT status FROM ord.orders WHERE id = :oid AND status = 'PENDING' FOR UPDATE;
-UPDATE ord.orders SET status = 'RESERVED', updated_at = now() WHERE id = :oid;
-INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) VALUES (:oid, 'PENDING', 'RESERVED', 'saga', 'stock reserved');
-SELECT pg_notify('gocommerce_order_status', :oid);
-COMMIT;
-UPDATE ord.orders SET charge_started = true, updated_at = now() WHERE id = :oid AND status = 'RESERVED' AND NOT compensating AND NOT cancel_requested;
+-- PENDING -> RESERVED with the charge marked started, its history row and
+-- the watchers' notification: one statement (db.rs `transition`).
+WITH previous AS (SELECT id, status FROM ord.orders WHERE id = :oid AND status = ANY('{PENDING}') FOR UPDATE), changed AS (UPDATE ord.orders o SET status = 'RESERVED', cancel_reason = COALESCE(NULL, o.cancel_reason), carrier = COALESCE(NULL, o.carrier), tracking_number = COALESCE(NULL, o.tracking_number), shipped_at = CASE WHEN false THEN now() ELSE o.shipped_at END, delivered_at = CASE WHEN false THEN now() ELSE o.delivered_at END, refunded_amount = COALESCE(NULL, o.refunded_amount), next_attempt_at = CASE WHEN false THEN NULL ELSE o.next_attempt_at END, charge_started = o.charge_started OR (true AND NOT o.compensating AND NOT o.cancel_requested), payment_captured = o.payment_captured OR false, payment_id = COALESCE(NULL, o.payment_id), updated_at = now() FROM previous p WHERE o.id = p.id RETURNING o.*, p.status AS previous_status), recorded AS (INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) SELECT id, previous_status, 'RESERVED', 'system', 'stock reserved' FROM changed RETURNING order_id) SELECT changed.*, (SELECT pg_notify('gocommerce_order_status', order_id::text) FROM recorded) IS NULL AS notified FROM changed;
 -- Charge in the payment service: the pending row, then the outcome with its event.
 INSERT INTO pay.payments (id, order_id, user_id, amount, currency, method, status) VALUES (gen_random_uuid(), :oid, :uid, :pprice, 'USD', 'pm_card_ok', 'pending') ON CONFLICT (order_id) DO NOTHING;
 BEGIN;
 UPDATE pay.payments SET status = 'succeeded', processor_reference = 'ch_bench', attempts = attempts + 1, updated_at = now() WHERE order_id = :oid AND status = 'pending';
-INSERT INTO pay.outbox (id, routing_key, content_type, payload) VALUES (gen_random_uuid(), 'payment.succeeded', 'application/json', convert_to('{"order_id":"' || :oid || '"}', 'UTF8'));
+WITH inserted AS (INSERT INTO pay.outbox (id, routing_key, content_type, payload) VALUES (gen_random_uuid(), 'payment.succeeded', 'application/json', convert_to('{"order_id":"' || :oid || '"}', 'UTF8')) RETURNING id) SELECT pg_notify('gocommerce_outbox', '') FROM inserted;
 COMMIT;
-UPDATE ord.orders SET payment_captured = true, updated_at = now() WHERE id = :oid;
 -- CommitReservation in the product service.
 BEGIN;
 SELECT status FROM prod.reservations WHERE order_id = :oid FOR UPDATE;
+SELECT product_id, quantity FROM prod.reservation_items WHERE order_id = :oid ORDER BY position;
 UPDATE prod.reservations SET status = 'committed', updated_at = now() WHERE order_id = :oid;
 UPDATE prod.stock SET on_hand = on_hand - 1, reserved = reserved - 1, updated_at = now() WHERE product_id = :pid;
 INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, order_id, actor) VALUES (gen_random_uuid(), :pid, 'commit', -1, -1, :oid, 'order');
 COMMIT;
--- RESERVED -> PAID with the order.paid event, then the saga settles.
+-- RESERVED -> PAID with the capture, history, notification and the
+-- order.paid event; the saga settles in the same statement.
 BEGIN;
-SELECT status FROM ord.orders WHERE id = :oid AND status = 'RESERVED' FOR UPDATE;
-UPDATE ord.orders SET status = 'PAID', updated_at = now() WHERE id = :oid;
-INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) VALUES (:oid, 'RESERVED', 'PAID', 'saga', 'payment captured');
-INSERT INTO ord.outbox (id, routing_key, content_type, payload) VALUES (gen_random_uuid(), 'order.paid', 'application/json', convert_to('{"order_id":"' || :oid || '"}', 'UTF8'));
-SELECT pg_notify('gocommerce_order_status', :oid);
+WITH previous AS (SELECT id, status FROM ord.orders WHERE id = :oid AND status = ANY('{RESERVED}') FOR UPDATE), changed AS (UPDATE ord.orders o SET status = 'PAID', cancel_reason = COALESCE(NULL, o.cancel_reason), carrier = COALESCE(NULL, o.carrier), tracking_number = COALESCE(NULL, o.tracking_number), shipped_at = CASE WHEN false THEN now() ELSE o.shipped_at END, delivered_at = CASE WHEN false THEN now() ELSE o.delivered_at END, refunded_amount = COALESCE(NULL, o.refunded_amount), next_attempt_at = CASE WHEN true THEN NULL ELSE o.next_attempt_at END, charge_started = o.charge_started OR (false AND NOT o.compensating AND NOT o.cancel_requested), payment_captured = o.payment_captured OR true, payment_id = COALESCE(gen_random_uuid(), o.payment_id), updated_at = now() FROM previous p WHERE o.id = p.id RETURNING o.*, p.status AS previous_status), recorded AS (INSERT INTO ord.order_history (order_id, from_status, to_status, actor, reason) SELECT id, previous_status, 'PAID', 'system', 'payment captured' FROM changed RETURNING order_id) SELECT changed.*, (SELECT pg_notify('gocommerce_order_status', order_id::text) FROM recorded) IS NULL AS notified FROM changed;
+WITH inserted AS (INSERT INTO ord.outbox (id, routing_key, content_type, payload) VALUES (gen_random_uuid(), 'order.paid', 'application/json', convert_to('{"order_id":"' || :oid || '"}', 'UTF8')) RETURNING id) SELECT pg_notify('gocommerce_outbox', '') FROM inserted;
 COMMIT;
-UPDATE ord.orders SET next_attempt_at = NULL, saga_attempts = 0 WHERE id = :oid;

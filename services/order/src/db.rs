@@ -240,11 +240,27 @@ pub struct Changes {
     pub refunded_amount: Option<i64>,
     /// The saga has nothing left to do.
     pub settle: bool,
+    /// The saga is about to charge: recorded with the reservation, unless a
+    /// cancellation or compensation got there first.
+    pub start_charge: bool,
+    /// The payment was captured; `payment_id` names it.
+    pub captured: bool,
+    pub payment_id: Option<Uuid>,
+}
+
+/// Every column of the order under `o.`, for the transition's RETURNING.
+fn order_columns_of(alias: &str) -> String {
+    ORDER
+        .split(", ")
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Moves the order to `to` if it is in one of `from` (each allowed by the
-/// state machine), with its history row. None when the order was not in
-/// `from`: someone else changed it first.
+/// state machine), with its history row and the watchers' notification, in
+/// one statement. None when the order was not in `from`: someone else
+/// changed it first.
 #[tracing::instrument(skip_all, fields(order_id = %id, to = to.as_str()), err)]
 pub async fn transition(
     conn: &mut PgConnection,
@@ -255,51 +271,67 @@ pub async fn transition(
     reason: &str,
     changes: Changes,
 ) -> Result<Option<OrderRow>, OrderError> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // `previous` locks the row and keeps the status it had (RETURNING
+        // sees only the new one); the history insert reads the update's
+        // output, so it happens exactly when the update does.
+        format!(
+            "WITH previous AS ( \
+               SELECT id, status FROM orders WHERE id = $1 AND status = ANY($2) FOR UPDATE), \
+             changed AS ( \
+               UPDATE orders o SET status = $3, cancel_reason = COALESCE($4, o.cancel_reason), \
+                 carrier = COALESCE($5, o.carrier), tracking_number = COALESCE($6, o.tracking_number), \
+                 shipped_at = CASE WHEN $7 THEN now() ELSE o.shipped_at END, \
+                 delivered_at = CASE WHEN $8 THEN now() ELSE o.delivered_at END, \
+                 refunded_amount = COALESCE($9, o.refunded_amount), \
+                 next_attempt_at = CASE WHEN $10 THEN NULL ELSE o.next_attempt_at END, \
+                 charge_started = o.charge_started OR ($11 AND NOT o.compensating AND NOT o.cancel_requested), \
+                 payment_captured = o.payment_captured OR $12, \
+                 payment_id = COALESCE($13, o.payment_id), \
+                 updated_at = now() \
+               FROM previous p WHERE o.id = p.id \
+               RETURNING {}, p.status AS previous_status), \
+             recorded AS ( \
+               INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
+               SELECT id, previous_status, $3, $14, $15 FROM changed RETURNING order_id) \
+             SELECT changed.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified \
+             FROM changed",
+            order_columns_of("o")
+        )
+    });
     let from: Vec<&str> = from
         .iter()
         .filter(|f| f.can_become(to))
         .map(|f| f.as_str())
         .collect();
-    let previous: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM orders WHERE id = $1 AND status = ANY($2) FOR UPDATE",
-    )
-    .bind(id)
-    .bind(&from)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(previous) = previous.and_then(|p| Status::parse(&p)) else {
-        return Ok(None);
-    };
-    let order: OrderRow = sqlx::query_as(&format!(
-        "UPDATE orders SET status = $2, cancel_reason = COALESCE($3, cancel_reason), \
-           carrier = COALESCE($4, carrier), tracking_number = COALESCE($5, tracking_number), \
-           shipped_at = CASE WHEN $6 THEN now() ELSE shipped_at END, \
-           delivered_at = CASE WHEN $7 THEN now() ELSE delivered_at END, \
-           refunded_amount = COALESCE($8, refunded_amount), \
-           next_attempt_at = CASE WHEN $9 THEN NULL ELSE next_attempt_at END, \
-           updated_at = now() \
-         WHERE id = $1 RETURNING {ORDER}"
-    ))
-    .bind(id)
-    .bind(to.as_str())
-    .bind(&changes.cancel_reason)
-    .bind(&changes.carrier)
-    .bind(&changes.tracking_number)
-    .bind(changes.shipped)
-    .bind(changes.delivered)
-    .bind(changes.refunded_amount)
-    .bind(changes.settle)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| {
-        if gocommerce_platform::db::constraint(&e) == Some("orders_refunds_within_total") {
-            OrderError::FailedPrecondition("the refunds would exceed the order total".to_owned())
-        } else {
-            OrderError::Database(e)
-        }
-    })?;
-    record_history(conn, id, Some(previous), to, actor, reason).await?;
-    Ok(Some(order))
+    sqlx::query_as(&SQL)
+        .bind(id)
+        .bind(&from)
+        .bind(to.as_str())
+        .bind(&changes.cancel_reason)
+        .bind(&changes.carrier)
+        .bind(&changes.tracking_number)
+        .bind(changes.shipped)
+        .bind(changes.delivered)
+        .bind(changes.refunded_amount)
+        .bind(changes.settle)
+        .bind(changes.start_charge)
+        .bind(changes.captured)
+        .bind(changes.payment_id)
+        .bind(actor)
+        .bind(reason)
+        .bind(STATUS_CHANNEL)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| {
+            if gocommerce_platform::db::constraint(&e) == Some("orders_refunds_within_total") {
+                OrderError::FailedPrecondition(
+                    "the refunds would exceed the order total".to_owned(),
+                )
+            } else {
+                OrderError::Database(e)
+            }
+        })
 }
 
 /// Saga flags. Each update is conditional so that a late or duplicate step
@@ -314,22 +346,6 @@ pub async fn start_charge(conn: &mut PgConnection, id: Uuid) -> Result<bool, Ord
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
-}
-
-#[tracing::instrument(skip_all, fields(order_id = %id), err)]
-pub async fn mark_captured(
-    conn: &mut PgConnection,
-    id: Uuid,
-    payment_id: Option<Uuid>,
-) -> Result<Option<OrderRow>, OrderError> {
-    Ok(sqlx::query_as(&format!(
-        "UPDATE orders SET payment_captured = true, payment_id = $2, updated_at = now() \
-         WHERE id = $1 RETURNING {ORDER}"
-    ))
-    .bind(id)
-    .bind(payment_id)
-    .fetch_optional(conn)
-    .await?)
 }
 
 /// Decides to cancel a not-yet-paid order; refused once money was taken.

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::convert;
-use crate::db::{self, Changes, OrderRow};
+use crate::db::{self, Changes, ItemRow, OrderRow};
 use crate::domain::Status;
 use crate::error::OrderError;
 
@@ -83,13 +83,34 @@ impl Saga {
     /// Drives the order as far as it can go now and returns it.
     #[tracing::instrument(skip_all, fields(order_id = %id), err)]
     pub async fn drive(&self, id: Uuid) -> Result<OrderRow, OrderError> {
-        let mut known = None;
+        self.drive_known(id, None, None).await
+    }
+
+    /// Drives an order its caller has just written: the row and the items
+    /// it holds are not read again.
+    #[tracing::instrument(skip_all, fields(order_id = %order.id), err)]
+    pub async fn drive_placed(
+        &self,
+        order: OrderRow,
+        items: Vec<ItemRow>,
+    ) -> Result<OrderRow, OrderError> {
+        self.drive_known(order.id, Some(order), Some(items)).await
+    }
+
+    async fn drive_known(
+        &self,
+        id: Uuid,
+        mut known: Option<OrderRow>,
+        items: Option<Vec<ItemRow>>,
+    ) -> Result<OrderRow, OrderError> {
+        // An order's items never change, so one read serves every step.
+        let mut items = Items(items);
         for _ in 0..MAX_STEPS {
             let order = match known.take() {
                 Some(order) => order,
                 None => self.load(id).await?,
             };
-            match self.step(&order).await? {
+            match self.step(&order, &mut items).await? {
                 Next::Continue => {}
                 Next::With(order) => known = Some(*order),
                 Next::Stop => break,
@@ -104,21 +125,24 @@ impl Saga {
         db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)
     }
 
-    async fn step(&self, order: &OrderRow) -> Result<Next, OrderError> {
+    async fn step(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
         match order.status() {
             Status::Pending | Status::Reserved if order.compensating => {
-                self.compensate(order).await
+                self.compensate(order, items).await
             }
             Status::Pending if order.cancel_requested => {
                 self.begin_compensation(order, false).await
             }
-            Status::Pending => self.reserve(order).await,
-            Status::Reserved if order.payment_captured => self.commit(order).await,
+            Status::Pending => self.reserve(order, items).await,
+            // Written by earlier versions, which recorded the capture apart.
+            Status::Reserved if order.payment_captured => {
+                self.commit(order, order.payment_id, items).await
+            }
             Status::Reserved if order.cancel_requested && !order.charge_started => {
                 self.begin_compensation(order, false).await
             }
-            Status::Reserved => self.charge(order).await,
-            Status::Paid if order.cancel_requested => self.refund_and_cancel(order).await,
+            Status::Reserved => self.charge(order, items).await,
+            Status::Paid if order.cancel_requested => self.refund_and_cancel(order, items).await,
             _ if order.next_attempt_at.is_some() => {
                 let mut conn = self.pool.acquire().await?;
                 db::settle(&mut conn, order.id).await?;
@@ -164,14 +188,12 @@ impl Saga {
         Ok(Next::Continue)
     }
 
-    async fn reserve(&self, order: &OrderRow) -> Result<Next, OrderError> {
-        let items = {
-            let mut conn = self.pool.acquire().await?;
-            db::items(&mut conn, order.id).await?
-        };
+    async fn reserve(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
         let request = self.request(product_pb::ReserveStockRequest {
             order_id: order.id.to_string(),
             items: items
+                .get(&self.pool, order.id)
+                .await?
                 .iter()
                 .map(|i| product_pb::ReservationItem {
                     product_id: i.product_id.to_string(),
@@ -181,18 +203,22 @@ impl Saga {
         });
         match self.product.clone().reserve_stock(request).await {
             Ok(_) => {
-                let mut tx = self.pool.begin().await?;
+                // The charge comes next, so it is recorded as started with
+                // the reservation: one write, durable before the charge call.
+                let mut conn = self.pool.acquire().await?;
                 let reserved = db::transition(
-                    &mut tx,
+                    &mut conn,
                     order.id,
                     &[Status::Pending],
                     Status::Reserved,
                     SYSTEM,
                     "stock reserved",
-                    Changes::default(),
+                    Changes {
+                        start_charge: true,
+                        ..Changes::default()
+                    },
                 )
                 .await?;
-                tx.commit().await?;
                 Ok(reserved.map_or(Next::Continue, |row| Next::With(Box::new(row))))
             }
             Err(status) if transient(status.code()) => {
@@ -206,7 +232,7 @@ impl Saga {
         }
     }
 
-    async fn charge(&self, order: &OrderRow) -> Result<Next, OrderError> {
+    async fn charge(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
         {
             let mut conn = self.pool.acquire().await?;
             if !order.charge_started && !db::start_charge(&mut conn, order.id).await? {
@@ -245,11 +271,14 @@ impl Saga {
                 | payment_pb::PaymentStatus::PartiallyRefunded
                 | payment_pb::PaymentStatus::Refunded,
             ) => {
-                let mut conn = self.pool.acquire().await?;
+                // The capture is recorded with PAID, not before the stock is
+                // committed: until then the order stays `charge_started`,
+                // which no compensation touches, and a retry (or recovery)
+                // asks the payment service again, which answers with this
+                // same payment.
                 // The payment service always names its payments by UUID.
                 let payment_id = Uuid::parse_str(&payment.id).ok();
-                let captured = db::mark_captured(&mut conn, order.id, payment_id).await?;
-                Ok(captured.map_or(Next::Continue, |row| Next::With(Box::new(row))))
+                self.commit(order, payment_id, items).await
             }
             Ok(payment_pb::PaymentStatus::Declined) => {
                 self.start_compensation(
@@ -274,7 +303,12 @@ impl Saga {
         }
     }
 
-    async fn commit(&self, order: &OrderRow) -> Result<Next, OrderError> {
+    async fn commit(
+        &self,
+        order: &OrderRow,
+        payment_id: Option<Uuid>,
+        items: &mut Items,
+    ) -> Result<Next, OrderError> {
         let request = self.request(product_pb::CommitReservationRequest {
             order_id: order.id.to_string(),
         });
@@ -289,6 +323,7 @@ impl Saga {
                 return self.retry_later(order, "commit stock", &status).await;
             }
         }
+        let items = items.get(&self.pool, order.id).await?;
         let mut tx = self.pool.begin().await?;
         let paid = db::transition(
             &mut tx,
@@ -299,21 +334,22 @@ impl Saga {
             "payment captured",
             Changes {
                 settle: !order.cancel_requested,
+                captured: true,
+                payment_id,
                 ..Changes::default()
             },
         )
         .await?;
-        if let Some(paid) = &paid {
-            let items = db::items(&mut tx, order.id).await?;
-            if let Some(event) = convert::status_event(paid, &items, SYSTEM) {
-                outbox::enqueue(&mut tx, &event).await?;
-            }
+        if let Some(paid) = &paid
+            && let Some(event) = convert::status_event(paid, items, SYSTEM)
+        {
+            outbox::enqueue(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(paid.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 
-    async fn compensate(&self, order: &OrderRow) -> Result<Next, OrderError> {
+    async fn compensate(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
         let request = self.request(product_pb::ReleaseStockRequest {
             order_id: order.id.to_string(),
         });
@@ -342,11 +378,16 @@ impl Saga {
             &reason,
             actor,
             Changes::default(),
+            items,
         )
         .await
     }
 
-    async fn refund_and_cancel(&self, order: &OrderRow) -> Result<Next, OrderError> {
+    async fn refund_and_cancel(
+        &self,
+        order: &OrderRow,
+        items: &mut Items,
+    ) -> Result<Next, OrderError> {
         let remaining = order.total - order.refunded_amount;
         if remaining > 0 {
             let request = self.request(payment_pb::RefundPaymentRequest {
@@ -383,6 +424,7 @@ impl Saga {
                 refunded_amount: Some(order.total),
                 ..Changes::default()
             },
+            items,
         )
         .await
     }
@@ -394,7 +436,9 @@ impl Saga {
         reason: &str,
         actor: &str,
         changes: Changes,
+        items: &mut Items,
     ) -> Result<Next, OrderError> {
+        let items = items.get(&self.pool, order.id).await?;
         let mut tx = self.pool.begin().await?;
         let cancelled = db::transition(
             &mut tx,
@@ -410,14 +454,26 @@ impl Saga {
             },
         )
         .await?;
-        if let Some(cancelled) = &cancelled {
-            let items = db::items(&mut tx, order.id).await?;
-            if let Some(event) = convert::status_event(cancelled, &items, actor) {
-                outbox::enqueue(&mut tx, &event).await?;
-            }
+        if let Some(cancelled) = &cancelled
+            && let Some(event) = convert::status_event(cancelled, items, actor)
+        {
+            outbox::enqueue(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(cancelled.map_or(Next::Continue, |row| Next::With(Box::new(row))))
+    }
+}
+
+/// The order's items, read at most once per drive.
+struct Items(Option<Vec<ItemRow>>);
+
+impl Items {
+    async fn get(&mut self, pool: &PgPool, id: Uuid) -> Result<&[ItemRow], OrderError> {
+        if self.0.is_none() {
+            let mut conn = pool.acquire().await?;
+            self.0 = Some(db::items(&mut conn, id).await?);
+        }
+        Ok(self.0.as_deref().unwrap_or_default())
     }
 }
 

@@ -158,11 +158,21 @@ impl OrderService {
 
     /// Runs the saga in a task of its own (it must finish even if our caller
     /// gives up) and waits for it at most `budget`.
-    async fn drive_for(&self, id: Uuid, budget: Duration) -> Result<OrderRow, OrderError> {
+    /// `placed` is the order and items its caller has just written, which
+    /// the saga then need not read again.
+    async fn drive_for(
+        &self,
+        id: Uuid,
+        budget: Duration,
+        placed: Option<(OrderRow, Vec<ItemRow>)>,
+    ) -> Result<OrderRow, OrderError> {
         let saga = self.saga.clone();
         // In the caller's span, so the saga's calls and events join its trace.
         let run = tokio::spawn(tracing::Instrument::in_current_span(async move {
-            saga.drive(id).await
+            match placed {
+                Some((order, items)) => saga.drive_placed(order, items).await,
+                None => saga.drive(id).await,
+            }
         }));
         match tokio::time::timeout(budget, run).await {
             Ok(Ok(result)) => result,
@@ -264,7 +274,9 @@ impl OrderService {
         tx.commit().await?;
         tracing::info!(order_id = %order_id, user_id = %caller.user_id, total, "order placed");
 
-        let order = self.drive_for(order_id, budget).await?;
+        let order = self
+            .drive_for(order_id, budget, Some((order, item_rows)))
+            .await?;
         let outcome = placement_outcome(&order);
         if let Some(key) = &placement.key {
             let (code, message) = match &outcome {
@@ -425,7 +437,7 @@ impl OrderService {
             db::request_cancel(&mut conn, id, &reason).await?;
         }
         tracing::info!(order_id = %id, by = %actor(&caller), "cancellation requested");
-        self.drive_for(id, budget).await
+        self.drive_for(id, budget, None).await
     }
 
     async fn ship(&self, request: Request<pb::ShipOrderRequest>) -> Result<OrderRow, OrderError> {

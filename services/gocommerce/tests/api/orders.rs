@@ -803,8 +803,9 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
         .await
         .expect("order database");
     // What a process that died right after recording the orders leaves: one
-    // PENDING (nothing reserved yet), one RESERVED whose charge was under way.
-    let stranded = [Uuid::new_v4(), Uuid::new_v4()];
+    // PENDING (nothing reserved yet), one RESERVED whose charge was under way,
+    // and one RESERVED whose charge the payment service had already taken.
+    let stranded = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
     let mut reserve = Vec::new();
     for (index, id) in stranded.iter().enumerate() {
         let status = if index == 0 { "PENDING" } else { "RESERVED" };
@@ -820,7 +821,7 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
         .bind(Uuid::parse_str(me["id"].as_str().expect("id")).expect("uuid"))
         .bind(status)
         .bind(Uuid::parse_str(&shop.address_id).expect("uuid"))
-        .bind(index == 1)
+        .bind(index > 0)
         .execute(&mut *tx)
         .await
         .expect("insert order");
@@ -839,15 +840,15 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
             .await
             .expect("history");
         tx.commit().await.expect("committed");
-        if index == 1 {
+        if index > 0 {
             reserve.push(*id);
         }
     }
-    // The RESERVED one really holds its stock, as it would have.
+    // The RESERVED ones really hold their stock, as they would have.
+    let ports = &app.running.as_ref().expect("running").ports;
     let url = format!(
         "http://127.0.0.1:{}",
-        app.running.as_ref().expect("running").ports
-            [&gocommerce_platform::config::ServiceName::Product]
+        ports[&gocommerce_platform::config::ServiceName::Product]
     );
     let mut product =
         gocommerce_proto::product::v1::product_service_client::ProductServiceClient::connect(url)
@@ -865,6 +866,30 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
             .await
             .expect("reserved");
     }
+    let mut payment =
+        gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient::connect(
+            format!(
+                "http://127.0.0.1:{}",
+                ports[&gocommerce_platform::config::ServiceName::Payment]
+            ),
+        )
+        .await
+        .expect("payment service");
+    let taken = payment
+        .charge(gocommerce_proto::payment::v1::ChargeRequest {
+            order_id: stranded[2].to_string(),
+            user_id: me["id"].as_str().expect("id").to_owned(),
+            amount: Some(gocommerce_proto::common::v1::Money {
+                amount: 1000,
+                currency: "USD".to_owned(),
+            }),
+            payment_method: "pm_card_ok".to_owned(),
+        })
+        .await
+        .expect("charged")
+        .into_inner()
+        .payment
+        .expect("payment");
 
     for id in stranded {
         wait_for(&app, &shop.customer, &id.to_string(), "PAID").await;
@@ -872,6 +897,18 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
 
     assert_eq!(
         stock(&app, &shop).await,
-        json!({"on_hand": 3, "reserved": 0, "available": 3})
+        json!({"on_hand": 2, "reserved": 0, "available": 2})
+    );
+    let (captured, payment_id): (bool, Option<Uuid>) =
+        sqlx::query_as("SELECT payment_captured, payment_id FROM orders WHERE id = $1")
+            .bind(stranded[2])
+            .fetch_one(&order_db)
+            .await
+            .expect("order row");
+    assert!(captured);
+    assert_eq!(
+        payment_id.map(|id| id.to_string()),
+        Some(taken.id),
+        "the order is paid by the charge taken before the crash, not a second one"
     );
 }
