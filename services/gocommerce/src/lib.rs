@@ -125,20 +125,33 @@ impl Launcher {
             .enable_all()
             .build()
             .with_context(|| format!("cannot start the runtime of the {name}"))?;
+        let handle = runtime.handle().clone();
+        // Kept before the build is awaited: if it fails, the launcher's drop
+        // shuts the runtime down without blocking the caller's runtime.
+        self.runtimes.push(runtime);
         // Built on its own runtime, so its sockets and timers belong to it.
-        let app = runtime
+        let app = handle
             .spawn(build)
             .await
             .with_context(|| format!("the {name} panicked while starting"))??;
         let port = app.port();
-        let running = runtime.spawn(app.run(name));
+        let running = handle.spawn(app.run(name));
         self.tasks.spawn(async move {
             running
                 .await
                 .with_context(|| format!("the {name} panicked"))?
         });
-        self.runtimes.push(runtime);
         Ok(port)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // Left here only when the start failed part way; dropping a runtime
+        // would block the caller's (async) context, which panics.
+        for runtime in self.runtimes.drain(..) {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -340,8 +353,8 @@ pub async fn start(
         gateway_port,
         ports,
         readiness,
-        tasks: launcher.tasks,
-        runtimes: launcher.runtimes,
+        tasks: std::mem::take(&mut launcher.tasks),
+        runtimes: std::mem::take(&mut launcher.runtimes),
     })
 }
 

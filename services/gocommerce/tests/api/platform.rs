@@ -467,3 +467,15 @@ async fn a_malformed_signing_key_stops_the_start_with_a_clear_error() {
 
     assert!(error.contains("JWT_SIGNING_KEY"), "{error}");
 }
+
+#[tokio::test]
+async fn a_component_failing_to_start_in_all_stops_the_start_with_its_error() {
+    // In `all` the component is built on a runtime of its own, which the
+    // failed start must put down without blocking this one.
+    let mut env = test_env();
+    env.insert("JWT_SIGNING_KEY".to_owned(), "not a key".to_owned());
+
+    let error = refused_start(gocommerce::Component::All, &env).await;
+
+    assert!(error.contains("JWT_SIGNING_KEY"), "{error}");
+}
