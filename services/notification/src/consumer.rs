@@ -1,8 +1,9 @@
-//! Handling one event: skip it if the inbox has it; otherwise find the
-//! recipient, record one notification per channel (skipped where the
-//! channel is off or not configured), send the unsent ones, and mark the
-//! event handled once nothing is left to send. A send that fails makes the
-//! whole event retry later; what was sent is never sent again.
+//! Handling one event: ignore it if no template renders it or the inbox
+//! has it; otherwise find the recipient, record one notification per
+//! channel (skipped where the channel is off or not configured), send the
+//! unsent ones, and mark the event handled once nothing is left to send. A
+//! send that fails makes the whole event retry later; what was sent is
+//! never sent again.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::channels::{ChannelError, Channels};
-use crate::db::{self, Claim, NewNotification, NotificationRow};
+use crate::db::{self, Claim, Event, NewNotification, NotificationRow};
 use crate::templates::{self, Rendered};
 
 pub type UserClient = UserServiceClient<
@@ -25,7 +26,10 @@ pub type UserClient = UserServiceClient<
     >,
 >;
 
-/// The events that may notify someone.
+/// Every event the services publish. Those no template renders are bound
+/// too: the outbox publishes as mandatory and keeps retrying what no queue
+/// takes, and this is the only queue for some of them. They are acked
+/// without touching the database.
 pub const EVENTS: [&str; 9] = [
     "user.registered",
     "order.created",
@@ -62,6 +66,10 @@ impl Handler {
             .map_err(|e| HandlerError::Reject(format!("not an event envelope: {e}")))?;
         let event_id = Uuid::parse_str(&envelope.id)
             .map_err(|_| HandlerError::Reject("the event id is not a UUID".to_owned()))?;
+        // Nothing to send is nothing to remember either.
+        let Some(rendered) = templates::render(&envelope) else {
+            return Ok(());
+        };
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
         let mut conn = self.pool.acquire().await.map_err(retry)?;
         if db::is_processed(&mut conn, event_id).await.map_err(retry)? {
@@ -69,13 +77,6 @@ impl Handler {
             return Ok(());
         }
         drop(conn);
-        let Some(rendered) = templates::render(&envelope) else {
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
-            db::mark_processed(&mut conn, event_id, &envelope.event_type)
-                .await
-                .map_err(retry)?;
-            return Ok(());
-        };
         let contact = self.contact(rendered.user_id).await?;
         let unsent = self
             .record(event_id, &envelope.event_type, &rendered, contact.as_ref())
@@ -109,8 +110,7 @@ impl Handler {
     }
 
     /// Records the event's notifications once and returns those still to
-    /// send; with none left, the event is marked handled in the same
-    /// transaction.
+    /// send; with none left, the event is marked handled.
     async fn record(
         &self,
         event_id: Uuid,
@@ -125,78 +125,71 @@ impl Handler {
         let email = contact.map(|c| c.email.as_str()).unwrap_or_default();
         let phone = contact.map(|c| c.phone.as_str()).unwrap_or_default();
         let user = rendered.user_id.to_string();
-        let mut tx = self.pool.begin().await?;
+        let exists = contact.is_some();
+        // (channel, recipient, subject, body, why it is skipped)
+        let mut records = Vec::with_capacity(3);
         if let Some(message) = &rendered.email {
             let skip = skip_reason(
-                contact.is_some(),
+                exists,
                 channels.email,
                 self.channels.has_email(),
                 email,
                 "email",
                 "SMTP_URL",
             );
-            let new = NewNotification {
-                event_id,
-                event_type,
-                user_id: rendered.user_id,
-                channel: "email",
-                status: if skip.is_some() { "skipped" } else { "pending" },
-                recipient: email,
-                subject: Some(&message.subject),
-                body: &message.body,
-                last_error: skip.as_deref(),
-            };
-            db::insert(&mut tx, &new).await?;
+            let subject = Some(message.subject.as_str());
+            records.push(("email", email, subject, message.body.as_str(), skip));
         }
         if let Some(text) = &rendered.sms {
             let skip = skip_reason(
-                contact.is_some(),
+                exists,
                 channels.sms,
                 self.channels.has_sms(),
                 phone,
                 "phone number",
                 "SMS_WEBHOOK_URL",
             );
-            let new = NewNotification {
-                event_id,
-                event_type,
-                user_id: rendered.user_id,
-                channel: "sms",
-                status: if skip.is_some() { "skipped" } else { "pending" },
-                recipient: phone,
-                subject: None,
-                body: text,
-                last_error: skip.as_deref(),
-            };
-            db::insert(&mut tx, &new).await?;
+            records.push(("sms", phone, None, text.as_str(), skip));
         }
         if let Some(push) = &rendered.push {
             let skip = skip_reason(
-                contact.is_some(),
+                exists,
                 channels.push,
                 self.channels.has_push(),
                 &user,
                 "user",
                 "PUSH_WEBHOOK_URL",
             );
-            let new = NewNotification {
-                event_id,
-                event_type,
-                user_id: rendered.user_id,
-                channel: "push",
-                status: if skip.is_some() { "skipped" } else { "pending" },
-                recipient: &user,
-                subject: Some(&push.title),
-                body: &push.body,
-                last_error: skip.as_deref(),
-            };
-            db::insert(&mut tx, &new).await?;
+            let title = Some(push.title.as_str());
+            records.push(("push", user.as_str(), title, push.body.as_str(), skip));
         }
-        let unsent = db::unsent(&mut tx, event_id).await?;
+        let news: Vec<NewNotification<'_>> = records
+            .iter()
+            .map(
+                |(channel, recipient, subject, body, skip)| NewNotification {
+                    channel,
+                    status: if skip.is_some() { "skipped" } else { "pending" },
+                    recipient,
+                    subject: *subject,
+                    body,
+                    last_error: skip.as_deref(),
+                },
+            )
+            .collect();
+        let event = Event {
+            id: event_id,
+            event_type,
+            user_id: rendered.user_id,
+        };
+        // No transaction: each statement is safe to repeat, and the unsent
+        // ones are read afresh after the insert, so a second delivery racing
+        // this one sees the rows the first committed.
+        let mut conn = self.pool.acquire().await?;
+        db::insert_all(&mut conn, &event, &news).await?;
+        let unsent = db::unsent(&mut conn, event_id).await?;
         if unsent.is_empty() {
-            db::mark_processed(&mut tx, event_id, event_type).await?;
+            db::mark_processed(&mut conn, event_id, event_type).await?;
         }
-        tx.commit().await?;
         Ok(unsent)
     }
 
@@ -342,6 +335,46 @@ mod tests {
             skip_reason(true, true, true, "a@b.c", "email", "SMTP_URL"),
             None
         );
+    }
+
+    #[test]
+    fn the_queue_is_bound_to_every_event_and_templates_render_the_customer_facing_ones() {
+        use gocommerce_proto::events::v1 as ev;
+        use gocommerce_proto::events::v1::event_envelope::Payload;
+        let user_id = Uuid::new_v4().to_string();
+        macro_rules! for_the_user {
+            ($($event:ident),*) => {
+                [$(Payload::$event(ev::$event {
+                    user_id: user_id.clone(),
+                    ..Default::default()
+                })),*]
+            };
+        }
+        let payloads = for_the_user!(
+            UserRegistered,
+            OrderCreated,
+            OrderPaid,
+            OrderCancelled,
+            OrderShipped,
+            OrderDelivered,
+            PaymentSucceeded,
+            PaymentFailed,
+            PaymentRefunded
+        );
+        for payload in payloads {
+            let key = events::event_type(&payload);
+            let envelope = ev::EventEnvelope {
+                payload: Some(payload),
+                ..Default::default()
+            };
+            assert!(EVENTS.contains(&key), "{key} is not bound");
+            let silent = ["order.created", "payment.succeeded", "payment.failed"];
+            assert_eq!(
+                templates::render(&envelope).is_some(),
+                !silent.contains(&key),
+                "{key}"
+            );
+        }
     }
 
     #[test]

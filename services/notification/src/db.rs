@@ -25,10 +25,15 @@ pub struct NotificationRow {
 const COLUMNS: &str = "id, event_id, event_type, user_id, channel, status, recipient, subject, body, \
      attempts, last_error, created_at, updated_at, sent_at";
 
-pub struct NewNotification<'a> {
-    pub event_id: Uuid,
+/// The event a batch of new notifications answers.
+pub struct Event<'a> {
+    pub id: Uuid,
     pub event_type: &'a str,
     pub user_id: Uuid,
+}
+
+/// One channel's notification of an event.
+pub struct NewNotification<'a> {
     pub channel: &'a str,
     /// `pending`, or `skipped` with the reason in `last_error`.
     pub status: &'a str,
@@ -60,23 +65,41 @@ pub async fn mark_processed(
     Ok(())
 }
 
-/// Records a notification once: a redelivered event finds it already there.
-#[tracing::instrument(skip_all, fields(event_id = %new.event_id, channel = new.channel), err)]
-pub async fn insert(conn: &mut PgConnection, new: &NewNotification<'_>) -> Result<(), sqlx::Error> {
+/// Records an event's notifications (one per channel) once, in one
+/// statement: a redelivered event finds them already there.
+#[tracing::instrument(skip_all, fields(event_id = %event.id, notifications = news.len()), err)]
+pub async fn insert_all(
+    conn: &mut PgConnection,
+    event: &Event<'_>,
+    news: &[NewNotification<'_>],
+) -> Result<(), sqlx::Error> {
+    if news.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
+    let channels: Vec<&str> = news.iter().map(|n| n.channel).collect();
+    let statuses: Vec<&str> = news.iter().map(|n| n.status).collect();
+    let recipients: Vec<&str> = news.iter().map(|n| n.recipient).collect();
+    let subjects: Vec<Option<&str>> = news.iter().map(|n| n.subject).collect();
+    let bodies: Vec<&str> = news.iter().map(|n| n.body).collect();
+    let errors: Vec<Option<&str>> = news.iter().map(|n| n.last_error).collect();
     sqlx::query(
         "INSERT INTO notifications (id, event_id, event_type, user_id, channel, status, recipient, subject, body, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id, channel) DO NOTHING",
+         SELECT id, $7, $8, $9, channel, status, recipient, subject, body, last_error \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $10::text[]) \
+           AS n(id, channel, status, recipient, subject, body, last_error) \
+         ON CONFLICT (event_id, channel) DO NOTHING",
     )
-    .bind(Uuid::now_v7())
-    .bind(new.event_id)
-    .bind(new.event_type)
-    .bind(new.user_id)
-    .bind(new.channel)
-    .bind(new.status)
-    .bind(new.recipient)
-    .bind(new.subject)
-    .bind(new.body)
-    .bind(new.last_error)
+    .bind(&ids)
+    .bind(&channels)
+    .bind(&statuses)
+    .bind(&recipients)
+    .bind(&subjects)
+    .bind(&bodies)
+    .bind(event.id)
+    .bind(event.event_type)
+    .bind(event.user_id)
+    .bind(&errors)
     .execute(conn)
     .await?;
     Ok(())

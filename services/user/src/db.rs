@@ -219,6 +219,34 @@ pub async fn find_preferences(
     .await?)
 }
 
+/// What the notification service needs to reach a user.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContactRow {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub phone: Option<String>,
+    #[sqlx(flatten)]
+    pub preferences: PreferencesRow,
+}
+
+/// A profile with its preferences, in one statement; None when either is
+/// missing.
+#[tracing::instrument(skip_all, fields(user_id = %user_id), err)]
+pub async fn find_contact(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<Option<ContactRow>, UserError> {
+    Ok(sqlx::query_as(
+        "SELECT p.id, p.email, p.name, p.phone, f.email_enabled, f.sms_enabled, f.push_enabled, \
+           f.locale, f.marketing_opt_in, f.updated_at \
+         FROM profiles p JOIN preferences f ON f.user_id = p.id WHERE p.id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
 #[derive(Debug)]
 pub struct NewPreferences<'a> {
     pub email: bool,

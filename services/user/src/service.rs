@@ -416,20 +416,16 @@ impl UserService {
     ) -> Result<pb::GetContactResponse, UserError> {
         access::peer_or_admin(request.metadata())?;
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
-        let mut tx = self.pool.begin().await?;
-        let profile = db::find_profile(&mut tx, user_id)
+        let mut conn = self.pool.acquire().await?;
+        let contact = db::find_contact(&mut conn, user_id)
             .await?
             .ok_or(UserError::ProfileNotFound)?;
-        let preferences = db::find_preferences(&mut tx, user_id)
-            .await?
-            .ok_or(UserError::ProfileNotFound)?;
-        tx.commit().await?;
         Ok(pb::GetContactResponse {
-            user_id: profile.id.to_string(),
-            email: profile.email,
-            name: profile.name,
-            phone: profile.phone.unwrap_or_default(),
-            preferences: Some(preferences_to_proto(&preferences)),
+            user_id: contact.id.to_string(),
+            email: contact.email,
+            name: contact.name,
+            phone: contact.phone.unwrap_or_default(),
+            preferences: Some(preferences_to_proto(&contact.preferences)),
         })
     }
 }
