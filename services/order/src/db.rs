@@ -87,71 +87,55 @@ pub struct NewOrder<'a> {
     pub lease_secs: f64,
 }
 
+/// Writes a new order with its items and first history entry (watchers
+/// hear of it at commit) in one statement.
 #[tracing::instrument(skip_all, fields(order_id = %new.id), err)]
 pub async fn insert_order(
     conn: &mut PgConnection,
     new: &NewOrder<'_>,
     actor: &str,
 ) -> Result<OrderRow, OrderError> {
-    let order: OrderRow = sqlx::query_as(&format!(
-        "INSERT INTO orders (id, user_id, status, currency, total, shipping_address, shipping_address_id, \
-         payment_method, next_attempt_at) VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, \
-         now() + make_interval(secs => $8)) RETURNING {ORDER}"
-    ))
-    .bind(new.id)
-    .bind(new.user_id)
-    .bind(new.currency)
-    .bind(new.total)
-    .bind(&new.shipping_address)
-    .bind(new.shipping_address_id)
-    .bind(new.payment_method)
-    .bind(new.lease_secs)
-    .fetch_one(&mut *conn)
-    .await?;
-    for (position, item) in new.items.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO order_items (order_id, position, product_id, sku, name, unit_price, quantity, line_total) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // Foreign keys are checked at the end of the statement, so the items
+        // may name the order inserted beside them.
+        format!(
+            "WITH inserted AS ( \
+               INSERT INTO orders (id, user_id, status, currency, total, shipping_address, \
+                 shipping_address_id, payment_method, next_attempt_at) \
+               VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, now() + make_interval(secs => $8)) \
+               RETURNING {ORDER}), \
+             lines AS ( \
+               INSERT INTO order_items (order_id, position, product_id, sku, name, unit_price, quantity, line_total) \
+               SELECT $1, (ordinality - 1)::int, product_id, sku, name, unit_price, quantity, line_total \
+               FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::bigint[], $13::int[], $14::bigint[]) \
+                 WITH ORDINALITY AS i(product_id, sku, name, unit_price, quantity, line_total, ordinality)), \
+             recorded AS ( \
+               INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
+               SELECT id, NULL, 'PENDING', $15, 'order placed' FROM inserted RETURNING order_id) \
+             SELECT inserted.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified \
+             FROM inserted"
         )
+    });
+    let items = new.items;
+    Ok(sqlx::query_as(&SQL)
         .bind(new.id)
-        .bind(i32::try_from(position).unwrap_or(i32::MAX))
-        .bind(item.product_id)
-        .bind(&item.sku)
-        .bind(&item.name)
-        .bind(item.unit_price)
-        .bind(item.quantity)
-        .bind(item.line_total)
-        .execute(&mut *conn)
-        .await?;
-    }
-    record_history(conn, new.id, None, Status::Pending, actor, "order placed").await?;
-    Ok(order)
-}
-
-async fn record_history(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    from: Option<Status>,
-    to: Status,
-    actor: &str,
-    reason: &str,
-) -> Result<(), OrderError> {
-    // Watchers hear of the change at commit; one statement, one round trip.
-    sqlx::query(
-        "WITH recorded AS ( \
-           INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
-           VALUES ($1, $2, $3, $4, $5) RETURNING order_id) \
-         SELECT pg_notify($6, order_id::text) FROM recorded",
-    )
-    .bind(order_id)
-    .bind(from.map(Status::as_str))
-    .bind(to.as_str())
-    .bind(actor)
-    .bind(reason)
-    .bind(STATUS_CHANNEL)
-    .execute(conn)
-    .await?;
-    Ok(())
+        .bind(new.user_id)
+        .bind(new.currency)
+        .bind(new.total)
+        .bind(&new.shipping_address)
+        .bind(new.shipping_address_id)
+        .bind(new.payment_method)
+        .bind(new.lease_secs)
+        .bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.unit_price).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.line_total).collect::<Vec<_>>())
+        .bind(actor)
+        .bind(STATUS_CHANNEL)
+        .fetch_one(&mut *conn)
+        .await?)
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]

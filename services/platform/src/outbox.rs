@@ -38,6 +38,11 @@ use crate::{Shutdown, telemetry};
 const CHANNEL: &str = "gocommerce_outbox";
 const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_secs(1);
+/// Least time between the starts of two batches that a notification wakes.
+/// Every batch is a transaction with its own commit; under load the rows
+/// that commit meanwhile share the next one instead of each taking its own,
+/// and an idle relay still starts at once.
+const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait of a single message the broker would not take.
 const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;
@@ -104,6 +109,7 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
     };
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
+        let started = tokio::time::Instant::now();
         let wait = match relay_batch(&pool, &publisher).await {
             Ok(published) if published == BATCH => Duration::ZERO,
             Ok(_) => {
@@ -132,6 +138,14 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
                 if notified.is_err() {
                     // The listener reconnects by itself on the next recv.
                     tokio::time::sleep(backoff).await;
+                } else {
+                    tokio::time::sleep_until(started + MIN_BATCH_INTERVAL).await;
+                    // Every commit that wrote a row notifies, and the next
+                    // batch takes all their rows: the notifications already
+                    // here would each start an empty transaction.
+                    if let Some(listener) = listener.as_mut() {
+                        while listener.next_buffered().is_some() {}
+                    }
                 }
             }
         }
