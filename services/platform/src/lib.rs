@@ -16,6 +16,8 @@ pub mod outbox;
 pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod token;
 pub mod validate;
 

@@ -113,26 +113,7 @@ pub fn drop_databases(env: &HashMap<String, String>) {
         .filter_map(|(_, url)| url.rsplit('/').next().map(str::to_owned))
         .filter(|name| name.starts_with("gct_"))
         .collect();
-    // Drop runs inside the test's runtime, which cannot block on itself.
-    let dropper = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let Ok(pool) =
-                sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await
-            else {
-                return;
-            };
-            for name in names {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&pool)
-                    .await;
-            }
-        });
-    });
-    let _ = dropper.join();
+    gocommerce_platform::testing::drop_databases(names);
 }
 
 pub async fn spawn_app() -> TestApp {

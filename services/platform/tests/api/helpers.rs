@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gocommerce_platform::Shutdown;
 use gocommerce_platform::broker::{self, Broker, HandlerError, Incoming, QueueSpec};
+use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -66,40 +67,10 @@ pub async fn declare(broker: &Broker, spec: &QueueSpec) {
     spec.declare(broker, &channel).await.expect("topology");
 }
 
-/// Drops its database when the test ends, so runs leave nothing behind.
-pub struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.0);
-        // Drop runs inside the test's runtime, which cannot block on itself.
-        let dropper = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok(admin) =
-                    sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await
-                {
-                    // FORCE ends the connections of pools still open.
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&admin)
-                            .await;
-                }
-            });
-        });
-        let _ = dropper.join();
-    }
-}
-
 /// A fresh database with an outbox table, and the guard that drops it.
 pub async fn outbox_database() -> (sqlx::PgPool, DropDatabase) {
     let name = format!("gct_platform_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-        .await
-        .expect("postgres");
+    let admin = sqlx::PgPool::connect(ADMIN_URL).await.expect("postgres");
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&admin)
         .await

@@ -1,0 +1,49 @@
+//! For the integration tests of the crates built on the platform (feature
+//! `testing`, enabled only in their dev-dependencies): every test makes
+//! databases of its own, and these drop them when it ends, so runs leave
+//! nothing behind.
+
+/// The local PostgreSQL's maintenance database, which the tests' admin
+/// connections use.
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Drops the named databases, ending the connections of pools still open
+/// (FORCE). Blocks until done; safe to call from `Drop` inside a test's
+/// runtime, which cannot block on itself, because the work runs on a thread
+/// and runtime of its own. Failures are ignored: what is left is dropped by
+/// the next `make test`.
+pub fn drop_databases(names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    let dropper = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(admin) = sqlx::PgPool::connect(ADMIN_URL).await else {
+                return;
+            };
+            for name in names {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+            }
+            admin.close().await;
+        });
+    });
+    let _ = dropper.join();
+}
+
+/// Drops its database when it goes out of scope.
+#[derive(Debug)]
+pub struct DropDatabase(pub String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        drop_databases(vec![std::mem::take(&mut self.0)]);
+    }
+}
