@@ -1,14 +1,17 @@
 //! The placement saga: reserve stock, charge, commit the reservation, and on
 //! a refusal release the stock and cancel. Each step is idempotent on the
-//! other side (keyed by the order id) and recorded here before the next one,
-//! so it can be repeated after a timeout or a crash. A step that fails
-//! transiently schedules the order for later; the recovery loop picks up
-//! every order whose time has come, including those a crashed process left
-//! behind once their lease ran out.
+//! other side (keyed by the order id) and recorded here before the next one
+//! (a captured charge with PAID: the payment service keeps it and answers a
+//! repeated charge with the same payment), so it can be repeated after a
+//! timeout or a crash. A step that fails transiently schedules the order for
+//! later; the recovery loop picks up every order whose time has come,
+//! including those a crashed process left behind once their lease ran out.
 //!
-//! The order is never both cancelled and charged: compensation is refused
-//! once the payment was captured, and an unknown charge outcome (a timeout)
-//! is asked again rather than taken for a failure.
+//! The order is never both cancelled and charged: a cancellation compensates
+//! only until the charge has started (`charge_started`, written with
+//! RESERVED) and is refunded once the order is PAID after that, and an
+//! unknown charge outcome (a timeout) is asked again rather than taken for a
+//! failure.
 
 use std::time::Duration;
 
@@ -233,9 +236,11 @@ impl Saga {
     }
 
     async fn charge(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
-        {
+        // Marked with the reservation as a rule; orders reserved by earlier
+        // versions are marked here.
+        if !order.charge_started {
             let mut conn = self.pool.acquire().await?;
-            if !order.charge_started && !db::start_charge(&mut conn, order.id).await? {
+            if !db::start_charge(&mut conn, order.id).await? {
                 // A cancellation got there first; the next step sees it.
                 return Ok(Next::Continue);
             }
