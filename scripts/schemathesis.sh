@@ -12,9 +12,33 @@ export GOCOMMERCE_ROOT="$here"
 run_id="st_$(date +%s)_$$"
 log=$(mktemp -t gocommerce-schemathesis.XXXXXX.log)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range, other than $1: a bind(0)
+# port could meanwhile become the local port of one of the many connections
+# gocommerce opens while starting, or of the readiness probe's own connect.
+free_port() {
+  python3 - "$@" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+taken = {int(p) for p in sys.argv[1:]}
+for _ in range(1000):
+    port = random.randrange(max(1024, low // 2), low)
+    if port in taken:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    sys.exit("no free port below the ephemeral range")
+PY
+}
 gateway_port=$(free_port)
-admin_port=$(free_port)
+admin_port=$(free_port "$gateway_port")
 
 export GATEWAY_ADDR="127.0.0.1:${gateway_port}" ADMIN_ADDR="127.0.0.1:${admin_port}"
 for svc in AUTH USER PRODUCT ORDER PAYMENT NOTIFICATION; do

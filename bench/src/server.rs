@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use rand::Rng as _;
 use tokio::process::{Child, Command};
 
 pub const SERVICES: [&str; 6] = [
@@ -107,9 +108,25 @@ impl Postgres {
     }
 }
 
-/// A port nobody listens on right now (the usual small race is accepted).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port nobody uses right now, from below the kernel's ephemeral range.
+/// A port from `bind(0)` comes from that range, where until gocommerce binds
+/// it the kernel may hand it to any outgoing connection (its services open
+/// dozens while starting) or to one of its own port-0 listeners, and where
+/// a readiness probe to a port nobody listens on yet can connect to itself;
+/// any of these fails the start. Below the range none of them can happen.
+pub fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let floor = (low / 2).max(1024);
+    for _ in 0..1000 {
+        let port = rand::thread_rng().gen_range(floor..low.max(floor + 1));
+        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {floor} and {low}")
 }
 
 /// Memory of a process from /proc/<pid>/status, in MiB.
@@ -195,13 +212,14 @@ impl Launch {
         run_id: &str,
         smtp_url: &str,
     ) -> anyhow::Result<Self> {
+        let gateway_port = free_port(&[])?;
         Ok(Self {
             binary: binary.to_owned(),
             postgres: postgres.clone(),
             run_id: run_id.to_owned(),
             smtp_url: smtp_url.to_owned(),
-            gateway_port: free_port()?,
-            admin_port: free_port()?,
+            gateway_port,
+            admin_port: free_port(&[gateway_port])?,
         })
     }
 }
@@ -362,6 +380,24 @@ impl Gocommerce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn launch_ports_are_free_distinct_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("linux")
+            .split_whitespace()
+            .next()
+            .and_then(|low| low.parse().ok())
+            .expect("a number");
+
+        let gateway = free_port(&[]).expect("a port");
+        let admin = free_port(&[gateway]).expect("another port");
+
+        assert!(gateway < low && admin < low, "{gateway} {admin} {low}");
+        assert_ne!(gateway, admin);
+        TcpListener::bind(("127.0.0.1", gateway)).expect("gateway port free");
+        TcpListener::bind(("127.0.0.1", admin)).expect("admin port free");
+    }
 
     #[test]
     fn resident_and_peak_memory_are_read_in_mebibytes() {
