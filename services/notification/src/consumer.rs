@@ -126,56 +126,55 @@ impl Handler {
         let phone = contact.map(|c| c.phone.as_str()).unwrap_or_default();
         let user = rendered.user_id.to_string();
         let exists = contact.is_some();
-        // (channel, recipient, subject, body, why it is skipped)
-        let mut records = Vec::with_capacity(3);
+        let mut news = Vec::with_capacity(3);
         if let Some(message) = &rendered.email {
-            let skip = skip_reason(
-                exists,
-                channels.email,
-                self.channels.has_email(),
-                email,
-                "email",
-                "SMTP_URL",
-            );
-            let subject = Some(message.subject.as_str());
-            records.push(("email", email, subject, message.body.as_str(), skip));
+            news.push(NewNotification {
+                channel: "email",
+                recipient: email,
+                subject: Some(&message.subject),
+                body: &message.body,
+                skipped: skip_reason(
+                    exists,
+                    channels.email,
+                    self.channels.has_email(),
+                    email,
+                    "email",
+                    "SMTP_URL",
+                ),
+            });
         }
         if let Some(text) = &rendered.sms {
-            let skip = skip_reason(
-                exists,
-                channels.sms,
-                self.channels.has_sms(),
-                phone,
-                "phone number",
-                "SMS_WEBHOOK_URL",
-            );
-            records.push(("sms", phone, None, text.as_str(), skip));
+            news.push(NewNotification {
+                channel: "sms",
+                recipient: phone,
+                subject: None,
+                body: text,
+                skipped: skip_reason(
+                    exists,
+                    channels.sms,
+                    self.channels.has_sms(),
+                    phone,
+                    "phone number",
+                    "SMS_WEBHOOK_URL",
+                ),
+            });
         }
         if let Some(push) = &rendered.push {
-            let skip = skip_reason(
-                exists,
-                channels.push,
-                self.channels.has_push(),
-                &user,
-                "user",
-                "PUSH_WEBHOOK_URL",
-            );
-            let title = Some(push.title.as_str());
-            records.push(("push", user.as_str(), title, push.body.as_str(), skip));
+            news.push(NewNotification {
+                channel: "push",
+                recipient: &user,
+                subject: Some(&push.title),
+                body: &push.body,
+                skipped: skip_reason(
+                    exists,
+                    channels.push,
+                    self.channels.has_push(),
+                    &user,
+                    "user",
+                    "PUSH_WEBHOOK_URL",
+                ),
+            });
         }
-        let news: Vec<NewNotification<'_>> = records
-            .iter()
-            .map(
-                |(channel, recipient, subject, body, skip)| NewNotification {
-                    channel,
-                    status: if skip.is_some() { "skipped" } else { "pending" },
-                    recipient,
-                    subject: *subject,
-                    body,
-                    last_error: skip.as_deref(),
-                },
-            )
-            .collect();
         let event = Event {
             id: event_id,
             event_type,

@@ -35,12 +35,11 @@ pub struct Event<'a> {
 /// One channel's notification of an event.
 pub struct NewNotification<'a> {
     pub channel: &'a str,
-    /// `pending`, or `skipped` with the reason in `last_error`.
-    pub status: &'a str,
     pub recipient: &'a str,
     pub subject: Option<&'a str>,
     pub body: &'a str,
-    pub last_error: Option<&'a str>,
+    /// Why it is not sent (status `skipped`); None: `pending`.
+    pub skipped: Option<String>,
 }
 
 #[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
@@ -78,11 +77,20 @@ pub async fn insert_all(
     }
     let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
     let channels: Vec<&str> = news.iter().map(|n| n.channel).collect();
-    let statuses: Vec<&str> = news.iter().map(|n| n.status).collect();
+    let statuses: Vec<&str> = news
+        .iter()
+        .map(|n| {
+            if n.skipped.is_some() {
+                "skipped"
+            } else {
+                "pending"
+            }
+        })
+        .collect();
     let recipients: Vec<&str> = news.iter().map(|n| n.recipient).collect();
     let subjects: Vec<Option<&str>> = news.iter().map(|n| n.subject).collect();
     let bodies: Vec<&str> = news.iter().map(|n| n.body).collect();
-    let errors: Vec<Option<&str>> = news.iter().map(|n| n.last_error).collect();
+    let errors: Vec<Option<&str>> = news.iter().map(|n| n.skipped.as_deref()).collect();
     sqlx::query(
         "INSERT INTO notifications (id, event_id, event_type, user_id, channel, status, recipient, subject, body, last_error) \
          SELECT id, $7, $8, $9, channel, status, recipient, subject, body, last_error \
