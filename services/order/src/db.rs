@@ -258,7 +258,9 @@ pub async fn transition(
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         // `previous` locks the row and keeps the status it had (RETURNING
         // sees only the new one); the history insert reads the update's
-        // output, so it happens exactly when the update does.
+        // output, so it happens exactly when the update does. The NOTIFY
+        // sits in the final SELECT because a plain SELECT in a CTE runs only
+        // if something reads it; `IS NULL` only turns its void into a value.
         format!(
             "WITH previous AS ( \
                SELECT id, status FROM orders WHERE id = $1 AND status = ANY($2) FOR UPDATE), \
