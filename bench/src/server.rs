@@ -115,10 +115,7 @@ impl Postgres {
 /// a readiness probe to a port nobody listens on yet can connect to itself;
 /// any of these fails the start. Below the range none of them can happen.
 pub fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let low = ephemeral_start();
     let floor = (low / 2).max(1024);
     for _ in 0..1000 {
         let port = rand::thread_rng().gen_range(floor..low.max(floor + 1));
@@ -127,6 +124,15 @@ pub fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
         }
     }
     bail!("no free port between {floor} and {low}")
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default if it
+/// cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Memory of a process from /proc/<pid>/status, in MiB.
@@ -383,12 +389,7 @@ mod tests {
 
     #[test]
     fn launch_ports_are_free_distinct_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .expect("linux")
-            .split_whitespace()
-            .next()
-            .and_then(|low| low.parse().ok())
-            .expect("a number");
+        let low = ephemeral_start();
 
         let gateway = free_port(&[]).expect("a port");
         let admin = free_port(&[gateway]).expect("another port");

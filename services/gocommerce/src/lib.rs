@@ -64,15 +64,22 @@ pub struct Running {
     pub ports: HashMap<ServiceName, u16>,
     readiness: Readiness,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// The components' own runtimes (`all` only).
-    runtimes: Vec<Runtime>,
+    /// The components' own runtimes (`all` only), held until this is
+    /// dropped.
+    _runtimes: Runtimes,
 }
 
-impl Drop for Running {
+/// The components' own runtimes, shut down in the background when dropped:
+/// dropping a runtime blocks until its workers stop, which the caller's
+/// (async) context must not do. Held by the launcher while `start` builds,
+/// so a start that fails part way puts down those already made, and then by
+/// `Running`.
+#[derive(Debug, Default)]
+struct Runtimes(Vec<Runtime>);
+
+impl Drop for Runtimes {
     fn drop(&mut self) {
-        // Dropping a runtime blocks until its workers stop, which an async
-        // context (the caller's runtime) must not do.
-        for runtime in self.runtimes.drain(..) {
+        for runtime in self.0.drain(..) {
             runtime.shutdown_background();
         }
     }
@@ -88,7 +95,7 @@ impl Drop for Running {
 struct Launcher {
     own_runtime_threads: Option<usize>,
     tasks: JoinSet<anyhow::Result<()>>,
-    runtimes: Vec<Runtime>,
+    runtimes: Runtimes,
 }
 
 impl Launcher {
@@ -126,9 +133,9 @@ impl Launcher {
             .build()
             .with_context(|| format!("cannot start the runtime of the {name}"))?;
         let handle = runtime.handle().clone();
-        // Kept before the build is awaited: if it fails, the launcher's drop
-        // shuts the runtime down without blocking the caller's runtime.
-        self.runtimes.push(runtime);
+        // Kept before the build is awaited, so a failed build's runtime is
+        // put down with the others.
+        self.runtimes.0.push(runtime);
         // Built on its own runtime, so its sockets and timers belong to it.
         let app = handle
             .spawn(build)
@@ -142,16 +149,6 @@ impl Launcher {
                 .with_context(|| format!("the {name} panicked"))?
         });
         Ok(port)
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        // Left here only when the start failed part way; dropping a runtime
-        // would block the caller's (async) context, which panics.
-        for runtime in self.runtimes.drain(..) {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -215,7 +212,7 @@ pub async fn start(
     let mut launcher = Launcher {
         own_runtime_threads,
         tasks,
-        runtimes: Vec::new(),
+        runtimes: Runtimes::default(),
     };
 
     // In one process the services' real ports are known: peers are pointed
@@ -353,8 +350,8 @@ pub async fn start(
         gateway_port,
         ports,
         readiness,
-        tasks: std::mem::take(&mut launcher.tasks),
-        runtimes: std::mem::take(&mut launcher.runtimes),
+        tasks: launcher.tasks,
+        _runtimes: launcher.runtimes,
     })
 }
 
