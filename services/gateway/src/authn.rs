@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use gocommerce_platform::expiring::ExpiringMap;
 use gocommerce_platform::token::{self, ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, ErrorCode};
 use gocommerce_proto::auth::v1::{GetJwksRequest, Jwk};
@@ -73,52 +74,8 @@ pub struct TokenVerifier {
 }
 
 /// Tokens whose signature and claims were checked, with the caller they
-/// name and the Unix time from which they are refused (`exp` plus leeway).
-#[derive(Debug)]
-struct VerifiedTokens {
-    capacity: usize,
-    entries: std::sync::Mutex<HashMap<String, (Caller, i64)>>,
-}
-
-impl VerifiedTokens {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            entries: std::sync::Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Caller, i64)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get(&self, token: &str, now: i64) -> Option<Caller> {
-        self.lock()
-            .get(token)
-            .filter(|(_, exp)| now < *exp)
-            .map(|(caller, _)| *caller)
-    }
-
-    fn insert(&self, token: &str, caller: Caller, exp: i64, now: i64) {
-        if exp <= now {
-            return;
-        }
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity {
-            entries.retain(|_, (_, exp)| now < *exp);
-            if entries.len() >= self.capacity {
-                return;
-            }
-        }
-        entries.insert(token.to_owned(), (caller, exp));
-    }
-
-    fn clear(&self) {
-        self.lock().clear();
-    }
-}
+/// name, until the Unix time from which they are refused (`exp` plus leeway).
+type VerifiedTokens = std::sync::Mutex<ExpiringMap<String, Caller, i64>>;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -132,7 +89,7 @@ impl TokenVerifier {
             keys: RwLock::default(),
             last_fetch: Mutex::new(None),
             validation: token::validation(issuer, audience),
-            verified: VerifiedTokens::new(VERIFIED_CAPACITY),
+            verified: std::sync::Mutex::new(ExpiringMap::new(VERIFIED_CAPACITY)),
         }
     }
 
@@ -177,7 +134,7 @@ impl TokenVerifier {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A retired key's tokens must stop working at once.
         if current.keys().any(|kid| !keys.contains_key(kid)) {
-            self.verified.clear();
+            self.verified().clear();
         }
         *current = keys;
         drop(current);
@@ -188,8 +145,8 @@ impl TokenVerifier {
     /// Verifies a bearer token and returns the caller it names.
     pub async fn verify(&self, token: &str, backends: &Backends) -> Result<Caller, Problem> {
         let now = unix_now();
-        if let Some(caller) = self.verified.get(token, now) {
-            return Ok(caller);
+        if let Some(caller) = self.verified().get(token, now) {
+            return Ok(*caller);
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthenticated(TokenError::Malformed.to_string()))?;
@@ -215,9 +172,15 @@ impl TokenVerifier {
         // Remembered for as long as a fresh check would accept it: until
         // `exp` plus the clock-skew leeway.
         let leeway = i64::try_from(token::LEEWAY_SECONDS).unwrap_or(0);
-        self.verified
-            .insert(token, caller, exp.saturating_add(leeway), now);
+        self.verified()
+            .insert(token.to_owned(), caller, exp.saturating_add(leeway), now);
         Ok(caller)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, ExpiringMap<String, Caller, i64>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn check(&self, token: &str, key: &DecodingKey) -> Result<(Caller, i64), TokenError> {
@@ -301,56 +264,5 @@ impl FromRequestParts<AppState> for Admin {
                 "this route is for admins only",
             ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use gocommerce_platform::Role;
-
-    use super::*;
-
-    fn caller() -> Caller {
-        Caller {
-            user_id: Uuid::new_v4(),
-            role: Role::Customer,
-        }
-    }
-
-    #[test]
-    fn a_verified_token_is_remembered_until_it_expires() {
-        let verified = VerifiedTokens::new(10);
-        let who = caller();
-        verified.insert("token", who, 1_000, 900);
-
-        assert_eq!(
-            verified.get("token", 999).map(|c| c.user_id),
-            Some(who.user_id)
-        );
-        assert!(verified.get("token", 1_000).is_none(), "expired at exp");
-        assert!(verified.get("other", 999).is_none());
-    }
-
-    #[test]
-    fn a_full_cache_makes_room_only_from_expired_tokens() {
-        let verified = VerifiedTokens::new(2);
-        verified.insert("a", caller(), 1_000, 900);
-        verified.insert("b", caller(), 2_000, 900);
-
-        verified.insert("c", caller(), 2_000, 950);
-        assert!(verified.get("c", 950).is_none(), "no live token is evicted");
-
-        verified.insert("c", caller(), 2_000, 1_500);
-        assert!(
-            verified.get("c", 1_500).is_some(),
-            "the expired one made room"
-        );
-    }
-
-    #[test]
-    fn an_already_expired_token_is_not_remembered() {
-        let verified = VerifiedTokens::new(2);
-        verified.insert("late", caller(), 1_000, 1_010);
-        assert!(verified.lock().is_empty());
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod expiring;
 pub mod grpc;
 pub mod metrics;
 pub mod outbox;

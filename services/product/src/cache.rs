@@ -11,12 +11,12 @@
 //! safety net and bounds memory held by products nobody views any more. Stock
 //! is never decided from here: reservations always lock the database row.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gocommerce_platform::Shutdown;
+use gocommerce_platform::expiring::ExpiringMap;
 use gocommerce_proto::product::v1 as pb;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -28,14 +28,8 @@ pub const CHANNEL: &str = "product_changed";
 pub const EVERYTHING: &str = "*";
 
 #[derive(Debug)]
-struct Entry {
-    product: pb::Product,
-    expires: Instant,
-}
-
-#[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<Uuid, Entry>,
+    entries: ExpiringMap<Uuid, pb::Product, Instant>,
     /// Bumped by every invalidation. A read that began before one must not
     /// store what it read: it may be the value the invalidation replaced.
     generation: u64,
@@ -62,7 +56,10 @@ impl ProductCache {
             ttl,
             capacity,
             listening: AtomicBool::new(false),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                entries: ExpiringMap::new(capacity),
+                generation: 0,
+            }),
         }
     }
 
@@ -106,12 +103,7 @@ impl ProductCache {
         if !self.enabled() {
             return None;
         }
-        let inner = self.lock();
-        inner
-            .entries
-            .get(&id)
-            .filter(|e| e.expires > Instant::now())
-            .map(|e| e.product.clone())
+        self.lock().entries.get(&id, Instant::now()).cloned()
     }
 
     pub fn ticket(&self) -> Ticket {
@@ -126,22 +118,11 @@ impl ProductCache {
         }
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
+        if inner.generation == ticket.0 {
+            inner
+                .entries
+                .insert(id, product.clone(), now + self.ttl, now);
         }
-        if inner.entries.len() >= self.capacity && !inner.entries.contains_key(&id) {
-            inner.entries.retain(|_, e| e.expires > now);
-            if inner.entries.len() >= self.capacity {
-                return;
-            }
-        }
-        inner.entries.insert(
-            id,
-            Entry {
-                product: product.clone(),
-                expires: now + self.ttl,
-            },
-        );
     }
 
     /// Forgets these products; called after a write to them committed.
