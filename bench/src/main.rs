@@ -208,9 +208,12 @@ async fn run(
         smtp: sink,
     };
     progress(&scenarios::describe(server));
-    let settle_limit = Duration::from_secs(if args.quick { 5 } else { 20 });
+    let mut attempts = Attempts {
+        server_pid: server.pid,
+        settle_limit: Duration::from_secs(if args.quick { 5 } else { 20 }),
+        failures: Vec::new(),
+    };
     let mut done: Vec<Scenario> = Vec::new();
-    let mut failures = Vec::new();
     let mut maxima = Maxima {
         product_view: 0.0,
         search: 0.0,
@@ -219,88 +222,74 @@ async fn run(
     };
 
     if args.wants(2) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenario 2: catalog reads against pgbench (product cache off)");
         let product_db = server
             .database("product")
             .context("no product database")?
             .to_owned();
-        match scenarios::catalog_read(&cx, &product_db).await {
-            Ok(list) => {
-                maxima.search = saturation(&list[1]);
-                done.extend(list);
-            }
-            Err(e) => failures.push(format!("2 catalog read: {e:#}")),
+        let run = scenarios::catalog_read(&cx, &product_db);
+        let about = "catalog reads against pgbench (product cache off)";
+        if let Some(list) = attempts.run("2 catalog read", about, run).await {
+            maxima.search = saturation(&list[1]);
+            done.extend(list);
         }
     }
     if args.wants(3) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenario 3: order placement against pgbench");
-        match scenarios::order_placement(&cx, run_id, &args.repo).await {
-            Ok(s) => {
-                maxima.checkout = saturation(&s);
-                done.push(s);
-            }
-            Err(e) => failures.push(format!("3 order placement: {e:#}")),
+        let run = scenarios::order_placement(&cx, run_id, &args.repo);
+        let about = "order placement against pgbench";
+        if let Some(s) = attempts.run("3 order placement", about, run).await {
+            maxima.checkout = saturation(&s);
+            done.push(s);
         }
     }
     if args.wants(4) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenario 4: login against Argon2id");
         let view_max = done.iter().find(|s| s.id == 2).map_or(0.0, saturation);
-        match scenarios::login(&cx, view_max).await {
-            Ok(s) => {
-                maxima.login = saturation(&s);
-                done.push(s);
-            }
-            Err(e) => failures.push(format!("4 login: {e:#}")),
+        let run = scenarios::login(&cx, view_max);
+        if let Some(s) = attempts.run("4 login", "login against Argon2id", run).await {
+            maxima.login = saturation(&s);
+            done.push(s);
         }
     }
     if args.wants(5) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenario 5: token verification");
-        match scenarios::token_verification(&cx).await {
-            Ok(s) => done.push(s),
-            Err(e) => failures.push(format!("5 token verification: {e:#}")),
+        let run = scenarios::token_verification(&cx);
+        let about = "token verification";
+        if let Some(s) = attempts.run("5 token verification", about, run).await {
+            done.push(s);
         }
     }
 
     progress("restarting gocommerce with the product cache on");
     server.restart(ProductCache::On).await?;
     cx.server_pid = server.pid;
+    attempts.server_pid = server.pid;
     progress(&scenarios::describe(server));
     if args.wants(1) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenario 1: proxy cost (product cache on)");
-        match scenarios::proxy_cost(&cx).await {
-            Ok(s) => {
-                maxima.product_view = saturation(&s);
-                done.push(s);
-            }
-            Err(e) => failures.push(format!("1 proxy cost: {e:#}")),
+        let run = scenarios::proxy_cost(&cx);
+        let about = "proxy cost (product cache on)";
+        if let Some(s) = attempts.run("1 proxy cost", about, run).await {
+            maxima.product_view = saturation(&s);
+            done.push(s);
         }
     }
     if args.wants(6) || args.wants(7) {
-        server::quiesce(cx.server_pid, settle_limit).await;
-        progress("scenarios 6 and 7: mixed load and memory");
+        let label = "6/7 mixed load";
         if maxima.product_view > 0.0
             && maxima.search > 0.0
             && maxima.login > 0.0
             && maxima.checkout > 0.0
         {
-            match scenarios::mixed(&cx, maxima, memory_settled).await {
-                Ok((mixed, memory)) => {
-                    done.push(mixed);
-                    done.push(memory);
-                }
-                Err(e) => failures.push(format!("6/7 mixed load: {e:#}")),
+            let run = scenarios::mixed(&cx, maxima, memory_settled);
+            let about = "mixed load and memory";
+            if let Some((mixed, memory)) = attempts.run(label, about, run).await {
+                done.push(mixed);
+                done.push(memory);
             }
         } else {
-            failures.push(
-                "6/7 mixed load: needs the maxima of scenarios 1 to 4 (run them too)".to_owned(),
-            );
+            attempts.failures.push(format!(
+                "{label}: needs the maxima of scenarios 1 to 4 (run them too)"
+            ));
         }
     }
+    let mut failures = attempts.failures;
     done.sort_by_key(|s| s.id);
     // A scenario whose saturation run never succeeded measured nothing:
     // that is a broken harness or server, not a slow one.
@@ -354,4 +343,34 @@ fn saturation(scenario: &Scenario) -> f64 {
         .find(|l| l.load == "saturation")
         .map(|l| l.measured.throughput)
         .unwrap_or(0.0)
+}
+
+/// Runs scenarios one after another, each once the server has settled. A
+/// scenario that cannot run is recorded and the others still run.
+struct Attempts {
+    server_pid: u32,
+    settle_limit: Duration,
+    failures: Vec<String>,
+}
+
+impl Attempts {
+    /// `label` starts with the scenario's number (`"3 order placement"`);
+    /// `about` is what the progress line says it does.
+    async fn run<T>(
+        &mut self,
+        label: &str,
+        about: &str,
+        scenario: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> Option<T> {
+        server::quiesce(self.server_pid, self.settle_limit).await;
+        let number = label.split(' ').next().unwrap_or(label);
+        progress(&format!("scenario {number}: {about}"));
+        match scenario.await {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                self.failures.push(format!("{label}: {e:#}"));
+                None
+            }
+        }
+    }
 }
