@@ -56,6 +56,15 @@ fn require_peer_or_admin(caller: Option<Caller>) -> Result<(), PaymentError> {
     }
 }
 
+/// The payment a charge request ends with.
+struct Charged {
+    payment: PaymentRow,
+    /// This request recorded the outcome. The payment was pending until
+    /// then, and only a settled payment can be refunded, so it has no
+    /// refunds to read.
+    finished_here: bool,
+}
+
 impl PaymentService {
     /// Runs the processor for a pending payment and records the outcome with
     /// its event. Detached from the request: a client that stops waiting does
@@ -64,7 +73,7 @@ impl PaymentService {
         &self,
         payment: PaymentRow,
         deadline: Option<Duration>,
-    ) -> Result<PaymentRow, PaymentError> {
+    ) -> Result<Charged, PaymentError> {
         let service = self.clone();
         let worker = tokio::spawn(async move {
             let method = Method::parse(&payment.method)?;
@@ -75,14 +84,21 @@ impl PaymentService {
                 // Someone else recorded an outcome first; theirs stands.
                 tx.rollback().await?;
                 let mut conn = service.pool.acquire().await?;
-                return db::find_by_order(&mut conn, payment.order_id)
+                let payment = db::find_by_order(&mut conn, payment.order_id)
                     .await?
-                    .ok_or(PaymentError::NotFound);
+                    .ok_or(PaymentError::NotFound)?;
+                return Ok(Charged {
+                    payment,
+                    finished_here: false,
+                });
             };
             outbox::enqueue(&mut tx, &charge_event(&done, &outcome)).await?;
             tx.commit().await?;
             tracing::info!(payment_id = %done.id, order_id = %done.order_id, status = done.status, "charge finished");
-            Ok(done)
+            Ok(Charged {
+                payment: done,
+                finished_here: true,
+            })
         });
         // Answer DEADLINE_EXCEEDED ourselves, a little before tonic would
         // cancel the call, so the caller learns the charge is still going on.
@@ -97,10 +113,7 @@ impl PaymentService {
         }
     }
 
-    async fn charge(
-        &self,
-        request: Request<pb::ChargeRequest>,
-    ) -> Result<PaymentRow, PaymentError> {
+    async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Charged, PaymentError> {
         require_peer_or_admin(
             Caller::optional_from_metadata(request.metadata()).map_err(status_error)?,
         )?;
@@ -134,7 +147,10 @@ impl PaymentService {
                 ));
             }
             if payment.status() != PaymentStatus::Pending {
-                return Ok(payment);
+                return Ok(Charged {
+                    payment,
+                    finished_here: false,
+                });
             }
             // Still pending: someone is charging it, unless they died.
             return match db::claim_stale(&mut conn, payment.id, self.stale_after.as_secs_f64())
@@ -145,7 +161,10 @@ impl PaymentService {
                     tracing::warn!(payment_id = %claimed.id, "taking over a stale pending charge");
                     self.process(claimed, deadline).await
                 }
-                None => Ok(payment),
+                None => Ok(Charged {
+                    payment,
+                    finished_here: false,
+                }),
             };
         }
         drop(conn);
@@ -314,9 +333,14 @@ impl pb::payment_service_server::PaymentService for PaymentService {
         &self,
         request: Request<pb::ChargeRequest>,
     ) -> Result<Response<pb::ChargeResponse>, Status> {
-        let payment = PaymentService::charge(self, request).await?;
+        let charged = PaymentService::charge(self, request).await?;
+        let payment = if charged.finished_here {
+            payment_to_proto(&charged.payment, &[])
+        } else {
+            self.view(&charged.payment).await?
+        };
         Ok(Response::new(pb::ChargeResponse {
-            payment: Some(self.view(&payment).await?),
+            payment: Some(payment),
         }))
     }
 
