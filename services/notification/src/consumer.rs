@@ -71,12 +71,17 @@ impl Handler {
             return Ok(());
         };
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
-        let mut conn = self.pool.acquire().await.map_err(retry)?;
-        if db::is_processed(&mut conn, event_id).await.map_err(retry)? {
-            tracing::info!(event_id = %event_id, "event already handled, ignoring the redelivery");
-            return Ok(());
+        // Only a message that came back may have been handled; asking the
+        // inbox first spares it the contact lookup. Any other duplicate (the
+        // outbox publishes at least once) is still sent once: its
+        // notifications are already recorded, and sent ones are never resent.
+        if message.redelivered || message.attempt > 1 {
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            if db::is_processed(&mut conn, event_id).await.map_err(retry)? {
+                tracing::info!(event_id = %event_id, "event already handled, ignoring the redelivery");
+                return Ok(());
+            }
         }
-        drop(conn);
         let contact = self.contact(rendered.user_id).await?;
         let unsent = self
             .record(event_id, &envelope.event_type, &rendered, contact.as_ref())
@@ -224,15 +229,11 @@ impl Handler {
             let sent = self.send(&notification).await;
             match sent {
                 Ok(()) => {
-                    db::mark_sent(&mut tx, notification.id)
+                    let last = index + 1 == count && failures.is_empty();
+                    db::mark_sent(&mut tx, notification.id, last.then_some(event_type))
                         .await
                         .map_err(retry)?;
-                    if index + 1 == count && failures.is_empty() {
-                        db::mark_processed(&mut tx, event_id, event_type)
-                            .await
-                            .map_err(retry)?;
-                        handled = true;
-                    }
+                    handled |= last;
                     tx.commit().await.map_err(retry)?;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }

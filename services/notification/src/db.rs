@@ -162,13 +162,23 @@ pub enum Claim {
     Done,
 }
 
+/// Records a notification as sent; with `handled_event` (its event's type)
+/// the event is marked handled too, in the same statement.
 #[tracing::instrument(skip_all, fields(notification_id = %id), err)]
-pub async fn mark_sent(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn mark_sent(
+    conn: &mut PgConnection,
+    id: Uuid,
+    handled_event: Option<&str>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE notifications SET status = 'sent', attempts = attempts + 1, last_error = NULL, \
-         sent_at = now(), updated_at = now() WHERE id = $1",
+        "WITH sent AS ( \
+           UPDATE notifications SET status = 'sent', attempts = attempts + 1, last_error = NULL, \
+             sent_at = now(), updated_at = now() WHERE id = $1 RETURNING event_id) \
+         INSERT INTO inbox (event_id, event_type) SELECT event_id, $2 FROM sent WHERE $2 IS NOT NULL \
+         ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(id)
+    .bind(handled_event)
     .execute(conn)
     .await?;
     Ok(())

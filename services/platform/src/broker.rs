@@ -435,6 +435,9 @@ pub struct Incoming {
     pub payload: Vec<u8>,
     /// 1 for the first delivery through the retry tiers.
     pub attempt: u32,
+    /// The broker delivered it before and got no ack (a consumer stopped or
+    /// lost its channel while handling it).
+    pub redelivered: bool,
 }
 
 /// How a handler failed.
@@ -737,6 +740,7 @@ fn incoming(delivery: &lapin::message::Delivery) -> Incoming {
             .unwrap_or_default(),
         payload: delivery.data.clone(),
         attempt,
+        redelivered: delivery.redelivered,
     }
 }
 
