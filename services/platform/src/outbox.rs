@@ -1,9 +1,9 @@
 //! The transactional outbox. A service writes an event row in the same
-//! transaction as the state change it describes; the relay publishes pending
-//! rows with publisher confirms and marks them sent. Nothing is lost when the
-//! broker or the service is down: rows wait until both are back. Delivery is
-//! at least once (a crash between publishing and marking republishes), so
-//! consumers deduplicate by message id. A message no queue takes (nobody
+//! transaction as the state change it describes; the relay leases a batch of
+//! pending rows, publishes them with publisher confirms and marks them sent.
+//! Nothing is lost when the broker or the service is down: rows wait until
+//! both are back. Delivery is at least once (a crash between publishing and
+//! marking republishes), so consumers deduplicate by message id. A message no queue takes (nobody
 //! subscribed yet) or that the broker refuses waits with a growing delay of
 //! its own, without holding back the messages behind it.
 //!
@@ -39,11 +39,15 @@ const CHANNEL: &str = "gocommerce_outbox";
 const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_secs(1);
 /// Least time between the starts of two batches that a notification wakes.
-/// Every batch is a transaction with its own commit; under load the rows
-/// that commit meanwhile share the next one instead of each taking its own,
-/// and an idle relay still starts at once.
+/// Every batch costs two statements and a broker round trip; under load the
+/// rows that commit meanwhile share the next one instead of each taking its
+/// own, and an idle relay still starts at once.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a relay holds the rows of the batch it is publishing. A batch
+/// takes milliseconds; this only delays rows whose relay died mid-batch, and
+/// a broker that stalls longer lets another replica send them again.
+const LEASE: Duration = Duration::from_secs(30);
 /// Longest wait of a single message the broker would not take.
 const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;
 
@@ -159,26 +163,38 @@ struct Pending {
     content_type: String,
     payload: Vec<u8>,
     headers: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Publishes up to one batch of due rows in order; returns how many rows it
 /// handled (published or postponed), so a full batch means "go on".
+///
+/// The batch is leased, not locked: one statement moves the rows' next
+/// attempt `LEASE` ahead and returns them, and one more records the outcome.
+/// No transaction stays open while the broker confirms, and an idle poll is
+/// a single statement. A relay that dies mid-batch leaves its rows to the
+/// next relay once the lease runs out; they go out again (at least once).
 #[tracing::instrument(skip_all, err)]
 pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, RelayError> {
-    let mut tx = pool.begin().await?;
-    // SKIP LOCKED lets several replicas relay side by side without waiting.
-    let rows: Vec<Pending> = sqlx::query_as(
-        "SELECT id, routing_key, content_type, payload, headers FROM outbox \
-         WHERE published_at IS NULL AND next_attempt_at <= now() \
-         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    let mut conn = pool.acquire().await?;
+    // SKIP LOCKED lets several replicas lease side by side without waiting.
+    let mut rows: Vec<Pending> = sqlx::query_as(
+        "UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => $2) \
+         FROM (SELECT id FROM outbox WHERE published_at IS NULL AND next_attempt_at <= now() \
+               ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+         WHERE o.id = due.id \
+         RETURNING o.id, o.routing_key, o.content_type, o.payload, o.headers, o.created_at",
     )
     .bind(BATCH)
-    .fetch_all(&mut *tx)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(&mut *conn)
     .await?;
     let handled = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     if rows.is_empty() {
         return Ok(0);
     }
+    // RETURNING keeps no order; events go out oldest first.
+    rows.sort_by_key(|row| (row.created_at, row.id));
     let mut spans = Vec::with_capacity(rows.len());
     let mut messages = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -210,7 +226,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
     }
     // Sent in order, confirmed together; each span lasts until its confirm.
     // A channel that broke (before sending or before a confirm) stops the
-    // relay: those rows are sent again at once when the broker is back.
+    // relay: those rows are due again at once, for when the broker is back.
     let (outcomes, mut broken) = match publisher.publish_all(&messages).await {
         Ok(outcomes) => (outcomes, None),
         Err(error) => (Vec::new(), Some(error)),
@@ -233,7 +249,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 .bind(row.id)
                 .bind(error.to_string())
                 .bind(MAX_MESSAGE_BACKOFF_SECS)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
             }
             Some(Err(error)) => {
@@ -243,23 +259,24 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
             None => unsent.push(row.id),
         }
     }
-    sqlx::query(
-        "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
-    )
-    .bind(&published)
-    .execute(&mut *tx)
-    .await?;
+    if !published.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+        )
+        .bind(&published)
+        .execute(&mut *conn)
+        .await?;
+    }
     if let Some(error) = broken {
         sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() \
+             WHERE id = ANY($1)",
         )
         .bind(&unsent)
         .bind(error.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
         return Err(error.into());
     }
-    tx.commit().await?;
     Ok(handled)
 }

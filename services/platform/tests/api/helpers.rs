@@ -105,3 +105,38 @@ pub async fn finish(broker: &Broker, spec: &QueueSpec, shutdown: &Shutdown) {
             .await;
     }
 }
+
+/// A queue of its own bound to a fresh routing key, with a consumer that
+/// takes every message and hands it over on `deliveries`.
+pub struct Subscribed {
+    pub broker: Broker,
+    pub shutdown: Shutdown,
+    pub spec: QueueSpec,
+    pub routing_key: String,
+    pub deliveries: mpsc::UnboundedReceiver<Incoming>,
+}
+
+pub async fn subscribed() -> Subscribed {
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(3);
+    declare(&broker, &spec).await;
+    let deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    Subscribed {
+        broker,
+        shutdown,
+        spec,
+        routing_key,
+        deliveries,
+    }
+}
+
+impl Subscribed {
+    pub async fn next(&mut self) -> Incoming {
+        next(&mut self.deliveries).await
+    }
+
+    pub async fn finish(&self) {
+        finish(&self.broker, &self.spec, &self.shutdown).await;
+    }
+}

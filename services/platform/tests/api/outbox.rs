@@ -7,7 +7,7 @@ use gocommerce_platform::outbox::{self, OutboxMessage};
 use uuid::Uuid;
 
 use crate::helpers::{
-    AMQP_URL, declare, finish, next, outbox_database, spawn_consumer, unique_spec,
+    AMQP_URL, declare, finish, next, outbox_database, spawn_consumer, subscribed, unique_spec,
 };
 
 fn message(routing_key: &str) -> OutboxMessage {
@@ -46,23 +46,19 @@ async fn a_rolled_back_transaction_leaves_no_event() {
 #[tokio::test]
 async fn a_committed_event_is_published_and_marked_sent() {
     let (pool, _database) = outbox_database().await;
-    let broker = Broker::new(AMQP_URL);
-    let shutdown = Shutdown::new();
-    let (spec, routing_key) = unique_spec(3);
-    declare(&broker, &spec).await;
-    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let mut queue = subscribed().await;
     tokio::spawn(outbox::run_relay(
         pool.clone(),
-        Publisher::new(broker.clone()),
-        shutdown.clone(),
+        Publisher::new(queue.broker.clone()),
+        queue.shutdown.clone(),
     ));
-    let event = message(&routing_key);
+    let event = message(&queue.routing_key);
 
     let mut tx = pool.begin().await.expect("tx");
     outbox::enqueue(&mut tx, &event).await.expect("enqueued");
     tx.commit().await.expect("commit");
 
-    let delivered = next(&mut deliveries).await;
+    let delivered = queue.next().await;
     assert_eq!(delivered.message_id, event.id.to_string());
     assert_eq!(delivered.payload, b"state changed");
     for _ in 0..50 {
@@ -72,7 +68,7 @@ async fn a_committed_event_is_published_and_marked_sent() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(pending(&pool).await, 0);
-    finish(&broker, &spec, &shutdown).await;
+    queue.finish().await;
 }
 
 #[tokio::test]
@@ -114,25 +110,21 @@ async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back(
 #[tokio::test]
 async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
     let (pool, _database) = outbox_database().await;
-    let broker = Broker::new(AMQP_URL);
-    let shutdown = Shutdown::new();
-    let (spec, routing_key) = unique_spec(3);
-    declare(&broker, &spec).await;
-    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |_| Ok(()));
+    let mut queue = subscribed().await;
     let mut tx = pool.begin().await.expect("tx");
     outbox::enqueue(&mut tx, &message("nobody.subscribed.yet"))
         .await
         .expect("enqueued");
-    outbox::enqueue(&mut tx, &message(&routing_key))
+    outbox::enqueue(&mut tx, &message(&queue.routing_key))
         .await
         .expect("enqueued");
     tx.commit().await.expect("commit");
 
-    outbox::relay_batch(&pool, &Publisher::new(broker.clone()))
+    outbox::relay_batch(&pool, &Publisher::new(queue.broker.clone()))
         .await
         .expect("relayed");
 
-    assert_eq!(next(&mut deliveries).await.payload, b"state changed");
+    assert_eq!(queue.next().await.payload, b"state changed");
     let (routing_key, last_error, waits): (String, Option<String>, bool) = sqlx::query_as(
         "SELECT routing_key, last_error, next_attempt_at > now() FROM outbox WHERE published_at IS NULL",
     )
@@ -142,5 +134,79 @@ async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
     assert_eq!(routing_key, "nobody.subscribed.yet");
     assert!(last_error.is_some_and(|e| e.contains("route")));
     assert!(waits, "it is retried later, not in a hot loop");
-    finish(&broker, &spec, &shutdown).await;
+    queue.finish().await;
+}
+
+/// Commits `count` events to `routing_key`, one transaction each; their ids
+/// in commit order.
+async fn commit_events(pool: &sqlx::PgPool, routing_key: &str, count: usize) -> Vec<String> {
+    let mut committed = Vec::with_capacity(count);
+    for _ in 0..count {
+        let event = message(routing_key);
+        let mut tx = pool.begin().await.expect("tx");
+        outbox::enqueue(&mut tx, &event).await.expect("enqueued");
+        tx.commit().await.expect("commit");
+        committed.push(event.id.to_string());
+    }
+    committed
+}
+
+#[tokio::test]
+async fn a_batch_goes_out_in_commit_order() {
+    // Arrange
+    let (pool, _database) = outbox_database().await;
+    let mut queue = subscribed().await;
+    let committed = commit_events(&pool, &queue.routing_key, 40).await;
+
+    // Act
+    let relayed = outbox::relay_batch(&pool, &Publisher::new(queue.broker.clone()))
+        .await
+        .expect("relayed");
+
+    // Assert
+    assert_eq!(relayed, 40);
+    let mut delivered = Vec::new();
+    for _ in 0..committed.len() {
+        delivered.push(queue.next().await.message_id);
+    }
+    assert_eq!(delivered, committed);
+    queue.finish().await;
+}
+
+#[tokio::test]
+async fn relays_side_by_side_publish_every_event_once() {
+    // Arrange
+    let (pool, _database) = outbox_database().await;
+    let mut queue = subscribed().await;
+    let mut committed = commit_events(&pool, &queue.routing_key, 300).await;
+
+    // Act: two relays at once, each until nothing is due.
+    let relay = |publisher: Publisher| {
+        let pool = pool.clone();
+        async move {
+            while outbox::relay_batch(&pool, &publisher)
+                .await
+                .expect("relayed")
+                > 0
+            {}
+        }
+    };
+    tokio::join!(
+        relay(Publisher::new(queue.broker.clone())),
+        relay(Publisher::new(queue.broker.clone()))
+    );
+
+    // Assert
+    let mut delivered = Vec::new();
+    for _ in 0..committed.len() {
+        delivered.push(queue.next().await.message_id);
+    }
+    assert_eq!(pending(&pool).await, 0);
+    delivered.sort();
+    committed.sort();
+    assert_eq!(delivered, committed, "every event exactly once");
+    let extra = tokio::time::timeout(std::time::Duration::from_millis(300), queue.next()).await;
+    let extra = extra.ok().map(|m| m.message_id);
+    assert_eq!(extra, None, "an event went out twice");
+    queue.finish().await;
 }
