@@ -23,7 +23,11 @@
 //!     next_attempt_at timestamptz NOT NULL DEFAULT now()
 //! );
 //! CREATE INDEX outbox_pending_idx ON outbox (next_attempt_at) WHERE published_at IS NULL;
+//! CREATE INDEX outbox_published_idx ON outbox (published_at) WHERE published_at IS NOT NULL;
 //! ```
+//!
+//! Published rows are kept for `RETENTION`, so what went out and when can be
+//! looked up after an incident, and then deleted by the relay (`sweep`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,6 +54,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LEASE: Duration = Duration::from_secs(30);
 /// Longest wait of a single message the broker would not take.
 const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;
+
+/// How long a published row is kept.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How often a relay deletes rows past their retention.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Rows per delete statement: a sweep after a busy week never holds
+/// millions of row locks in one transaction.
+const SWEEP_CHUNK: u64 = 5_000;
 
 /// Content type of protobuf-encoded events.
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -112,8 +124,19 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
         }
     };
     let mut backoff = Duration::from_millis(100);
+    let mut next_sweep = tokio::time::Instant::now();
     while !shutdown.is_triggered() {
         let started = tokio::time::Instant::now();
+        if started >= next_sweep {
+            match sweep(&pool, RETENTION).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, "deleted published events past their retention")
+                }
+                Err(error) => tracing::warn!(%error, "outbox sweep failed, trying again later"),
+            }
+            next_sweep = started + SWEEP_INTERVAL;
+        }
         let wait = match relay_batch(&pool, &publisher).await {
             Ok(published) if published == BATCH => Duration::ZERO,
             Ok(_) => {
@@ -152,6 +175,28 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Deletes the rows published more than `retention` ago, a chunk per
+/// statement; returns how many it deleted.
+#[tracing::instrument(skip_all, err)]
+pub async fn sweep(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let chunk = sqlx::query(
+            "DELETE FROM outbox WHERE id IN ( \
+               SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(i64::try_from(SWEEP_CHUNK).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += chunk;
+        if chunk < SWEEP_CHUNK {
+            return Ok(deleted);
         }
     }
 }

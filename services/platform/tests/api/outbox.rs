@@ -210,3 +210,78 @@ async fn relays_side_by_side_publish_every_event_once() {
     assert_eq!(extra, None, "an event went out twice");
     queue.finish().await;
 }
+
+#[tokio::test]
+async fn published_events_are_deleted_after_their_retention_and_unpublished_ones_never() {
+    // Arrange: by age and state, as a week of traffic leaves them.
+    let (pool, _database) = outbox_database().await;
+    let rows = [
+        ("published long ago", Some("8 days"), "8 days"),
+        ("published lately", Some("1 day"), "1 day"),
+        ("never published", None, "30 days"),
+    ];
+    for (routing_key, published_ago, created_ago) in rows {
+        sqlx::query(
+            "INSERT INTO outbox (id, routing_key, content_type, payload, created_at, published_at) \
+             VALUES ($1, $2, 'text/plain', '', now() - $3::interval, now() - $4::interval)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(routing_key)
+        .bind(created_ago)
+        .bind(published_ago)
+        .execute(&pool)
+        .await
+        .expect("row");
+    }
+
+    // Act
+    let deleted = outbox::sweep(&pool, outbox::RETENTION)
+        .await
+        .expect("swept");
+
+    // Assert
+    assert_eq!(deleted, 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT routing_key FROM outbox ORDER BY routing_key")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    assert_eq!(left, ["never published", "published lately"]);
+}
+
+#[tokio::test]
+async fn a_running_relay_sweeps_events_past_their_retention() {
+    // Arrange
+    let (pool, _database) = outbox_database().await;
+    sqlx::query(
+        "INSERT INTO outbox (id, routing_key, content_type, payload, published_at) \
+         VALUES ($1, 'published.long.ago', 'text/plain', '', now() - interval '8 days')",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&pool)
+    .await
+    .expect("row");
+    let shutdown = Shutdown::new();
+
+    // Act
+    tokio::spawn(outbox::run_relay(
+        pool.clone(),
+        Publisher::new(Broker::new(AMQP_URL)),
+        shutdown.clone(),
+    ));
+
+    // Assert
+    let mut rows = 1_i64;
+    for _ in 0..100 {
+        rows = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if rows == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    shutdown.trigger();
+    assert_eq!(rows, 0, "the relay deleted the old event when it started");
+}
