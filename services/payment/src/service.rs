@@ -65,6 +65,17 @@ struct Charged {
     finished_here: bool,
 }
 
+impl Charged {
+    /// A payment whose outcome was recorded before, or is being recorded
+    /// by another request.
+    fn earlier(payment: PaymentRow) -> Self {
+        Self {
+            payment,
+            finished_here: false,
+        }
+    }
+}
+
 impl PaymentService {
     /// Runs the processor for a pending payment and records the outcome with
     /// its event. Detached from the request: a client that stops waiting does
@@ -84,13 +95,10 @@ impl PaymentService {
                 // Someone else recorded an outcome first; theirs stands.
                 tx.rollback().await?;
                 let mut conn = service.pool.acquire().await?;
-                let payment = db::find_by_order(&mut conn, payment.order_id)
+                return db::find_by_order(&mut conn, payment.order_id)
                     .await?
-                    .ok_or(PaymentError::NotFound)?;
-                return Ok(Charged {
-                    payment,
-                    finished_here: false,
-                });
+                    .map(Charged::earlier)
+                    .ok_or(PaymentError::NotFound);
             };
             outbox::enqueue(&mut tx, &charge_event(&done, &outcome)).await?;
             tx.commit().await?;
@@ -147,10 +155,7 @@ impl PaymentService {
                 ));
             }
             if payment.status() != PaymentStatus::Pending {
-                return Ok(Charged {
-                    payment,
-                    finished_here: false,
-                });
+                return Ok(Charged::earlier(payment));
             }
             // Still pending: someone is charging it, unless they died.
             return match db::claim_stale(&mut conn, payment.id, self.stale_after.as_secs_f64())
@@ -161,10 +166,7 @@ impl PaymentService {
                     tracing::warn!(payment_id = %claimed.id, "taking over a stale pending charge");
                     self.process(claimed, deadline).await
                 }
-                None => Ok(Charged {
-                    payment,
-                    finished_here: false,
-                }),
+                None => Ok(Charged::earlier(payment)),
             };
         }
         drop(conn);
