@@ -49,6 +49,8 @@ pub enum BrokerError {
     Nacked,
     #[error("the broker did not confirm the message")]
     NotConfirmed,
+    #[error("the broker did not confirm within {} ms", .0.as_millis())]
+    Timeout(Duration),
 }
 
 /// The process's connection to RabbitMQ, reconnected on demand.
@@ -183,14 +185,26 @@ pub struct Outgoing {
 pub struct Publisher {
     broker: Broker,
     channel: Arc<Mutex<Option<Channel>>>,
+    confirm_timeout: Duration,
 }
+
+/// Longest wait for a batch's confirms, connecting included. A broker under
+/// a memory or disk alarm blocks publishers without a word; the outbox
+/// would otherwise wait with it for as long as the alarm lasts.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Publisher {
     pub fn new(broker: Broker) -> Self {
         Self {
             broker,
             channel: Arc::default(),
+            confirm_timeout: CONFIRM_TIMEOUT,
         }
+    }
+
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
     }
 
     pub fn broker(&self) -> &Broker {
@@ -213,10 +227,12 @@ impl Publisher {
         &self,
         messages: &[Outgoing],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
-        let result = self.try_publish_all(messages).await;
+        let result = tokio::time::timeout(self.confirm_timeout, self.try_publish_all(messages))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(self.confirm_timeout)));
         // The channel may be dead; the next publish opens a new one.
         let channel_failed = match &result {
-            Err(BrokerError::Amqp(_)) => true,
+            Err(BrokerError::Amqp(_) | BrokerError::Timeout(_)) => true,
             Err(_) => false,
             Ok(outcomes) => outcomes
                 .iter()

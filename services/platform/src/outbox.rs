@@ -49,8 +49,9 @@ const POLL: Duration = Duration::from_secs(1);
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a relay holds the rows of the batch it is publishing. A batch
-/// takes milliseconds; this only delays rows whose relay died mid-batch, and
-/// a broker that stalls longer lets another replica send them again.
+/// takes milliseconds, and a publish gives up after the publisher's confirm
+/// timeout (10 s) and frees its rows; the lease only delays rows whose relay
+/// died mid-batch.
 const LEASE: Duration = Duration::from_secs(30);
 /// Longest wait of a single message the broker would not take.
 const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;

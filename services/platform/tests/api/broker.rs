@@ -8,7 +8,7 @@ use gocommerce_platform::broker::{
     self, Broker, BrokerError, EVENTS_EXCHANGE, HandlerError, Outgoing, Publisher,
 };
 
-use crate::helpers::{AMQP_URL, declare, finish, next, spawn_consumer, unique_spec};
+use crate::helpers::{AMQP_URL, declare, finish, next, silent_broker, spawn_consumer, unique_spec};
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
     Outgoing {
@@ -41,6 +41,27 @@ async fn a_published_event_reaches_the_queue_bound_to_its_routing_key() {
     assert_eq!(delivered.routing_key, routing_key);
     assert_eq!(delivered.attempt, 1);
     finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn a_broker_that_never_answers_fails_the_publish_after_the_confirm_timeout() {
+    // Arrange
+    let timeout = std::time::Duration::from_millis(300);
+    let publisher = Publisher::new(silent_broker().await).with_confirm_timeout(timeout);
+
+    // Act
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        publisher.publish(&event("test.silent", "waiting")),
+    )
+    .await
+    .expect("the publish gives up by itself");
+
+    // Assert
+    assert!(
+        matches!(result, Err(BrokerError::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]

@@ -140,3 +140,19 @@ impl Subscribed {
         finish(&self.broker, &self.spec, &self.shutdown).await;
     }
 }
+
+/// A broker address that accepts connections and never answers, as a broker
+/// blocked by a resource alarm looks to a client.
+pub async fn silent_broker() -> Broker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Broker::new(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+}

@@ -7,7 +7,8 @@ use gocommerce_platform::outbox::{self, OutboxMessage};
 use uuid::Uuid;
 
 use crate::helpers::{
-    AMQP_URL, declare, finish, next, outbox_database, spawn_consumer, subscribed, unique_spec,
+    AMQP_URL, declare, finish, next, outbox_database, silent_broker, spawn_consumer, subscribed,
+    unique_spec,
 };
 
 fn message(routing_key: &str) -> OutboxMessage {
@@ -105,6 +106,41 @@ async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back(
     assert_eq!(pending(&pool).await, 0);
     assert_eq!(next(&mut deliveries).await.payload, b"state changed");
     finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn events_a_stalled_broker_did_not_confirm_are_due_again_at_once() {
+    // Arrange
+    let (pool, _database) = outbox_database().await;
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &message("test.stalled"))
+        .await
+        .expect("enqueued");
+    tx.commit().await.expect("commit");
+    let stalled = Publisher::new(silent_broker().await)
+        .with_confirm_timeout(std::time::Duration::from_millis(300));
+
+    // Act
+    let failed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        outbox::relay_batch(&pool, &stalled),
+    )
+    .await
+    .expect("the relay gives up by itself");
+
+    // Assert: not left leased for the next 30 s.
+    assert!(failed.is_err(), "{failed:?}");
+    let (due, last_error): (bool, Option<String>) = sqlx::query_as(
+        "SELECT next_attempt_at <= now(), last_error FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the event is still pending");
+    assert!(
+        due,
+        "the event waits for its lease instead of being retried"
+    );
+    assert!(last_error.is_some_and(|e| e.contains("confirm")));
 }
 
 #[tokio::test]
