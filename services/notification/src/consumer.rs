@@ -1,9 +1,9 @@
-//! Handling one event: ignore it if no template renders it or the inbox
-//! has it; otherwise find the recipient, record one notification per
-//! channel (skipped where the channel is off or not configured), send the
-//! unsent ones, and mark the event handled once nothing is left to send. A
-//! send that fails makes the whole event retry later; what was sent is
-//! never sent again.
+//! Handling one event: ignore it if no template renders it, or if it came
+//! back (a redelivery or a retry) and the inbox has it; otherwise find the
+//! recipient, record one notification per channel (skipped where the
+//! channel is off or not configured), send the unsent ones, and mark the
+//! event handled once nothing is left to send. A send that fails makes the
+//! whole event retry later; what was sent is never sent again.
 
 use std::time::Duration;
 

@@ -3,9 +3,10 @@
 //! pending rows, publishes them with publisher confirms and marks them sent.
 //! Nothing is lost when the broker or the service is down: rows wait until
 //! both are back. Delivery is at least once (a crash between publishing and
-//! marking republishes), so consumers deduplicate by message id. A message no queue takes (nobody
-//! subscribed yet) or that the broker refuses waits with a growing delay of
-//! its own, without holding back the messages behind it.
+//! marking republishes), so consumers deduplicate by message id. A message
+//! no queue takes (nobody subscribed yet) or that the broker refuses waits
+//! with a growing delay of its own, without holding back the messages behind
+//! it.
 //!
 //! Every service that emits events has this table (its own migration):
 //!
@@ -49,9 +50,9 @@ const POLL: Duration = Duration::from_secs(1);
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a relay holds the rows of the batch it is publishing. A batch
-/// takes milliseconds, and a publish gives up after the publisher's confirm
-/// timeout (10 s) and frees its rows; the lease only delays rows whose relay
-/// died mid-batch.
+/// takes milliseconds, and a publish gives up after
+/// [`crate::broker::CONFIRM_TIMEOUT`] and frees its rows; the lease only
+/// delays rows whose relay died mid-batch.
 const LEASE: Duration = Duration::from_secs(30);
 /// Longest wait of a single message the broker would not take.
 const MAX_MESSAGE_BACKOFF_SECS: f64 = 30.0;
@@ -222,7 +223,8 @@ struct Pending {
 /// next relay once the lease runs out; they go out again (at least once).
 #[tracing::instrument(skip_all, err)]
 pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, RelayError> {
-    let mut conn = pool.acquire().await?;
+    // Each statement takes a pooled connection of its own: none is held
+    // while the broker confirms.
     // SKIP LOCKED lets several replicas lease side by side without waiting.
     let mut rows: Vec<Pending> = sqlx::query_as(
         "UPDATE outbox o SET next_attempt_at = now() + make_interval(secs => $2) \
@@ -233,7 +235,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
     )
     .bind(BATCH)
     .bind(LEASE.as_secs_f64())
-    .fetch_all(&mut *conn)
+    .fetch_all(pool)
     .await?;
     let handled = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     if rows.is_empty() {
@@ -295,7 +297,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 .bind(row.id)
                 .bind(error.to_string())
                 .bind(MAX_MESSAGE_BACKOFF_SECS)
-                .execute(&mut *conn)
+                .execute(pool)
                 .await?;
             }
             Some(Err(error)) => {
@@ -310,7 +312,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
             "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
         )
         .bind(&published)
-        .execute(&mut *conn)
+        .execute(pool)
         .await?;
     }
     if let Some(error) = broken {
@@ -320,7 +322,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
         )
         .bind(&unsent)
         .bind(error.to_string())
-        .execute(&mut *conn)
+        .execute(pool)
         .await?;
         return Err(error.into());
     }
