@@ -26,26 +26,28 @@ pub type UserClient = UserServiceClient<
     >,
 >;
 
-/// Every event the services publish. Those no template renders are bound
-/// too: the outbox publishes as mandatory and keeps retrying what no queue
-/// takes, and this is the only queue for some of them. They are acked
-/// without touching the database.
-pub const EVENTS: [&str; 9] = [
+/// The events some template renders: the queue's bindings. They are the
+/// mandatory ones (`events::mandatory`), so the outbox keeps one that is
+/// published before this queue exists until it does.
+pub const EVENTS: [&str; 6] = [
     "user.registered",
-    "order.created",
     "order.paid",
     "order.cancelled",
     "order.shipped",
     "order.delivered",
-    "payment.succeeded",
-    "payment.failed",
     "payment.refunded",
 ];
+
+/// Events an earlier version bound only so that the outbox, which then
+/// published every event as mandatory, saw them routed. They are published
+/// for the record now, and an upgraded queue is unbound from them.
+pub const RETIRED: [&str; 3] = ["order.created", "payment.succeeded", "payment.failed"];
 
 pub fn queue(max_attempts: u32, retry_delays: Vec<Duration>) -> QueueSpec {
     QueueSpec {
         name: "notification.events".to_owned(),
         bindings: EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        unbind: RETIRED.iter().map(|e| (*e).to_owned()).collect(),
         retry_delays,
         max_attempts,
         prefetch: 16,
@@ -338,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bound_to_every_event_and_templates_render_the_customer_facing_ones() {
+    fn the_queue_binds_exactly_the_events_a_template_renders_and_those_are_mandatory() {
         use gocommerce_proto::events::v1 as ev;
         use gocommerce_proto::events::v1::event_envelope::Payload;
         let user_id = Uuid::new_v4().to_string();
@@ -367,12 +369,14 @@ mod tests {
                 payload: Some(payload),
                 ..Default::default()
             };
-            assert!(EVENTS.contains(&key), "{key} is not bound");
-            let silent = ["order.created", "payment.succeeded", "payment.failed"];
+            let mandatory = events::mandatory(envelope.payload.as_ref().expect("payload"));
+            let rendered = templates::render(&envelope).is_some();
+            assert_eq!(EVENTS.contains(&key), rendered, "{key}: bound iff rendered");
+            assert_eq!(mandatory, rendered, "{key}: mandatory iff rendered");
             assert_eq!(
-                templates::render(&envelope).is_some(),
-                !silent.contains(&key),
-                "{key}"
+                RETIRED.contains(&key),
+                !rendered,
+                "{key}: unbound iff silent"
             );
         }
     }
@@ -384,6 +388,10 @@ mod tests {
         assert_eq!(spec.bindings.len(), EVENTS.len());
         for key in ["user.registered", "order.paid", "payment.refunded"] {
             assert!(spec.bindings.iter().any(|b| b == key), "{key}");
+        }
+        for key in ["order.created", "payment.succeeded"] {
+            assert!(spec.unbind.iter().any(|b| b == key), "{key}");
+            assert!(!spec.bindings.iter().any(|b| b == key), "{key}");
         }
         assert_eq!(spec.max_attempts, 3);
         assert!(spec.prefetch > 0 && spec.prefetch <= 64);

@@ -26,6 +26,7 @@ pub fn queue() -> QueueSpec {
     QueueSpec {
         name: "payment.refunds".to_owned(),
         bindings: vec![TASK.to_owned()],
+        unbind: Vec::new(),
         retry_delays: vec![
             Duration::from_secs(1),
             Duration::from_secs(10),
@@ -43,6 +44,7 @@ pub fn task(refund_id: Uuid) -> OutboxMessage {
         routing_key: TASK.to_owned(),
         content_type: "text/plain".to_owned(),
         payload: refund_id.to_string().into_bytes(),
+        mandatory: true,
     }
 }
 

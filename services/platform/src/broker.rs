@@ -178,6 +178,10 @@ pub struct Outgoing {
     pub content_type: String,
     pub payload: Vec<u8>,
     pub headers: HashMap<String, String>,
+    /// Whether some queue must take it (AMQP `mandatory`): if none does, the
+    /// publish fails with [`BrokerError::Unroutable`]. Otherwise the broker
+    /// drops a message nobody listens for and confirms it all the same.
+    pub mandatory: bool,
 }
 
 /// Publishes with confirms on a channel of its own, re-opened after errors.
@@ -211,8 +215,8 @@ impl Publisher {
         &self.broker
     }
 
-    /// Publishes persistently and mandatorily, and returns once the broker
-    /// confirmed it. A message no queue would take is an error, not a success.
+    /// Publishes persistently and returns once the broker confirmed it. A
+    /// mandatory message no queue would take is an error, not a success.
     #[tracing::instrument(skip_all, fields(routing_key = %message.routing_key, message_id = %message.message_id), err)]
     pub async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
         let mut outcomes = self.publish_all(std::slice::from_ref(message)).await?;
@@ -277,8 +281,8 @@ impl Publisher {
     }
 }
 
-/// Sends one message persistently and mandatorily; the broker's confirm
-/// arrives through the returned future.
+/// Sends one message persistently, mandatorily if it says so; the broker's
+/// confirm arrives through the returned future.
 async fn send(
     channel: &Channel,
     message: &Outgoing,
@@ -303,7 +307,7 @@ async fn send(
             message.exchange.as_str().into(),
             message.routing_key.as_str().into(),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory: message.mandatory,
                 ..BasicPublishOptions::default()
             },
             &message.payload,
@@ -329,6 +333,10 @@ pub struct QueueSpec {
     pub name: String,
     /// Routing keys on the events exchange the queue is bound to.
     pub bindings: Vec<String>,
+    /// Routing keys an earlier version bound and this one does not. Bindings
+    /// of a durable queue outlive the process that made them, so declaring
+    /// removes these; removing one that is not there is no error.
+    pub unbind: Vec<String>,
     /// Delay of each retry tier; attempt n waits `retry_delays[min(n-1, last)]`.
     pub retry_delays: Vec<Duration>,
     /// Attempts before a message is dead-lettered.
@@ -359,8 +367,8 @@ impl QueueSpec {
         queues
     }
 
-    /// Declares the exchange, the work queue, its bindings, the wait queues
-    /// and the dead-letter queue. Idempotent.
+    /// Declares the exchange, the work queue, its bindings (and removes the
+    /// retired ones), the wait queues and the dead-letter queue. Idempotent.
     pub async fn declare(&self, broker: &Broker, channel: &Channel) -> Result<(), BrokerError> {
         declare_events_exchange(broker, channel).await?;
         let durable = QueueDeclareOptions {
@@ -388,6 +396,16 @@ impl QueueSpec {
                     broker.events_exchange().as_str().into(),
                     key.as_str().into(),
                     QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for key in &self.unbind {
+            channel
+                .queue_unbind(
+                    work_queue.as_str().into(),
+                    broker.events_exchange().as_str().into(),
+                    key.as_str().into(),
                     FieldTable::default(),
                 )
                 .await?;
@@ -633,6 +651,7 @@ where
                     content_type: content_type(&delivery.properties),
                     payload: delivery.data.clone(),
                     headers,
+                    mandatory: true,
                 };
                 let mut moved = publisher.publish(&outgoing).await;
                 if matches!(moved, Err(BrokerError::Unroutable)) {
@@ -717,6 +736,7 @@ pub async fn replay_dead_letters(
                 content_type: content_type(&delivery.properties),
                 payload: delivery.data.clone(),
                 headers,
+                mandatory: true,
             })
             .await;
         if let Err(error) = published {

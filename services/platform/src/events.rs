@@ -28,11 +28,33 @@ pub fn event_type(payload: &Payload) -> &'static str {
     }
 }
 
+/// Whether some queue must take the event (see `outbox`): true for the
+/// events a service acts on (today the notification service's templates), so
+/// one published before its consumer's queue exists waits instead of being
+/// dropped. The rest are published for the record, for whoever binds a
+/// queue to them later; while nobody does, the broker drops them, and no
+/// queue has to hold and acknowledge them meanwhile. A service that starts
+/// to act on one of those makes it mandatory here.
+pub fn mandatory(payload: &Payload) -> bool {
+    match payload {
+        Payload::UserRegistered(_)
+        | Payload::OrderPaid(_)
+        | Payload::OrderCancelled(_)
+        | Payload::OrderShipped(_)
+        | Payload::OrderDelivered(_)
+        | Payload::PaymentRefunded(_) => true,
+        Payload::OrderCreated(_) | Payload::PaymentSucceeded(_) | Payload::PaymentFailed(_) => {
+            false
+        }
+    }
+}
+
 /// Wraps a payload in an envelope, ready for `outbox::enqueue`.
 pub fn message(source: &str, aggregate_id: Uuid, payload: Payload) -> OutboxMessage {
     let id = Uuid::now_v7();
     let now = Utc::now();
     let event_type = event_type(&payload);
+    let mandatory = mandatory(&payload);
     let envelope = EventEnvelope {
         id: id.to_string(),
         event_type: event_type.to_owned(),
@@ -50,6 +72,7 @@ pub fn message(source: &str, aggregate_id: Uuid, payload: Payload) -> OutboxMess
         routing_key: event_type.to_owned(),
         content_type: PROTOBUF.to_owned(),
         payload: envelope.encode_to_vec(),
+        mandatory,
     }
 }
 
@@ -82,5 +105,22 @@ mod tests {
         assert_eq!(envelope.id, message.id.to_string());
         assert_eq!(envelope.aggregate_id, user.to_string());
         assert_eq!(envelope.schema_version, 1);
+        assert!(
+            message.mandatory,
+            "a registration must reach its welcome email"
+        );
+    }
+
+    #[test]
+    fn events_published_only_for_the_record_need_no_queue() {
+        use gocommerce_proto::events::v1::{OrderCreated, PaymentFailed, PaymentSucceeded};
+        for payload in [
+            Payload::OrderCreated(OrderCreated::default()),
+            Payload::PaymentSucceeded(PaymentSucceeded::default()),
+            Payload::PaymentFailed(PaymentFailed::default()),
+        ] {
+            let message = message("gocommerce-test", Uuid::new_v4(), payload);
+            assert!(!message.mandatory, "{}", message.routing_key);
+        }
     }
 }

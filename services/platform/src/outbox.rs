@@ -6,7 +6,8 @@
 //! marking republishes), so consumers deduplicate by message id. A message
 //! no queue takes (nobody subscribed yet) or that the broker refuses waits
 //! with a growing delay of its own, without holding back the messages behind
-//! it.
+//! it. Only a mandatory message counts as not taken: one that is not (an
+//! event kept for the record) is dropped by the broker when nobody listens.
 //!
 //! Every service that emits events has this table (its own migration):
 //!
@@ -21,7 +22,8 @@
 //!     published_at timestamptz,
 //!     attempts     integer NOT NULL DEFAULT 0,
 //!     last_error   text,
-//!     next_attempt_at timestamptz NOT NULL DEFAULT now()
+//!     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+//!     mandatory    boolean NOT NULL DEFAULT true
 //! );
 //! CREATE INDEX outbox_pending_idx ON outbox (next_attempt_at) WHERE published_at IS NULL;
 //! CREATE INDEX outbox_published_idx ON outbox (published_at) WHERE published_at IS NOT NULL;
@@ -75,6 +77,8 @@ pub struct OutboxMessage {
     pub routing_key: String,
     pub content_type: String,
     pub payload: Vec<u8>,
+    /// Whether a queue must take it; see [`Outgoing::mandatory`].
+    pub mandatory: bool,
 }
 
 /// Writes the message into the outbox within the caller's transaction, with
@@ -86,15 +90,16 @@ pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result
     // exactly when the row appears. One statement, one round trip.
     sqlx::query(
         "WITH inserted AS ( \
-           INSERT INTO outbox (id, routing_key, content_type, payload, headers) \
-           VALUES ($1, $2, $3, $4, $5) RETURNING id) \
-         SELECT pg_notify($6, '') FROM inserted",
+           INSERT INTO outbox (id, routing_key, content_type, payload, headers, mandatory) \
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
+         SELECT pg_notify($7, '') FROM inserted",
     )
     .bind(message.id)
     .bind(&message.routing_key)
     .bind(&message.content_type)
     .bind(&message.payload)
     .bind(headers)
+    .bind(message.mandatory)
     .bind(CHANNEL)
     .execute(conn)
     .await?;
@@ -211,6 +216,7 @@ struct Pending {
     payload: Vec<u8>,
     headers: serde_json::Value,
     created_at: chrono::DateTime<chrono::Utc>,
+    mandatory: bool,
 }
 
 /// Publishes up to one batch of due rows in order; returns how many rows it
@@ -231,7 +237,8 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
          FROM (SELECT id FROM outbox WHERE published_at IS NULL AND next_attempt_at <= now() \
                ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE o.id = due.id \
-         RETURNING o.id, o.routing_key, o.content_type, o.payload, o.headers, o.created_at",
+         RETURNING o.id, o.routing_key, o.content_type, o.payload, o.headers, o.created_at, \
+                   o.mandatory",
     )
     .bind(BATCH)
     .bind(LEASE.as_secs_f64())
@@ -269,6 +276,7 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
                 headers.extend(telemetry::current_context_map());
                 headers
             },
+            mandatory: row.mandatory,
         });
         spans.push(span);
     }

@@ -364,6 +364,7 @@ async fn an_event_delivered_twice_sends_one_email() {
         content_type,
         payload,
         headers: HashMap::new(),
+        mandatory: true,
     };
 
     // Act: the same envelope twice more, as a redelivery would bring it.

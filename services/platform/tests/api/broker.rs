@@ -18,6 +18,7 @@ fn event(routing_key: &str, body: &str) -> Outgoing {
         content_type: "text/plain".to_owned(),
         payload: body.as_bytes().to_vec(),
         headers: HashMap::new(),
+        mandatory: true,
     }
 }
 
@@ -78,6 +79,59 @@ async fn a_message_no_queue_takes_is_a_failed_publish() {
         .await;
 
     assert!(matches!(result, Err(BrokerError::Unroutable)), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_message_that_need_not_be_taken_is_confirmed_when_no_queue_takes_it() {
+    // Arrange
+    let broker = Broker::new(AMQP_URL);
+    let channel = broker.channel().await.expect("channel");
+    broker::declare_events_exchange(&broker, &channel)
+        .await
+        .expect("exchange");
+    let for_the_record = Outgoing {
+        mandatory: false,
+        ..event("nobody.listens.here", "for the record")
+    };
+
+    // Act
+    let result = Publisher::new(broker.clone())
+        .publish(&for_the_record)
+        .await;
+
+    // Assert
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn declaring_again_removes_the_bindings_a_spec_retired() {
+    // Arrange: the queue as an earlier version declared it, with two bindings.
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (mut spec, kept) = unique_spec(3);
+    let retired = format!("{kept}.retired");
+    spec.bindings.push(retired.clone());
+    declare(&broker, &spec).await;
+
+    // Act: this version binds one and retires the other (and one it never bound).
+    spec.bindings.retain(|key| key != &retired);
+    spec.unbind = vec![retired.clone(), format!("{kept}.never.bound")];
+    declare(&broker, &spec).await;
+
+    // Assert
+    let publisher = Publisher::new(broker.clone());
+    let unbound = publisher
+        .publish(&event(&retired, "for the old binding"))
+        .await;
+    assert!(
+        matches!(unbound, Err(BrokerError::Unroutable)),
+        "{unbound:?}"
+    );
+    publisher
+        .publish(&event(&kept, "still bound"))
+        .await
+        .expect("the kept binding still routes");
+    finish(&broker, &spec, &shutdown).await;
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ pub fn unique_spec(max_attempts: u32) -> (QueueSpec, String) {
     let spec = QueueSpec {
         name: format!("test.{id}"),
         bindings: vec![routing_key.clone()],
+        unbind: Vec::new(),
         retry_delays: vec![Duration::from_millis(50), Duration::from_millis(100)],
         max_attempts,
         prefetch: 10,
@@ -84,7 +85,8 @@ pub async fn outbox_database() -> (sqlx::PgPool, DropDatabase) {
             payload bytea NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
             created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
             attempts integer NOT NULL DEFAULT 0, last_error text,
-            next_attempt_at timestamptz NOT NULL DEFAULT now())",
+            next_attempt_at timestamptz NOT NULL DEFAULT now(),
+            mandatory boolean NOT NULL DEFAULT true)",
     )
     .execute(&pool)
     .await

@@ -17,6 +17,7 @@ fn message(routing_key: &str) -> OutboxMessage {
         routing_key: routing_key.to_owned(),
         content_type: "text/plain".to_owned(),
         payload: b"state changed".to_vec(),
+        mandatory: true,
     }
 }
 
@@ -171,6 +172,41 @@ async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
     assert!(last_error.is_some_and(|e| e.contains("route")));
     assert!(waits, "it is retried later, not in a hot loop");
     queue.finish().await;
+}
+
+#[tokio::test]
+async fn an_event_for_the_record_that_nobody_takes_is_published_not_retried() {
+    // Arrange
+    let (pool, _database) = outbox_database().await;
+    let broker = Broker::new(AMQP_URL);
+    let channel = broker.channel().await.expect("channel");
+    gocommerce_platform::broker::declare_events_exchange(&broker, &channel)
+        .await
+        .expect("exchange");
+    let event = OutboxMessage {
+        mandatory: false,
+        ..message("nobody.subscribed.ever")
+    };
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &event).await.expect("enqueued");
+    tx.commit().await.expect("commit");
+
+    // Act
+    outbox::relay_batch(&pool, &Publisher::new(broker))
+        .await
+        .expect("relayed");
+
+    // Assert
+    let (published, last_error): (bool, Option<String>) =
+        sqlx::query_as("SELECT published_at IS NOT NULL, last_error FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .expect("the event's row");
+    assert!(
+        published,
+        "the event waits for a subscriber it does not need"
+    );
+    assert_eq!(last_error, None);
 }
 
 /// Commits `count` events to `routing_key`, one transaction each; their ids

@@ -38,6 +38,7 @@ fn event(broker: &Broker, routing_key: &str, body: &str) -> Outgoing {
         content_type: "text/plain".to_owned(),
         payload: body.as_bytes().to_vec(),
         headers: HashMap::new(),
+        mandatory: true,
     }
 }
 
@@ -171,6 +172,7 @@ async fn a_wait_queue_that_disappeared_is_declared_again_and_the_retry_goes_on()
         content_type: "text/plain".to_owned(),
         payload: b"warm up".to_vec(),
         headers: HashMap::new(),
+        mandatory: true,
     };
     publisher.publish(&warm_up).await.expect("confirmed");
     for _ in 0..3 {
@@ -226,6 +228,7 @@ async fn a_replay_moves_only_the_messages_dead_when_it_started() {
                 content_type: "text/plain".to_owned(),
                 payload: body.as_bytes().to_vec(),
                 headers: HashMap::new(),
+                mandatory: true,
             })
             .await
             .expect("confirmed");
