@@ -14,9 +14,8 @@ COMMIT;
 -- ReserveStock in the product service.
 BEGIN;
 INSERT INTO prod.reservations (order_id, status) VALUES (:oid, 'reserved') ON CONFLICT (order_id) DO NOTHING;
-INSERT INTO prod.reservation_items (order_id, position, product_id, quantity) VALUES (:oid, 0, :pid, 1);
 UPDATE prod.stock SET reserved = reserved + 1, updated_at = now() WHERE product_id = :pid AND on_hand - reserved >= 1;
-INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, order_id, actor) VALUES (gen_random_uuid(), :pid, 'reservation', 0, 1, :oid, 'order');
+WITH items AS (INSERT INTO prod.reservation_items (order_id, position, product_id, quantity) VALUES (:oid, 1, :pid, 1)) INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, reason, order_id, actor) VALUES (gen_random_uuid(), :pid, 'reservation', 0, 1, '', :oid, 'system');
 COMMIT;
 -- PENDING -> RESERVED with the charge marked started, its history row and
 -- the watchers' notification: one statement (db.rs `transition`).
@@ -29,11 +28,9 @@ WITH inserted AS (INSERT INTO pay.outbox (id, routing_key, content_type, payload
 COMMIT;
 -- CommitReservation in the product service.
 BEGIN;
-SELECT status FROM prod.reservations WHERE order_id = :oid FOR UPDATE;
-SELECT product_id, quantity FROM prod.reservation_items WHERE order_id = :oid ORDER BY position;
-UPDATE prod.reservations SET status = 'committed', updated_at = now() WHERE order_id = :oid;
-UPDATE prod.stock SET on_hand = on_hand - 1, reserved = reserved - 1, updated_at = now() WHERE product_id = :pid;
-INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, order_id, actor) VALUES (gen_random_uuid(), :pid, 'commit', -1, -1, :oid, 'order');
+WITH r AS (SELECT order_id, status, created_at, updated_at FROM prod.reservations WHERE order_id = :oid FOR UPDATE) SELECT r.*, ARRAY(SELECT product_id FROM prod.reservation_items i WHERE i.order_id = r.order_id ORDER BY position) AS products, ARRAY(SELECT quantity FROM prod.reservation_items i WHERE i.order_id = r.order_id ORDER BY position) AS quantities FROM r;
+UPDATE prod.stock SET reserved = reserved - 1, on_hand = on_hand - 1, updated_at = now() WHERE product_id = :pid RETURNING on_hand - reserved;
+WITH moved AS (INSERT INTO prod.stock_movements (id, product_id, kind, on_hand_delta, reserved_delta, reason, order_id, actor) VALUES (gen_random_uuid(), :pid, 'commit', -1, -1, '', :oid, 'system')) UPDATE prod.reservations SET status = 'committed', updated_at = now() WHERE order_id = :oid RETURNING order_id, status, created_at, updated_at;
 COMMIT;
 -- RESERVED -> PAID with the capture, history, notification and the
 -- order.paid event; the saga settles in the same statement.

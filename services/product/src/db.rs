@@ -743,64 +743,116 @@ pub async fn insert_reservation(
     .await?)
 }
 
+/// Locks the order's reservation and reads its items in the order they were
+/// requested, in one statement. The items come from the statement's snapshot
+/// even after a wait for the lock: they are written with the reservation and
+/// never change, so a reservation this statement sees has all of them.
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
 pub async fn lock_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> Result<Option<ReservationRow>, ProductError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {RESERVATION} FROM reservations WHERE order_id = $1 FOR UPDATE"
+) -> Result<Option<(ReservationRow, Vec<ReservationItemRow>)>, ProductError> {
+    let row: Option<LockedReservation> = sqlx::query_as(&format!(
+        "WITH r AS (SELECT {RESERVATION} FROM reservations WHERE order_id = $1 FOR UPDATE) \
+         SELECT r.*, \
+           ARRAY(SELECT product_id FROM reservation_items i \
+                 WHERE i.order_id = r.order_id ORDER BY position) AS products, \
+           ARRAY(SELECT quantity FROM reservation_items i \
+                 WHERE i.order_id = r.order_id ORDER BY position) AS quantities \
+         FROM r"
     ))
     .bind(order_id)
     .fetch_optional(conn)
-    .await?)
+    .await?;
+    Ok(row.map(|row| {
+        let items = row
+            .products
+            .into_iter()
+            .zip(row.quantities)
+            .map(|(product_id, quantity)| ReservationItemRow {
+                product_id,
+                quantity,
+            })
+            .collect();
+        (row.reservation, items)
+    }))
 }
 
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
-pub async fn set_reservation_status(
+#[derive(sqlx::FromRow)]
+struct LockedReservation {
+    #[sqlx(flatten)]
+    reservation: ReservationRow,
+    products: Vec<Uuid>,
+    quantities: Vec<i32>,
+}
+
+/// Settles the reservation as `status` (`committed` or `released`) and
+/// records each item's movement out of reserved stock, in one statement.
+#[tracing::instrument(skip_all, fields(order_id = %order_id, status), err)]
+pub async fn settle_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
+    items: &[ReservationItemRow],
     status: &str,
+    actor: &str,
 ) -> Result<ReservationRow, ProductError> {
+    let (kind, on_hand) = if status == "committed" {
+        (MovementKind::Commit, -1_i64)
+    } else {
+        (MovementKind::Release, 0)
+    };
+    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
+    let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
+    let quantities: Vec<i64> = items.iter().map(|i| i64::from(i.quantity)).collect();
     Ok(sqlx::query_as(&format!(
-        "UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1 RETURNING {RESERVATION}"
+        "WITH moved AS ( \
+           INSERT INTO stock_movements \
+             (id, product_id, kind, on_hand_delta, reserved_delta, reason, order_id, actor) \
+           SELECT id, product_id, $4, quantity * $5, -quantity, '', $1, $6 \
+           FROM unnest($2::uuid[], $3::uuid[], $7::bigint[]) AS m (id, product_id, quantity)) \
+         UPDATE reservations SET status = $8, updated_at = now() WHERE order_id = $1 \
+         RETURNING {RESERVATION}"
     ))
     .bind(order_id)
+    .bind(ids)
+    .bind(products)
+    .bind(kind.as_str())
+    .bind(on_hand)
+    .bind(actor)
+    .bind(quantities)
     .bind(status)
     .fetch_one(conn)
     .await?)
 }
 
-/// The reservation's items in the order they were requested.
+/// Records the reservation's items and each one's movement into reserved
+/// stock, in one statement.
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
-pub async fn reservation_items(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<Vec<ReservationItemRow>, ProductError> {
-    Ok(sqlx::query_as(
-        "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY position",
-    )
-    .bind(order_id)
-    .fetch_all(conn)
-    .await?)
-}
-
-#[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
-pub async fn insert_reservation_items(
+pub async fn record_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
     items: &[ReservationItemRow],
+    actor: &str,
 ) -> Result<(), ProductError> {
+    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
     let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
     let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
     sqlx::query(
-        "INSERT INTO reservation_items (order_id, position, product_id, quantity) \
-         SELECT $1, ordinality, product_id, quantity \
-         FROM unnest($2::uuid[], $3::int[]) WITH ORDINALITY AS i (product_id, quantity, ordinality)",
+        "WITH items AS ( \
+           INSERT INTO reservation_items (order_id, position, product_id, quantity) \
+           SELECT $1, ordinality, product_id, quantity \
+           FROM unnest($3::uuid[], $4::int[]) WITH ORDINALITY AS i (product_id, quantity, ordinality)) \
+         INSERT INTO stock_movements \
+           (id, product_id, kind, on_hand_delta, reserved_delta, reason, order_id, actor) \
+         SELECT id, product_id, $5, 0, quantity, '', $1, $6 \
+         FROM unnest($2::uuid[], $3::uuid[], $4::int[]) AS m (id, product_id, quantity)",
     )
     .bind(order_id)
+    .bind(ids)
     .bind(products)
     .bind(quantities)
+    .bind(MovementKind::Reservation.as_str())
+    .bind(actor)
     .execute(conn)
     .await?;
     Ok(())

@@ -612,10 +612,9 @@ impl ProductService {
 
         let mut tx = self.pool.begin().await?;
         let Some(reservation) = db::insert_reservation(&mut tx, order_id, "reserved").await? else {
-            let existing = db::lock_reservation(&mut tx, order_id)
+            let (existing, existing_items) = db::lock_reservation(&mut tx, order_id)
                 .await?
                 .ok_or_else(|| ProductError::NotFound("no reservation".to_owned()))?;
-            let existing_items = db::reservation_items(&mut tx, order_id).await?;
             tx.commit().await?;
             return match existing.status.as_str() {
                 "reserved" if same_items(&existing_items, &rows) => Ok(pb::ReserveStockResponse {
@@ -659,22 +658,7 @@ impl ProductService {
                 )),
             });
         }
-        db::insert_reservation_items(&mut tx, order_id, &rows).await?;
-        for (_, item) in &ordered {
-            db::insert_movement(
-                &mut tx,
-                &NewMovement {
-                    product_id: item.product_id,
-                    kind: MovementKind::Reservation,
-                    on_hand_delta: 0,
-                    reserved_delta: i64::from(item.quantity),
-                    reason: "",
-                    order_id: Some(order_id),
-                    actor: SYSTEM,
-                },
-            )
-            .await?;
-        }
+        db::record_reservation(&mut tx, order_id, &rows, SYSTEM).await?;
         self.commit_announcing(tx, sold_out).await?;
         tracing::info!(order_id = %order_id, items = rows.len(), "stock reserved");
         Ok(pb::ReserveStockResponse {
@@ -699,10 +683,9 @@ impl ProductService {
             tracing::info!(order_id = %order_id, "release tombstone written");
             return Ok(convert::reservation(&tombstone, &[]));
         }
-        let reservation = db::lock_reservation(&mut tx, order_id)
+        let (reservation, items) = db::lock_reservation(&mut tx, order_id)
             .await?
             .ok_or_else(|| ProductError::NotFound("no reservation for this order".to_owned()))?;
-        let items = db::reservation_items(&mut tx, order_id).await?;
         let (done, refused) = if commit {
             ("committed", "released")
         } else {
@@ -733,25 +716,8 @@ impl ProductService {
             if in_stock_flipped(before, available) {
                 back_in_stock.push(item.product_id);
             }
-            db::insert_movement(
-                &mut tx,
-                &NewMovement {
-                    product_id: item.product_id,
-                    kind: if commit {
-                        MovementKind::Commit
-                    } else {
-                        MovementKind::Release
-                    },
-                    on_hand_delta: if commit { -quantity } else { 0 },
-                    reserved_delta: -quantity,
-                    reason: "",
-                    order_id: Some(order_id),
-                    actor: SYSTEM,
-                },
-            )
-            .await?;
         }
-        let reservation = db::set_reservation_status(&mut tx, order_id, done).await?;
+        let reservation = db::settle_reservation(&mut tx, order_id, &items, done, SYSTEM).await?;
         self.commit_announcing(tx, back_in_stock).await?;
         tracing::info!(order_id = %order_id, status = done, "reservation settled");
         Ok(convert::reservation(&reservation, &items))

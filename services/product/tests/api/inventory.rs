@@ -292,6 +292,74 @@ async fn a_commit_takes_the_stock_for_good_and_cannot_be_released() {
     assert_eq!(kinds, ["reservation", "commit"]);
 }
 
+/// The ledger rows of an order: (product, kind, on-hand delta, reserved
+/// delta, actor), by product and then in the order they were written.
+async fn ledger(app: &TestApp, order_id: Uuid) -> Vec<(String, String, i64, i64, String)> {
+    sqlx::query_as(
+        "SELECT product_id::text, kind, on_hand_delta, reserved_delta, actor \
+         FROM stock_movements WHERE order_id = $1 ORDER BY product_id, id",
+    )
+    .bind(order_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("ledger")
+}
+
+#[tokio::test]
+async fn every_item_of_a_settled_order_has_its_reservation_and_its_commit_or_release_in_the_ledger()
+{
+    // Arrange
+    let app = spawn_app().await;
+    let mut ids = [
+        product_with_stock(&app, 10).await,
+        product_with_stock(&app, 10).await,
+    ];
+    ids.sort();
+    let [a, b] = ids;
+    let (kept, returned) = (Uuid::new_v4(), Uuid::new_v4());
+    for order in [kept, returned] {
+        app.reserve(order, vec![item(&b, 3), item(&a, 2)])
+            .await
+            .expect("reserved");
+    }
+
+    // Act
+    commit(&app, kept).await.expect("committed");
+    release(&app, returned).await.expect("released");
+
+    // Assert
+    let row = |id: &str, kind: &str, on_hand: i64, reserved: i64| {
+        (
+            id.to_owned(),
+            kind.to_owned(),
+            on_hand,
+            reserved,
+            "system".to_owned(),
+        )
+    };
+    assert_eq!(
+        ledger(&app, kept).await,
+        [
+            row(&a, "reservation", 0, 2),
+            row(&a, "commit", -2, -2),
+            row(&b, "reservation", 0, 3),
+            row(&b, "commit", -3, -3),
+        ]
+    );
+    assert_eq!(
+        ledger(&app, returned).await,
+        [
+            row(&a, "reservation", 0, 2),
+            row(&a, "release", 0, -2),
+            row(&b, "reservation", 0, 3),
+            row(&b, "release", 0, -3),
+        ]
+    );
+    let stock = (app.stock(&a).await, app.stock(&b).await);
+    assert_eq!((stock.0.on_hand, stock.0.reserved), (8, 0));
+    assert_eq!((stock.1.on_hand, stock.1.reserved), (7, 0));
+}
+
 #[tokio::test]
 async fn a_release_returns_the_stock_once_and_cannot_be_committed() {
     let app = spawn_app().await;
