@@ -3,3 +3,7 @@
 -- instead of the relay retrying them (gocommerce_platform::events::mandatory).
 -- Rows written before this stay mandatory, as they were published then.
 ALTER TABLE outbox ADD COLUMN mandatory boolean NOT NULL DEFAULT true;
+-- Except the record-only events still waiting to go out: the notification
+-- queue no longer binds them, so as mandatory they would wait forever.
+UPDATE outbox SET mandatory = false
+WHERE published_at IS NULL AND routing_key = 'order.created';

@@ -3,4 +3,5 @@
 
 mod charges;
 mod helpers;
+mod migrations;
 mod refunds;
