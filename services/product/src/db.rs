@@ -786,20 +786,21 @@ struct LockedReservation {
     quantities: Vec<i32>,
 }
 
-/// Settles the reservation as `status` (`committed` or `released`) and
-/// records each item's movement out of reserved stock, in one statement.
-#[tracing::instrument(skip_all, fields(order_id = %order_id, status), err)]
+/// Settles the reservation, committed or released, and records each item's
+/// movement out of reserved stock (and, committed, out of on-hand stock), in
+/// one statement.
+#[tracing::instrument(skip_all, fields(order_id = %order_id, commit), err)]
 pub async fn settle_reservation(
     conn: &mut PgConnection,
     order_id: Uuid,
     items: &[ReservationItemRow],
-    status: &str,
+    commit: bool,
     actor: &str,
 ) -> Result<ReservationRow, ProductError> {
-    let (kind, on_hand) = if status == "committed" {
-        (MovementKind::Commit, -1_i64)
+    let (kind, on_hand, status) = if commit {
+        (MovementKind::Commit, -1_i64, "committed")
     } else {
-        (MovementKind::Release, 0)
+        (MovementKind::Release, 0, "released")
     };
     let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
     let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();

@@ -717,7 +717,7 @@ impl ProductService {
                 back_in_stock.push(item.product_id);
             }
         }
-        let reservation = db::settle_reservation(&mut tx, order_id, &items, done, SYSTEM).await?;
+        let reservation = db::settle_reservation(&mut tx, order_id, &items, commit, SYSTEM).await?;
         self.commit_announcing(tx, back_in_stock).await?;
         tracing::info!(order_id = %order_id, status = done, "reservation settled");
         Ok(convert::reservation(&reservation, &items))
