@@ -802,15 +802,13 @@ pub async fn settle_reservation(
     } else {
         (MovementKind::Release, 0, "released")
     };
-    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
-    let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
-    let quantities: Vec<i64> = items.iter().map(|i| i64::from(i.quantity)).collect();
+    let (ids, products, quantities) = movement_columns(items);
     Ok(sqlx::query_as(&format!(
         "WITH moved AS ( \
            INSERT INTO stock_movements \
              (id, product_id, kind, on_hand_delta, reserved_delta, reason, order_id, actor) \
            SELECT id, product_id, $4, quantity * $5, -quantity, '', $1, $6 \
-           FROM unnest($2::uuid[], $3::uuid[], $7::bigint[]) AS m (id, product_id, quantity)) \
+           FROM unnest($2::uuid[], $3::uuid[], $7::int[]) AS m (id, product_id, quantity)) \
          UPDATE reservations SET status = $8, updated_at = now() WHERE order_id = $1 \
          RETURNING {RESERVATION}"
     ))
@@ -826,6 +824,16 @@ pub async fn settle_reservation(
     .await?)
 }
 
+/// The items as `unnest` columns: a new movement id, the product and the
+/// quantity of each.
+fn movement_columns(items: &[ReservationItemRow]) -> (Vec<Uuid>, Vec<Uuid>, Vec<i32>) {
+    (
+        items.iter().map(|_| Uuid::now_v7()).collect(),
+        items.iter().map(|i| i.product_id).collect(),
+        items.iter().map(|i| i.quantity).collect(),
+    )
+}
+
 /// Records the reservation's items and each one's movement into reserved
 /// stock, in one statement.
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
@@ -835,9 +843,7 @@ pub async fn record_reservation(
     items: &[ReservationItemRow],
     actor: &str,
 ) -> Result<(), ProductError> {
-    let ids: Vec<Uuid> = items.iter().map(|_| Uuid::now_v7()).collect();
-    let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
-    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+    let (ids, products, quantities) = movement_columns(items);
     sqlx::query(
         "WITH items AS ( \
            INSERT INTO reservation_items (order_id, position, product_id, quantity) \

@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
+use gocommerce_platform::db;
+use gocommerce_platform::testing::DropDatabase;
 use sqlx::migrate::Migrator;
 use uuid::Uuid;
 
@@ -12,15 +13,7 @@ async fn record_only_events_waiting_in_the_outbox_go_out_as_not_mandatory_after_
     // Arrange: a database as the version before the mandatory column left
     // it, with events waiting to go out and one already published.
     let name = format!("gct_payment_{}", Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(ADMIN_URL).await.expect("postgres");
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&admin)
-        .await
-        .expect("create database");
     let _drop = DropDatabase(name.clone());
-    let pool = sqlx::PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-        .await
-        .expect("connect");
     let all = Migrator::new(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/migrations"
@@ -37,7 +30,13 @@ async fn record_only_events_waiting_in_the_outbox_go_out_as_not_mandatory_after_
         ),
         ..Migrator::DEFAULT
     };
-    before.run(&pool).await.expect("the earlier migrations");
+    let pool = db::connect_and_migrate(
+        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        2,
+        &before,
+    )
+    .await
+    .expect("a database at the earlier migrations");
     for (key, published) in [
         ("payment.succeeded", false),
         ("payment.failed", false),

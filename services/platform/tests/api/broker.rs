@@ -8,7 +8,9 @@ use gocommerce_platform::broker::{
     self, Broker, BrokerError, EVENTS_EXCHANGE, HandlerError, Outgoing, Publisher,
 };
 
-use crate::helpers::{AMQP_URL, declare, finish, next, silent_broker, spawn_consumer, unique_spec};
+use crate::helpers::{
+    AMQP_URL, declare, events_exchange, finish, next, silent_broker, spawn_consumer, unique_spec,
+};
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
     Outgoing {
@@ -67,12 +69,8 @@ async fn a_broker_that_never_answers_fails_the_publish_after_the_confirm_timeout
 
 #[tokio::test]
 async fn a_message_no_queue_takes_is_a_failed_publish() {
-    let broker = Broker::new(AMQP_URL);
+    let broker = events_exchange().await;
     let publisher = Publisher::new(broker.clone());
-    let channel = broker.channel().await.expect("channel");
-    broker::declare_events_exchange(&broker, &channel)
-        .await
-        .expect("exchange");
 
     let result = publisher
         .publish(&event("nobody.listens.here", "lost?"))
@@ -84,11 +82,7 @@ async fn a_message_no_queue_takes_is_a_failed_publish() {
 #[tokio::test]
 async fn a_message_that_need_not_be_taken_is_confirmed_when_no_queue_takes_it() {
     // Arrange
-    let broker = Broker::new(AMQP_URL);
-    let channel = broker.channel().await.expect("channel");
-    broker::declare_events_exchange(&broker, &channel)
-        .await
-        .expect("exchange");
+    let broker = events_exchange().await;
     let for_the_record = Outgoing {
         mandatory: false,
         ..event("nobody.listens.here", "for the record")

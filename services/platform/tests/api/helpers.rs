@@ -68,6 +68,17 @@ pub async fn declare(broker: &Broker, spec: &QueueSpec) {
     spec.declare(broker, &channel).await.expect("topology");
 }
 
+/// A broker whose events exchange is declared, with no queue of the
+/// caller's bound to it.
+pub async fn events_exchange() -> Broker {
+    let broker = Broker::new(AMQP_URL);
+    let channel = broker.channel().await.expect("channel");
+    gocommerce_platform::broker::declare_events_exchange(&broker, &channel)
+        .await
+        .expect("exchange");
+    broker
+}
+
 /// A fresh database with an outbox table, and the guard that drops it.
 pub async fn outbox_database() -> (sqlx::PgPool, DropDatabase) {
     let name = format!("gct_platform_{}", Uuid::new_v4().simple());

@@ -7,8 +7,8 @@ use gocommerce_platform::outbox::{self, OutboxMessage};
 use uuid::Uuid;
 
 use crate::helpers::{
-    AMQP_URL, declare, finish, next, outbox_database, silent_broker, spawn_consumer, subscribed,
-    unique_spec,
+    AMQP_URL, declare, events_exchange, finish, next, outbox_database, silent_broker,
+    spawn_consumer, subscribed, unique_spec,
 };
 
 fn message(routing_key: &str) -> OutboxMessage {
@@ -26,6 +26,13 @@ async fn pending(pool: &sqlx::PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count")
+}
+
+/// Enqueues the event in a transaction of its own and commits it.
+async fn commit(pool: &sqlx::PgPool, event: &OutboxMessage) {
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, event).await.expect("enqueued");
+    tx.commit().await.expect("commit");
 }
 
 #[tokio::test]
@@ -56,9 +63,7 @@ async fn a_committed_event_is_published_and_marked_sent() {
     ));
     let event = message(&queue.routing_key);
 
-    let mut tx = pool.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, &event).await.expect("enqueued");
-    tx.commit().await.expect("commit");
+    commit(&pool, &event).await;
 
     let delivered = queue.next().await;
     assert_eq!(delivered.message_id, event.id.to_string());
@@ -77,11 +82,7 @@ async fn a_committed_event_is_published_and_marked_sent() {
 async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back() {
     let (pool, _database) = outbox_database().await;
     let (spec, routing_key) = unique_spec(3);
-    let mut tx = pool.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, &message(&routing_key))
-        .await
-        .expect("enqueued");
-    tx.commit().await.expect("commit");
+    commit(&pool, &message(&routing_key)).await;
     // Nothing listens on port 1.
     let down = Publisher::new(Broker::new("amqp://guest:guest@127.0.0.1:1/%2f"));
 
@@ -113,11 +114,7 @@ async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back(
 async fn events_a_stalled_broker_did_not_confirm_are_due_again_at_once() {
     // Arrange
     let (pool, _database) = outbox_database().await;
-    let mut tx = pool.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, &message("test.stalled"))
-        .await
-        .expect("enqueued");
-    tx.commit().await.expect("commit");
+    commit(&pool, &message("test.stalled")).await;
     let stalled = Publisher::new(silent_broker().await)
         .with_confirm_timeout(std::time::Duration::from_millis(300));
 
@@ -178,18 +175,12 @@ async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
 async fn an_event_for_the_record_that_nobody_takes_is_published_not_retried() {
     // Arrange
     let (pool, _database) = outbox_database().await;
-    let broker = Broker::new(AMQP_URL);
-    let channel = broker.channel().await.expect("channel");
-    gocommerce_platform::broker::declare_events_exchange(&broker, &channel)
-        .await
-        .expect("exchange");
+    let broker = events_exchange().await;
     let event = OutboxMessage {
         mandatory: false,
         ..message("nobody.subscribed.ever")
     };
-    let mut tx = pool.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, &event).await.expect("enqueued");
-    tx.commit().await.expect("commit");
+    commit(&pool, &event).await;
 
     // Act
     outbox::relay_batch(&pool, &Publisher::new(broker))
@@ -215,9 +206,7 @@ async fn commit_events(pool: &sqlx::PgPool, routing_key: &str, count: usize) -> 
     let mut committed = Vec::with_capacity(count);
     for _ in 0..count {
         let event = message(routing_key);
-        let mut tx = pool.begin().await.expect("tx");
-        outbox::enqueue(&mut tx, &event).await.expect("enqueued");
-        tx.commit().await.expect("commit");
+        commit(pool, &event).await;
         committed.push(event.id.to_string());
     }
     committed
