@@ -197,8 +197,22 @@ impl OrderService {
     }
 
     async fn view(&self, order: &OrderRow, with_history: bool) -> Result<pb::Order, OrderError> {
+        self.view_with(order, None, with_history).await
+    }
+
+    /// The view of `order`; `items` are its items if the caller holds them
+    /// (they never change), so only the history is read.
+    async fn view_with(
+        &self,
+        order: &OrderRow,
+        items: Option<Vec<ItemRow>>,
+        with_history: bool,
+    ) -> Result<pb::Order, OrderError> {
         let mut conn = self.pool().acquire().await?;
-        let items = db::items(&mut conn, order.id).await?;
+        let items = match items {
+            Some(items) => items,
+            None => db::items(&mut conn, order.id).await?,
+        };
         let history = if with_history {
             db::history(&mut conn, order.id, 0).await?
         } else {
@@ -207,10 +221,7 @@ impl OrderService {
         Ok(convert::order_to_proto(order, &items, &history))
     }
 
-    async fn place(
-        &self,
-        request: Request<pb::PlaceOrderRequest>,
-    ) -> Result<(OrderRow, bool), OrderError> {
+    async fn place(&self, request: Request<pb::PlaceOrderRequest>) -> Result<Placed, OrderError> {
         let caller = Caller::from_metadata(request.metadata()).map_err(OrderError::Backend)?;
         let budget = grpc::timeout(request.metadata())
             .map_or(DEFAULT_BUDGET, |d| d.saturating_sub(DEADLINE_MARGIN));
@@ -275,7 +286,7 @@ impl OrderService {
         tracing::info!(order_id = %order_id, user_id = %caller.user_id, total, "order placed");
 
         let order = self
-            .drive_for(order_id, budget, Some((order, item_rows)))
+            .drive_for(order_id, budget, Some((order, item_rows.clone())))
             .await?;
         let outcome = placement_outcome(&order);
         if let Some(key) = &placement.key {
@@ -287,7 +298,11 @@ impl OrderService {
             db::record_key_response(&mut conn, caller.user_id, key, code, &message).await?;
         }
         outcome.map_err(OrderError::FailedPrecondition)?;
-        Ok((order, false))
+        Ok(Placed {
+            order,
+            items: Some(item_rows),
+            replayed: false,
+        })
     }
 
     /// Answers a repeated key with the first request's answer.
@@ -298,7 +313,7 @@ impl OrderService {
         hash: &[u8],
         mut existing: db::KeyRow,
         budget: Duration,
-    ) -> Result<(OrderRow, bool), OrderError> {
+    ) -> Result<Placed, OrderError> {
         if existing.request_hash != hash {
             return Err(OrderError::FailedPrecondition(
                 "Idempotency-Key: already used with a different request".to_owned(),
@@ -319,7 +334,11 @@ impl OrderService {
             ));
         }
         let order = self.load(existing.order_id).await?;
-        Ok((order, true))
+        Ok(Placed {
+            order,
+            items: None,
+            replayed: true,
+        })
     }
 
     /// Each product's current name and price, checked purchasable.
@@ -602,6 +621,15 @@ fn items_currency(items: &[(ItemRow, String)]) -> Result<String, OrderError> {
     }
 }
 
+/// What a placement answers with.
+struct Placed {
+    order: OrderRow,
+    /// The items, if this request wrote them; a replay reads them.
+    items: Option<Vec<ItemRow>>,
+    /// An earlier request with the same idempotency key placed the order.
+    replayed: bool,
+}
+
 /// A placement that ran out of stock is refused (409); every other outcome,
 /// including a declined card, is an order in some status.
 fn placement_outcome(order: &OrderRow) -> Result<(), String> {
@@ -623,10 +651,10 @@ impl pb::order_service_server::OrderService for OrderService {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, GrpcStatus> {
-        let (order, replayed) = self.place(request).await?;
+        let placed = self.place(request).await?;
         Ok(Response::new(pb::PlaceOrderResponse {
-            order: Some(self.view(&order, true).await?),
-            replayed,
+            order: Some(self.view_with(&placed.order, placed.items, true).await?),
+            replayed: placed.replayed,
         }))
     }
 

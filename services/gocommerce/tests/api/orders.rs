@@ -16,6 +16,7 @@ use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_with, test_env};
 struct Shop {
     admin: String,
     customer: String,
+    category_id: String,
     product_id: String,
     address_id: String,
 }
@@ -32,14 +33,8 @@ impl Shop {
             .expect("sent");
         assert_eq!(category.status(), StatusCode::CREATED);
         let category: Value = category.json().await.expect("json");
-        let product_id = new_product(
-            app,
-            &admin,
-            category["id"].as_str().expect("id"),
-            stock,
-            price,
-        )
-        .await;
+        let category_id = category["id"].as_str().expect("id").to_owned();
+        let product_id = new_product(app, &admin, &category_id, stock, price).await;
         let (_, tokens) = app.customer().await;
         let customer = tokens["access_token"].as_str().expect("token").to_owned();
         let address = app
@@ -54,6 +49,7 @@ impl Shop {
         Self {
             admin,
             customer,
+            category_id,
             product_id,
             address_id: address["id"].as_str().expect("id").to_owned(),
         }
@@ -137,6 +133,57 @@ async fn stock(app: &TestApp, shop: &Shop) -> Value {
         "reserved": stock["reserved"],
         "available": stock["available"],
     })
+}
+
+#[tokio::test]
+async fn the_placement_answer_lists_the_items_as_reading_the_order_back_does() {
+    // Arrange: two products, ordered in this order.
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1250).await;
+    let second = new_product(&app, &shop.admin, &shop.category_id, 5, 300).await;
+    let body = json!({
+        "items": [
+            {"product_id": shop.product_id, "quantity": 1},
+            {"product_id": second, "quantity": 3},
+        ],
+        "shipping_address_id": shop.address_id,
+        "payment_method": "pm_card_ok",
+    });
+
+    // Act
+    let response = place(&app, &shop.customer, &body, None).await;
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let placed: Value = response.json().await.expect("json");
+    let lines: Vec<(&str, i64, i64)> = placed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["product_id"].as_str().expect("product_id"),
+                i["quantity"].as_i64().expect("quantity"),
+                i["line_total"]["amount"].as_i64().expect("line total"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            (shop.product_id.as_str(), 1, 1250),
+            (second.as_str(), 3, 900)
+        ]
+    );
+    let read = wait_for(
+        &app,
+        &shop.customer,
+        placed["id"].as_str().expect("id"),
+        "PAID",
+    )
+    .await;
+    assert_eq!(placed["items"], read["items"]);
+    assert_eq!(placed["total"], json!({"amount": 2150, "currency": "USD"}));
 }
 
 #[tokio::test]
