@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup: Duration::ZERO,
                 measure: Duration::from_millis(500),
                 pgbench_seconds: 1,
+                saturation_pairs: 1,
                 mix_steps: vec![0.25],
                 mix_refinements: 1,
                 idle_settle: Duration::ZERO,
@@ -108,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
                 warmup: Duration::from_secs(2),
                 measure: Duration::from_secs(10),
                 pgbench_seconds: 10,
+                saturation_pairs: 3,
                 mix_steps: vec![0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.15],
                 mix_refinements: 2,
                 idle_settle: Duration::from_secs(30),
@@ -318,6 +320,7 @@ async fn run(
         build: args.build.clone(),
         concurrency: settings.concurrency,
         measure_seconds: settings.measure.as_secs_f64(),
+        saturation_pairs: settings.saturation_pairs,
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

@@ -13,6 +13,8 @@ pub struct Report {
     pub build: String,
     pub concurrency: usize,
     pub measure_seconds: f64,
+    /// Alternated measurements at saturation (see `Level::median_pair`).
+    pub saturation_pairs: usize,
     pub cpus: usize,
     pub seed: SeedSizes,
     /// Just started, databases empty.
@@ -57,9 +59,20 @@ fn row(level: &Level) -> String {
         num(b.map(|b| b.throughput), 1),
         b.map(|b| format!("{:.2} / {:.2}", b.p50_ms, b.p99_ms))
             .unwrap_or_else(|| "n/a".to_owned()),
-        num(level.throughput_ratio, 2),
+        throughput_ratio(level),
         num(level.p99_ratio, 2),
     )
+}
+
+/// The ratio, followed by the range of every pair's when several were run.
+fn throughput_ratio(level: &Level) -> String {
+    let ratio = num(level.throughput_ratio, 2);
+    let low = level.pair_ratios.iter().copied().reduce(f64::min);
+    let high = level.pair_ratios.iter().copied().reduce(f64::max);
+    match (low, high) {
+        (Some(low), Some(high)) => format!("{ratio} ({low:.2}–{high:.2})"),
+        _ => ratio,
+    }
 }
 
 /// The Markdown summary: one table per scenario, then its targets.
@@ -77,6 +90,14 @@ pub fn markdown(report: &Report) -> String {
         report.measure_seconds, report.seed.products, report.seed.categories,
         report.seed.customers, report.seed.logged_in,
     ));
+    if report.saturation_pairs > 1 {
+        out.push_str(&format!(
+            "At saturation, the baseline and gocommerce are measured in turn {} times; a table \
+             shows the pair with the median throughput ratio, and in brackets the range of all \
+             the pairs' ratios.\n\n",
+            report.saturation_pairs
+        ));
+    }
     out.push_str(&format!(
         "Idle memory: VmRSS {:.1} MiB just started, {:.1} MiB as soon as seeding was over, \
          {:.1} MiB after {} s more without requests (VmHWM {:.1} MiB).\n\n",
@@ -157,6 +178,7 @@ mod tests {
             baseline: Some(summary(1000.0, 2.0)),
             throughput_ratio: Some(0.5),
             p99_ratio: Some(2.0),
+            pair_ratios: Vec::new(),
         };
         let line = row(&level);
         assert!(line.starts_with("| saturation | n/a | 500.0 |"), "{line}");
@@ -164,6 +186,23 @@ mod tests {
             line.ends_with("| 1000.0 | 1.00 / 2.00 | 0.50 | 2.00 |"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_saturation_level_of_several_pairs_shows_the_range_of_their_ratios() {
+        let level = Level {
+            load: "saturation".to_owned(),
+            rate: None,
+            measured: summary(400.0, 4.0),
+            baseline: Some(summary(1000.0, 2.0)),
+            throughput_ratio: Some(0.4),
+            p99_ratio: Some(2.0),
+            pair_ratios: vec![0.5, 0.25, 0.4],
+        };
+
+        let line = row(&level);
+
+        assert!(line.ends_with("| 0.40 (0.25–0.50) | 2.00 |"), "{line}");
     }
 
     #[test]

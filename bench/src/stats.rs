@@ -82,7 +82,7 @@ impl Recorder {
 }
 
 /// What one measurement reports.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub requests: u64,
     pub errors: u64,
