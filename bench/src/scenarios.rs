@@ -81,7 +81,7 @@ impl Level {
     /// turn: the figures of the pair whose throughput ratio is the median
     /// (the lower one of an even count), and every pair's ratio. None when
     /// there are no pairs.
-    pub fn median_pair(pairs: &[(Summary, Summary)]) -> Option<Self> {
+    pub fn median_pair(pairs: &[(Summary, Summary)]) -> Option<Saturation> {
         let ratios: Vec<f64> = pairs
             .iter()
             .map(|(measured, base)| ratio(measured.throughput, base.throughput).unwrap_or(0.0))
@@ -89,13 +89,26 @@ impl Level {
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
         let middle = *order.get(order.len().checked_sub(1)? / 2)?;
-        let (measured, base) = pairs[middle];
-        let mut level = Self::new("saturation", None, measured, Some(base));
+        let (measured, baseline) = pairs[middle];
+        let mut level = Self::new("saturation", None, measured, Some(baseline));
         if pairs.len() > 1 {
             level.pair_ratios = ratios;
         }
-        Some(level)
+        Some(Saturation {
+            level,
+            measured,
+            baseline,
+        })
     }
+}
+
+/// The median pair at saturation: its level for the report, and both sides'
+/// maxima, which the open-loop levels offer shares of.
+#[derive(Debug, Clone)]
+pub struct Saturation {
+    pub level: Level,
+    pub measured: Summary,
+    pub baseline: Summary,
 }
 
 /// A target of the issue and whether this run met it (None: not measured).
@@ -199,7 +212,7 @@ impl Context {
         &self,
         mut baseline: impl AsyncFnMut() -> anyhow::Result<Summary>,
         mut ours: impl AsyncFnMut() -> anyhow::Result<Summary>,
-    ) -> anyhow::Result<Level> {
+    ) -> anyhow::Result<Saturation> {
         let mut pairs = Vec::with_capacity(self.settings.saturation_pairs);
         for _ in 0..self.settings.saturation_pairs.max(1) {
             let base = baseline().await?;
@@ -383,8 +396,8 @@ impl Context {
                 async || Ok(self.saturate(op).await),
             )
             .await?;
-        let (measured, base_max) = (saturation.measured, saturation.baseline.unwrap_or_default());
-        scenario.levels.push(saturation);
+        let (measured, base_max) = (saturation.measured, saturation.baseline);
+        scenario.levels.push(saturation.level);
         for share in LEVELS {
             let rate = share * measured.throughput;
             let measured = self.at_rate(op, rate).await;
@@ -438,8 +451,8 @@ pub async fn proxy_cost(cx: &Context) -> anyhow::Result<Scenario> {
             async || Ok(cx.saturate(&op).await),
         )
         .await?;
-    let (measured, base_max) = (saturation.measured, saturation.baseline.unwrap_or_default());
-    scenario.levels.push(saturation);
+    let (measured, base_max) = (saturation.measured, saturation.baseline);
+    scenario.levels.push(saturation.level);
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -611,7 +624,7 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
         )
         .await?;
     let measured = saturation.measured;
-    scenario.levels.push(saturation);
+    scenario.levels.push(saturation.level);
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -660,7 +673,7 @@ pub async fn token_verification(cx: &Context) -> anyhow::Result<Scenario> {
             async || Ok(cx.saturate(&with).await),
         )
         .await?;
-    scenario.levels.push(saturation);
+    scenario.levels.push(saturation.level);
     scenario.checks.push(Check::at_least(
         "throughput ≥ 0.9× baseline",
         scenario.levels[0].throughput_ratio,
@@ -974,14 +987,22 @@ mod tests {
         ];
 
         // Act
-        let level = Level::median_pair(&pairs).expect("a level");
+        let saturation = Level::median_pair(&pairs).expect("a level");
 
         // Assert
+        let level = &saturation.level;
         assert_eq!(level.load, "saturation");
         assert_eq!(level.measured.throughput, 400.0);
         assert_eq!(level.baseline.map(|b| b.throughput), Some(1000.0));
         assert_eq!(level.throughput_ratio, Some(0.4));
         assert_eq!(level.pair_ratios, vec![0.5, 0.25, 0.4]);
+        assert_eq!(
+            (
+                saturation.measured.throughput,
+                saturation.baseline.throughput
+            ),
+            (400.0, 1000.0)
+        );
     }
 
     #[test]
@@ -993,14 +1014,16 @@ mod tests {
             (summary(900.0), summary(1000.0)),
         ];
 
-        let level = Level::median_pair(&pairs).expect("a level");
+        let level = Level::median_pair(&pairs).expect("a level").level;
 
         assert_eq!(level.throughput_ratio, Some(0.4));
     }
 
     #[test]
     fn a_single_pair_is_reported_without_a_range_and_no_pairs_give_no_level() {
-        let level = Level::median_pair(&[(summary(10.0), summary(20.0))]).expect("a level");
+        let level = Level::median_pair(&[(summary(10.0), summary(20.0))])
+            .expect("a level")
+            .level;
 
         assert_eq!(level.throughput_ratio, Some(0.5));
         assert!(level.pair_ratios.is_empty());
