@@ -692,8 +692,7 @@ pub struct Maxima {
 }
 
 /// Runs the mixed load at `step` × `predicted` requests per second, records
-/// all, read and checkout figures, and says whether reads kept p99 ≤ 50 ms,
-/// checkouts p99 ≤ 250 ms and nothing failed.
+/// its figures (see `judge_mix`) and says whether it kept within the targets.
 async fn mix_step(
     cx: &Context,
     mixed_op: &Op,
@@ -711,30 +710,45 @@ async fn mix_step(
         cx.max_in_flight(),
     )
     .await;
-    let reads: Vec<_> = Kind::ALL
-        .iter()
-        .zip(&recorders)
-        .filter(|(k, _)| k.is_read())
-        .map(|(_, r)| r.clone())
-        .collect();
-    let read = load::merged(&reads).summary(elapsed);
-    let checkout = recorders[5].summary(elapsed);
-    let all = load::merged(&recorders).summary(elapsed);
-    let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
     let name = format!("{} of predicted{label}", percent(step));
-    scenario
-        .levels
-        .push(Level::new(format!("{name}: all"), Some(rate), all, None));
-    scenario
-        .levels
-        .push(Level::new(format!("{name}: reads"), None, read, None));
-    scenario.levels.push(Level::new(
-        format!("{name}: checkouts"),
-        None,
-        checkout,
-        None,
-    ));
+    let (levels, passed) = judge_mix(&name, rate, &recorders, elapsed);
+    scenario.levels.extend(levels);
     passed
+}
+
+/// The levels of one mixed-load step from its recorders (one per
+/// `Kind::ALL`, in that order): all requests, reads, logins and checkouts;
+/// and whether reads kept p99 ≤ 50 ms, checkouts p99 ≤ 250 ms and nothing
+/// failed. Logins are reported but not judged: the issue sets them no
+/// latency target, and their hashes yield every core to other requests, so
+/// they are the first to wait.
+fn judge_mix(
+    name: &str,
+    rate: f64,
+    recorders: &[Recorder],
+    elapsed: Duration,
+) -> (Vec<Level>, bool) {
+    let of = |wanted: fn(Kind) -> bool| {
+        let chosen: Vec<Recorder> = Kind::ALL
+            .iter()
+            .zip(recorders)
+            .filter(|(k, _)| wanted(**k))
+            .map(|(_, r)| r.clone())
+            .collect();
+        load::merged(&chosen).summary(elapsed)
+    };
+    let read = of(Kind::is_read);
+    let login = of(|k| k == Kind::Login);
+    let checkout = of(|k| k == Kind::Checkout);
+    let all = load::merged(recorders).summary(elapsed);
+    let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
+    let levels = vec![
+        Level::new(format!("{name}: all"), Some(rate), all, None),
+        Level::new(format!("{name}: reads"), None, read, None),
+        Level::new(format!("{name}: logins"), None, login, None),
+        Level::new(format!("{name}: checkouts"), None, checkout, None),
+    ];
+    (levels, passed)
 }
 
 /// Scenarios 6 and 7: the mixed open-loop load: the highest rate at which reads keep
@@ -975,6 +989,61 @@ mod tests {
             throughput,
             ..Summary::default()
         }
+    }
+
+    /// One recorder per `Kind::ALL` with ten requests each, all taking the
+    /// given milliseconds.
+    fn mix_recorders(millis: [u64; 6]) -> Vec<Recorder> {
+        millis
+            .iter()
+            .map(|&ms| {
+                let mut recorder = Recorder::new();
+                for _ in 0..10 {
+                    recorder.record(Duration::from_millis(ms), true);
+                }
+                recorder
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slow_logins_are_reported_apart_and_do_not_fail_a_mixed_step() {
+        // Arrange: views, searches, listings, profiles, logins, checkouts.
+        let recorders = mix_recorders([5, 40, 5, 5, 2000, 200]);
+
+        // Act
+        let (levels, passed) = judge_mix("70%", 700.0, &recorders, Duration::from_secs(1));
+
+        // Assert
+        assert!(passed);
+        let loads: Vec<&str> = levels.iter().map(|l| l.load.as_str()).collect();
+        assert_eq!(
+            loads,
+            ["70%: all", "70%: reads", "70%: logins", "70%: checkouts"]
+        );
+        let (all, reads, logins, checkouts) = (
+            &levels[0].measured,
+            &levels[1].measured,
+            &levels[2].measured,
+            &levels[3].measured,
+        );
+        assert_eq!((all.requests, reads.requests), (60, 40));
+        assert!((39.0..=41.0).contains(&reads.p99_ms), "{reads:?}");
+        assert!((1990.0..=2010.0).contains(&logins.p99_ms), "{logins:?}");
+        assert!((199.0..=201.0).contains(&checkouts.p99_ms), "{checkouts:?}");
+    }
+
+    #[test]
+    fn a_mixed_step_fails_on_slow_reads_slow_checkouts_or_an_error() {
+        let elapsed = Duration::from_secs(1);
+        let slow_search = mix_recorders([5, 60, 5, 5, 20, 200]);
+        let slow_checkout = mix_recorders([5, 40, 5, 5, 20, 300]);
+        let mut failed_login = mix_recorders([5, 40, 5, 5, 20, 200]);
+        failed_login[4].record(Duration::from_millis(20), false);
+
+        assert!(!judge_mix("x", 1.0, &slow_search, elapsed).1);
+        assert!(!judge_mix("x", 1.0, &slow_checkout, elapsed).1);
+        assert!(!judge_mix("x", 1.0, &failed_login, elapsed).1);
     }
 
     #[test]
