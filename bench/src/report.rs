@@ -13,7 +13,7 @@ pub struct Report {
     pub build: String,
     pub concurrency: usize,
     pub measure_seconds: f64,
-    /// Alternated measurements at saturation (see `Level::median_pair`).
+    /// Alternated measurements at saturation (see `Saturation::median_of`).
     pub saturation_pairs: usize,
     pub cpus: usize,
     pub seed: SeedSizes,

@@ -76,12 +76,23 @@ impl Level {
             pair_ratios: Vec::new(),
         }
     }
+}
 
-    /// The saturation level of pairs of (gocommerce, baseline) measured in
-    /// turn: the figures of the pair whose throughput ratio is the median
-    /// (the lower one of an even count), and every pair's ratio. None when
-    /// there are no pairs.
-    pub fn median_pair(pairs: &[(Summary, Summary)]) -> Option<Saturation> {
+/// The median of pairs of (gocommerce, baseline) saturations measured in
+/// turn, and every pair's throughput ratio; the open-loop levels offer
+/// shares of its two maxima.
+#[derive(Debug, Clone)]
+pub struct Saturation {
+    pub measured: Summary,
+    pub baseline: Summary,
+    /// Every pair's throughput ratio in the order measured (none for one pair).
+    pub pair_ratios: Vec<f64>,
+}
+
+impl Saturation {
+    /// The pair whose throughput ratio is the median (the lower one of an
+    /// even count). None when there are no pairs.
+    pub fn median_of(pairs: &[(Summary, Summary)]) -> Option<Self> {
         let ratios: Vec<f64> = pairs
             .iter()
             .map(|(measured, base)| ratio(measured.throughput, base.throughput).unwrap_or(0.0))
@@ -90,25 +101,19 @@ impl Level {
         order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
         let middle = *order.get(order.len().checked_sub(1)? / 2)?;
         let (measured, baseline) = pairs[middle];
-        let mut level = Self::new("saturation", None, measured, Some(baseline));
-        if pairs.len() > 1 {
-            level.pair_ratios = ratios;
-        }
-        Some(Saturation {
-            level,
+        Some(Self {
             measured,
             baseline,
+            pair_ratios: if pairs.len() > 1 { ratios } else { Vec::new() },
         })
     }
-}
 
-/// The median pair at saturation: its level for the report, and both sides'
-/// maxima, which the open-loop levels offer shares of.
-#[derive(Debug, Clone)]
-pub struct Saturation {
-    pub level: Level,
-    pub measured: Summary,
-    pub baseline: Summary,
+    /// The "saturation" row of the report.
+    pub fn level(&self) -> Level {
+        let mut level = Level::new("saturation", None, self.measured, Some(self.baseline));
+        level.pair_ratios = self.pair_ratios.clone();
+        level
+    }
 }
 
 /// A target of the issue and whether this run met it (None: not measured).
@@ -219,7 +224,7 @@ impl Context {
             let measured = ours().await?;
             pairs.push((measured, base));
         }
-        Level::median_pair(&pairs).ok_or_else(|| anyhow::anyhow!("no saturation pair measured"))
+        Saturation::median_of(&pairs).ok_or_else(|| anyhow::anyhow!("no saturation pair measured"))
     }
 
     async fn at_rate(&self, op: &Op, rate: f64) -> Summary {
@@ -397,7 +402,7 @@ impl Context {
             )
             .await?;
         let (measured, base_max) = (saturation.measured, saturation.baseline);
-        scenario.levels.push(saturation.level);
+        scenario.levels.push(saturation.level());
         for share in LEVELS {
             let rate = share * measured.throughput;
             let measured = self.at_rate(op, rate).await;
@@ -452,7 +457,7 @@ pub async fn proxy_cost(cx: &Context) -> anyhow::Result<Scenario> {
         )
         .await?;
     let (measured, base_max) = (saturation.measured, saturation.baseline);
-    scenario.levels.push(saturation.level);
+    scenario.levels.push(saturation.level());
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -624,7 +629,7 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
         )
         .await?;
     let measured = saturation.measured;
-    scenario.levels.push(saturation.level);
+    scenario.levels.push(saturation.level());
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -673,7 +678,7 @@ pub async fn token_verification(cx: &Context) -> anyhow::Result<Scenario> {
             async || Ok(cx.saturate(&with).await),
         )
         .await?;
-    scenario.levels.push(saturation.level);
+    scenario.levels.push(saturation.level());
     scenario.checks.push(Check::at_least(
         "throughput ≥ 0.9× baseline",
         scenario.levels[0].throughput_ratio,
@@ -729,13 +734,11 @@ fn judge_mix(
     elapsed: Duration,
 ) -> (Vec<Level>, bool) {
     let of = |wanted: fn(Kind) -> bool| {
-        let chosen: Vec<Recorder> = Kind::ALL
-            .iter()
-            .zip(recorders)
-            .filter(|(k, _)| wanted(**k))
-            .map(|(_, r)| r.clone())
-            .collect();
-        load::merged(&chosen).summary(elapsed)
+        let mut chosen = Recorder::new();
+        for (_, recorder) in Kind::ALL.iter().zip(recorders).filter(|(k, _)| wanted(**k)) {
+            chosen.merge(recorder);
+        }
+        chosen.summary(elapsed)
     };
     let read = of(Kind::is_read);
     let login = of(|k| k == Kind::Login);
@@ -1056,10 +1059,10 @@ mod tests {
         ];
 
         // Act
-        let saturation = Level::median_pair(&pairs).expect("a level");
+        let saturation = Saturation::median_of(&pairs).expect("a level");
 
         // Assert
-        let level = &saturation.level;
+        let level = saturation.level();
         assert_eq!(level.load, "saturation");
         assert_eq!(level.measured.throughput, 400.0);
         assert_eq!(level.baseline.map(|b| b.throughput), Some(1000.0));
@@ -1083,19 +1086,19 @@ mod tests {
             (summary(900.0), summary(1000.0)),
         ];
 
-        let level = Level::median_pair(&pairs).expect("a level").level;
+        let level = Saturation::median_of(&pairs).expect("a level").level();
 
         assert_eq!(level.throughput_ratio, Some(0.4));
     }
 
     #[test]
     fn a_single_pair_is_reported_without_a_range_and_no_pairs_give_no_level() {
-        let level = Level::median_pair(&[(summary(10.0), summary(20.0))])
+        let level = Saturation::median_of(&[(summary(10.0), summary(20.0))])
             .expect("a level")
-            .level;
+            .level();
 
         assert_eq!(level.throughput_ratio, Some(0.5));
         assert!(level.pair_ratios.is_empty());
-        assert!(Level::median_pair(&[]).is_none());
+        assert!(Saturation::median_of(&[]).is_none());
     }
 }

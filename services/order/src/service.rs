@@ -298,10 +298,9 @@ impl OrderService {
             db::record_key_response(&mut conn, caller.user_id, key, code, &message).await?;
         }
         outcome.map_err(OrderError::FailedPrecondition)?;
-        Ok(Placed {
+        Ok(Placed::New {
             order,
-            items: Some(item_rows),
-            replayed: false,
+            items: item_rows,
         })
     }
 
@@ -334,11 +333,7 @@ impl OrderService {
             ));
         }
         let order = self.load(existing.order_id).await?;
-        Ok(Placed {
-            order,
-            items: None,
-            replayed: true,
-        })
+        Ok(Placed::Replayed(order))
     }
 
     /// Each product's current name and price, checked purchasable.
@@ -622,12 +617,14 @@ fn items_currency(items: &[(ItemRow, String)]) -> Result<String, OrderError> {
 }
 
 /// What a placement answers with.
-struct Placed {
-    order: OrderRow,
-    /// The items, if this request wrote them; a replay reads them.
-    items: Option<Vec<ItemRow>>,
+enum Placed {
+    /// This request placed the order and wrote these items.
+    New {
+        order: OrderRow,
+        items: Vec<ItemRow>,
+    },
     /// An earlier request with the same idempotency key placed the order.
-    replayed: bool,
+    Replayed(OrderRow),
 }
 
 /// A placement that ran out of stock is refused (409); every other outcome,
@@ -651,10 +648,15 @@ impl pb::order_service_server::OrderService for OrderService {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, GrpcStatus> {
-        let placed = self.place(request).await?;
+        let (order, replayed) = match self.place(request).await? {
+            Placed::New { order, items } => {
+                (self.view_with(&order, Some(items), true).await?, false)
+            }
+            Placed::Replayed(order) => (self.view(&order, true).await?, true),
+        };
         Ok(Response::new(pb::PlaceOrderResponse {
-            order: Some(self.view_with(&placed.order, placed.items, true).await?),
-            replayed: placed.replayed,
+            order: Some(order),
+            replayed,
         }))
     }
 
