@@ -80,14 +80,19 @@ admin_token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: applicat
   -d "{\"email\":\"$GOCOMMERCE_ADMIN_EMAIL\",\"password\":\"$GOCOMMERCE_ADMIN_PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
 # A fixed seed keeps `make test` reproducible; SCHEMATHESIS_SEED=random (or
-# any number) explores further.
+# any number) explores further. One worker, because the pinned Hypothesis
+# (see scripts/python-tools.txt) is not thread-safe: two workers drew from it
+# at once and, once in a while, crashed schemathesis's own value generation
+# ("Runtime Error ... FlakyFailure" on POST /v1/auth/register, CI of
+# 2026-12-03) while every check passed. Two workers also made the seeded run
+# depend on thread timing.
 if [[ "${SCHEMATHESIS_SEED:-}" == random ]]; then unset SCHEMATHESIS_SEED; SCHEMATHESIS_SEED=$RANDOM$RANDOM; fi
 status=0
 for bearer in "$token" "$admin_token"; do
   "$schemathesis" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
     --checks all \
     --header "Authorization: Bearer $bearer" \
-    --workers 2 \
+    --workers 1 \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
     --seed "${SCHEMATHESIS_SEED:-20261125}" \
     --suppress-health-check too_slow \
