@@ -59,16 +59,16 @@ fn row(level: &Level) -> String {
         num(b.map(|b| b.throughput), 1),
         b.map(|b| format!("{:.2} / {:.2}", b.p50_ms, b.p99_ms))
             .unwrap_or_else(|| "n/a".to_owned()),
-        throughput_ratio(level),
-        num(level.p99_ratio, 2),
+        with_range(level.throughput_ratio, &level.pair_ratios),
+        with_range(level.p99_ratio, &level.pair_p99_ratios),
     )
 }
 
 /// The ratio, followed by the range of every pair's when several were run.
-fn throughput_ratio(level: &Level) -> String {
-    let ratio = num(level.throughput_ratio, 2);
-    let low = level.pair_ratios.iter().copied().reduce(f64::min);
-    let high = level.pair_ratios.iter().copied().reduce(f64::max);
+fn with_range(ratio: Option<f64>, pair_ratios: &[f64]) -> String {
+    let ratio = num(ratio, 2);
+    let low = pair_ratios.iter().copied().reduce(f64::min);
+    let high = pair_ratios.iter().copied().reduce(f64::max);
     match (low, high) {
         (Some(low), Some(high)) => format!("{ratio} ({low:.2}–{high:.2})"),
         _ => ratio,
@@ -179,6 +179,7 @@ mod tests {
             throughput_ratio: Some(0.5),
             p99_ratio: Some(2.0),
             pair_ratios: Vec::new(),
+            pair_p99_ratios: Vec::new(),
         };
         let line = row(&level);
         assert!(line.starts_with("| saturation | n/a | 500.0 |"), "{line}");
@@ -198,11 +199,30 @@ mod tests {
             throughput_ratio: Some(0.4),
             p99_ratio: Some(2.0),
             pair_ratios: vec![0.5, 0.25, 0.4],
+            pair_p99_ratios: Vec::new(),
         };
 
         let line = row(&level);
 
         assert!(line.ends_with("| 0.40 (0.25–0.50) | 2.00 |"), "{line}");
+    }
+
+    #[test]
+    fn a_level_of_several_interference_pairs_shows_the_range_of_their_p99_ratios() {
+        let level = Level {
+            load: "catalog reads".to_owned(),
+            rate: Some(500.0),
+            measured: summary(500.0, 15.0),
+            baseline: Some(summary(500.0, 5.0)),
+            throughput_ratio: Some(1.0),
+            p99_ratio: Some(3.0),
+            pair_ratios: Vec::new(),
+            pair_p99_ratios: vec![8.0, 1.5, 3.0],
+        };
+
+        let line = row(&level);
+
+        assert!(line.ends_with("| 1.00 | 3.00 (1.50–8.00) |"), "{line}");
     }
 
     #[test]
