@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
                 saturation_pairs: 1,
                 mix_steps: vec![0.25],
                 mix_refinements: 1,
+                mix_min_checkouts: 0,
                 idle_settle: Duration::ZERO,
             },
         )
@@ -112,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
                 saturation_pairs: 3,
                 mix_steps: vec![0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.15],
                 mix_refinements: 2,
+                mix_min_checkouts: 200,
                 idle_settle: Duration::from_secs(30),
             },
         )

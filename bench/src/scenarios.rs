@@ -37,6 +37,8 @@ pub struct Settings {
     /// Halvings of the gap between the last mixed step that held and the
     /// first that broke.
     pub mix_refinements: u32,
+    /// Checkouts a mixed step runs long enough to hold (see `mix_window`).
+    pub mix_min_checkouts: u32,
     /// How long the process is left idle after seeding before its idle
     /// memory is read.
     pub idle_settle: Duration,
@@ -739,6 +741,22 @@ pub struct Maxima {
     pub checkout: f64,
 }
 
+/// How long a mixed step at `rate` runs: the measurement window, stretched
+/// (to four windows at most) until checkouts, the rarest kind a step is
+/// judged on, number `min_checkouts`. A p99 of fewer than a hundred is the
+/// slowest one: a 10 s step at 171 requests a second holds about 70
+/// checkouts, and one of them taking 495 ms once ended a run's search at a
+/// fifth of the rate the runs before sustained.
+fn mix_window(measure: Duration, rate: f64, checkout_share: f64, min_checkouts: u32) -> Duration {
+    let per_second = rate * checkout_share;
+    if !(per_second > 0.0 && per_second.is_finite()) {
+        return measure;
+    }
+    Duration::try_from_secs_f64(f64::from(min_checkouts) / per_second)
+        .unwrap_or(Duration::MAX)
+        .clamp(measure, measure * 4)
+}
+
 /// Runs the mixed load at `step` × `predicted` requests per second, records
 /// its figures (see `judge_mix`) and says whether it kept within the targets.
 async fn mix_step(
@@ -746,18 +764,19 @@ async fn mix_step(
     mixed_op: &Op,
     step: f64,
     predicted: f64,
+    checkout_share: f64,
     label: &str,
     scenario: &mut Scenario,
 ) -> bool {
     let rate = step * predicted;
-    let (recorders, elapsed) = load::open_loop(
-        mixed_op,
-        Kind::ALL.len(),
-        rate,
+    let window = mix_window(
         cx.settings.measure,
-        cx.max_in_flight(),
-    )
-    .await;
+        rate,
+        checkout_share,
+        cx.settings.mix_min_checkouts,
+    );
+    let (recorders, elapsed) =
+        load::open_loop(mixed_op, Kind::ALL.len(), rate, window, cx.max_in_flight()).await;
     let name = format!("{} of predicted{label}", percent(step));
     let (levels, passed) = judge_mix(&name, rate, &recorders, elapsed);
     scenario.levels.extend(levels);
@@ -841,6 +860,15 @@ pub async fn mixed(
     scenario.notes.push(format!(
         "predicted rate {predicted:.1}/s from the isolated maxima"
     ));
+    let checkout_share = mix.share(Kind::Checkout);
+    if cx.settings.mix_min_checkouts > 0 {
+        scenario.notes.push(format!(
+            "each step runs until it has sent {} checkouts, for {:.0} s to {:.0} s",
+            cx.settings.mix_min_checkouts,
+            cx.settings.measure.as_secs_f64(),
+            (cx.settings.measure * 4).as_secs_f64()
+        ));
+    }
     let ops: Vec<Op> = vec![
         cx.get_product(None),
         cx.search(),
@@ -865,8 +893,21 @@ pub async fn mixed(
     // the predicted rate apart, and a run's outcome jumped by a whole step.
     let mut held: Option<f64> = None;
     let mut broke: Option<f64> = None;
+    let mut try_step = async |step: f64, label: &str| {
+        let op = &mixed_op;
+        mix_step(
+            cx,
+            op,
+            step,
+            predicted,
+            checkout_share,
+            label,
+            &mut scenario,
+        )
+        .await
+    };
     for &step in &cx.settings.mix_steps {
-        if mix_step(cx, &mixed_op, step, predicted, "", &mut scenario).await {
+        if try_step(step, "").await {
             held = Some(step);
         } else {
             broke = Some(step);
@@ -876,7 +917,7 @@ pub async fn mixed(
     for _ in 0..cx.settings.mix_refinements {
         let Some(high) = broke else { break };
         let step = (held.unwrap_or(0.0) + high) / 2.0;
-        if mix_step(cx, &mixed_op, step, predicted, " (refined)", &mut scenario).await {
+        if try_step(step, " (refined)").await {
             held = Some(step);
         } else {
             broke = Some(step);
@@ -1183,5 +1224,22 @@ mod tests {
         assert_eq!(level.p99_ratio, Some(2.0));
         assert!(level.pair_p99_ratios.is_empty());
         assert!(interference_level(&[], 500.0).is_none());
+    }
+
+    #[test]
+    fn a_mixed_step_runs_long_enough_for_its_checkouts_within_four_windows() {
+        let window = Duration::from_secs(10);
+
+        // 171/s with 4% checkouts: 200 of them take about 29 s.
+        let stretched = mix_window(window, 171.0, 0.04, 200);
+        assert!(
+            (29.0..29.5).contains(&stretched.as_secs_f64()),
+            "{stretched:?}"
+        );
+        // Fast enough already, too slow to wait for, or nothing to wait for.
+        assert_eq!(mix_window(window, 1000.0, 0.04, 200), window);
+        assert_eq!(mix_window(window, 50.0, 0.04, 200), window * 4);
+        assert_eq!(mix_window(window, 0.0, 0.04, 200), window);
+        assert_eq!(mix_window(window, 171.0, 0.04, 0), window);
     }
 }
