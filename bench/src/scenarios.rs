@@ -87,7 +87,8 @@ impl Level {
 
 /// Of (gocommerce, baseline) pairs, the index of the one whose `figure`
 /// ratio is the median (the lower one of an even count), and every pair's
-/// ratio in the order measured. None when there are no pairs.
+/// ratio in the order measured (none for a single pair: it has no range).
+/// None when there are no pairs.
 fn median_pair(
     pairs: &[(Summary, Summary)],
     figure: impl Fn(&Summary) -> f64,
@@ -99,7 +100,7 @@ fn median_pair(
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
     let middle = *order.get(order.len().checked_sub(1)? / 2)?;
-    Some((middle, ratios))
+    Some((middle, if pairs.len() > 1 { ratios } else { Vec::new() }))
 }
 
 /// The median of pairs of (gocommerce, baseline) saturations measured in
@@ -117,12 +118,12 @@ impl Saturation {
     /// The pair whose throughput ratio is the median (the lower one of an
     /// even count). None when there are no pairs.
     pub fn median_of(pairs: &[(Summary, Summary)]) -> Option<Self> {
-        let (middle, ratios) = median_pair(pairs, |s| s.throughput)?;
+        let (middle, pair_ratios) = median_pair(pairs, |s| s.throughput)?;
         let (measured, baseline) = pairs[middle];
         Some(Self {
             measured,
             baseline,
-            pair_ratios: if pairs.len() > 1 { ratios } else { Vec::new() },
+            pair_ratios,
         })
     }
 
@@ -148,9 +149,7 @@ fn interference_level(pairs: &[(Summary, Summary)], rate: f64) -> Option<Level> 
         beside,
         Some(alone),
     );
-    if pairs.len() > 1 {
-        level.pair_p99_ratios = ratios;
-    }
+    level.pair_p99_ratios = ratios;
     Some(level)
 }
 
@@ -253,16 +252,27 @@ impl Context {
     /// either side; alternating spreads the drift over both sides.
     async fn saturate_pairs(
         &self,
+        baseline: impl AsyncFnMut() -> anyhow::Result<Summary>,
+        ours: impl AsyncFnMut() -> anyhow::Result<Summary>,
+    ) -> anyhow::Result<Saturation> {
+        let pairs = self.measure_pairs(baseline, ours).await?;
+        Saturation::median_of(&pairs).ok_or_else(|| anyhow::anyhow!("no saturation pair measured"))
+    }
+
+    /// `saturation_pairs` (gocommerce, baseline) pairs, each side measured
+    /// in turn, baseline first.
+    async fn measure_pairs(
+        &self,
         mut baseline: impl AsyncFnMut() -> anyhow::Result<Summary>,
         mut ours: impl AsyncFnMut() -> anyhow::Result<Summary>,
-    ) -> anyhow::Result<Saturation> {
+    ) -> anyhow::Result<Vec<(Summary, Summary)>> {
         let mut pairs = Vec::with_capacity(self.settings.saturation_pairs);
         for _ in 0..self.settings.saturation_pairs.max(1) {
             let base = baseline().await?;
             let measured = ours().await?;
             pairs.push((measured, base));
         }
-        Saturation::median_of(&pairs).ok_or_else(|| anyhow::anyhow!("no saturation pair measured"))
+        Ok(pairs)
     }
 
     async fn at_rate(&self, op: &Op, rate: f64) -> Summary {
@@ -677,15 +687,18 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
     }
     let reads = cx.get_product(None);
     let rate = 0.5 * catalog_max;
-    let mut pairs = Vec::with_capacity(cx.settings.saturation_pairs);
-    for _ in 0..cx.settings.saturation_pairs.max(1) {
-        let alone = cx.at_rate(&reads, rate).await;
-        let (beside, _) = tokio::join!(
-            cx.at_rate(&reads, rate),
-            load::closed_loop(&op, cx.settings.concurrency, cx.settings.measure)
-        );
-        pairs.push((beside, alone));
-    }
+    let pairs = cx
+        .measure_pairs(
+            async || Ok(cx.at_rate(&reads, rate).await),
+            async || {
+                let (beside, _) = tokio::join!(
+                    cx.at_rate(&reads, rate),
+                    load::closed_loop(&op, cx.settings.concurrency, cx.settings.measure)
+                );
+                Ok(beside)
+            },
+        )
+        .await?;
     if pairs.len() > 1 {
         scenario.notes.push(format!(
             "catalog reads are measured alone and beside saturating logins in turn, {} times; \
