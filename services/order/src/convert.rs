@@ -8,7 +8,7 @@ use gocommerce_proto::events::v1 as ev;
 use gocommerce_proto::order::v1 as pb;
 use serde_json::json;
 
-use crate::db::{HistoryRow, ItemRow, OrderRow};
+use crate::db::{HistoryRow, ItemRow, NewOrder, OrderRow};
 use crate::domain::Status;
 
 pub const SOURCE: &str = "gocommerce-order";
@@ -115,18 +115,32 @@ pub fn order_to_proto(order: &OrderRow, items: &[ItemRow], history: &[HistoryRow
     }
 }
 
-fn lines(order: &OrderRow, items: &[ItemRow]) -> Vec<ev::OrderLine> {
+fn lines(currency: &str, items: &[ItemRow]) -> Vec<ev::OrderLine> {
     items
         .iter()
         .map(|item| ev::OrderLine {
             product_id: item.product_id.to_string(),
             sku: item.sku.clone(),
             name: item.name.clone(),
-            unit_price: money(item.unit_price, &order.currency),
+            unit_price: money(item.unit_price, currency),
             quantity: item.quantity,
-            line_total: money(item.line_total, &order.currency),
+            line_total: money(item.line_total, currency),
         })
         .collect()
+}
+
+/// The `order.created` event of an order about to be written, which
+/// `db::insert_order` writes with it.
+pub fn created_event(new: &NewOrder<'_>) -> OutboxMessage {
+    let payload = ev::event_envelope::Payload::OrderCreated(ev::OrderCreated {
+        order_id: new.id.to_string(),
+        user_id: new.user_id.to_string(),
+        items: lines(new.currency, new.items),
+        total: money(new.total, new.currency),
+        shipping_address: Some(address_from_json(&new.shipping_address)),
+        payment_method: new.payment_method.to_owned(),
+    });
+    events::message(SOURCE, new.id, payload)
 }
 
 /// The event announcing `order`'s current status, if that status has one.
@@ -141,18 +155,10 @@ pub fn status_event(
     let total = money(order.total, &order.currency);
     let address = Some(address_from_json(&order.shipping_address));
     let payload = match order.status() {
-        Status::Pending => Payload::OrderCreated(ev::OrderCreated {
-            order_id: id,
-            user_id,
-            items: lines(order, items),
-            total,
-            shipping_address: address,
-            payment_method: order.payment_method.clone(),
-        }),
         Status::Paid => Payload::OrderPaid(ev::OrderPaid {
             order_id: id,
             user_id,
-            items: lines(order, items),
+            items: lines(&order.currency, items),
             total,
             shipping_address: address,
             payment_id: order
@@ -163,7 +169,7 @@ pub fn status_event(
         Status::Cancelled => Payload::OrderCancelled(ev::OrderCancelled {
             order_id: id,
             user_id,
-            items: lines(order, items),
+            items: lines(&order.currency, items),
             total,
             reason: order.cancel_reason.clone().unwrap_or_default(),
             cancelled_by: cancelled_by.to_owned(),
@@ -172,7 +178,7 @@ pub fn status_event(
         Status::Shipped => Payload::OrderShipped(ev::OrderShipped {
             order_id: id,
             user_id,
-            items: lines(order, items),
+            items: lines(&order.currency, items),
             total,
             carrier: order.carrier.clone().unwrap_or_default(),
             tracking_number: order.tracking_number.clone().unwrap_or_default(),
@@ -181,11 +187,14 @@ pub fn status_event(
         Status::Delivered => Payload::OrderDelivered(ev::OrderDelivered {
             order_id: id,
             user_id,
-            items: lines(order, items),
+            items: lines(&order.currency, items),
             total,
         }),
-        // Refunds are announced by the payment service (payment.refunded).
-        Status::Reserved | Status::Refunded | Status::PartiallyRefunded => return None,
+        // A new order is announced as it is written (`created_event`), and
+        // refunds by the payment service (payment.refunded).
+        Status::Pending | Status::Reserved | Status::Refunded | Status::PartiallyRefunded => {
+            return None;
+        }
     };
     Some(events::message(SOURCE, order.id, payload))
 }

@@ -3,7 +3,10 @@
 //! both win, and each change writes its history row and wakes status
 //! watchers in the same transaction.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use gocommerce_platform::outbox::{self, OutboxMessage};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -87,15 +90,16 @@ pub struct NewOrder<'a> {
     pub lease_secs: f64,
 }
 
-/// Writes a new order with its items and first history entry (watchers
-/// hear of it at commit) in one statement.
+/// Writes a new order with its items, first history entry (watchers hear
+/// of it at commit) and `event` (`convert::created_event`) in one statement.
 #[tracing::instrument(skip_all, fields(order_id = %new.id), err)]
 pub async fn insert_order(
     conn: &mut PgConnection,
     new: &NewOrder<'_>,
     actor: &str,
+    event: &OutboxMessage,
 ) -> Result<OrderRow, OrderError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
         // Foreign keys are checked at the end of the statement, so the items
         // may name the order inserted beside them.
         format!(
@@ -111,13 +115,17 @@ pub async fn insert_order(
                  WITH ORDINALITY AS i(product_id, sku, name, unit_price, quantity, line_total, ordinality)), \
              recorded AS ( \
                INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
-               SELECT id, NULL, 'PENDING', $15, 'order placed' FROM inserted RETURNING order_id) \
-             SELECT inserted.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified \
-             FROM inserted"
+               SELECT id, NULL, 'PENDING', $15, 'order placed' FROM inserted RETURNING order_id), \
+             {} \
+             SELECT inserted.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified, \
+               {} \
+             FROM inserted",
+            outbox::queued(Some("inserted"), 17),
+            outbox::QUEUED
         )
     });
     let items = new.items;
-    Ok(sqlx::query_as(&SQL)
+    let query = sqlx::query_as(&SQL)
         .bind(new.id)
         .bind(new.user_id)
         .bind(new.currency)
@@ -133,9 +141,8 @@ pub async fn insert_order(
         .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.line_total).collect::<Vec<_>>())
         .bind(actor)
-        .bind(STATUS_CHANNEL)
-        .fetch_one(&mut *conn)
-        .await?)
+        .bind(STATUS_CHANNEL);
+    Ok(outbox::bind(query, event).fetch_one(&mut *conn).await?)
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]
@@ -241,10 +248,49 @@ fn order_columns_of(alias: &str) -> String {
         .join(", ")
 }
 
+impl Changes {
+    /// `held` as a transition to `to` with these changes leaves it, in the
+    /// fields an event reads (the rest are as in `held`).
+    pub fn applied_to(&self, held: &OrderRow, to: Status) -> OrderRow {
+        let mut order = held.clone();
+        order.status = to.as_str().to_owned();
+        if let Some(reason) = &self.cancel_reason {
+            order.cancel_reason = Some(reason.clone());
+        }
+        if let Some(carrier) = &self.carrier {
+            order.carrier = Some(carrier.clone());
+        }
+        if let Some(number) = &self.tracking_number {
+            order.tracking_number = Some(number.clone());
+        }
+        if let Some(refunded) = self.refunded_amount {
+            order.refunded_amount = refunded;
+        }
+        if let Some(payment_id) = self.payment_id {
+            order.payment_id = Some(payment_id);
+        }
+        order
+    }
+}
+
+/// An event that `transition` writes exactly when the transition happens.
+/// It is built beforehand from `held`, the order as the caller last read it,
+/// as the transition leaves it (`Changes::applied_to`). The transition then
+/// happens only while the fields an event reads and a transition may keep
+/// (cancel reason, carrier, tracking number, refunded amount, payment) are
+/// still as in `held`; otherwise it returns None, as when the status moved
+/// first, and the caller reads the order again. So the event always says
+/// what was written, and it needs no transaction of its own.
+pub struct Event<'a> {
+    pub held: &'a OrderRow,
+    pub message: OutboxMessage,
+}
+
 /// Moves the order to `to` if it is in one of `from` (each allowed by the
-/// state machine), with its history row and the watchers' notification, in
-/// one statement. None when the order was not in `from`: someone else
-/// changed it first.
+/// state machine), with its history row, the watchers' notification and
+/// `event`, in one statement. None when the order was not in `from`, or no
+/// longer as `event` was built from: someone else changed it first.
+#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(order_id = %id, to = to.as_str()), err)]
 pub async fn transition(
     conn: &mut PgConnection,
@@ -254,16 +300,29 @@ pub async fn transition(
     actor: &str,
     reason: &str,
     changes: Changes,
+    event: Option<Event<'_>>,
 ) -> Result<Option<OrderRow>, OrderError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        // `previous` locks the row and keeps the status it had (RETURNING
-        // sees only the new one); the history insert reads the update's
-        // output, so it happens exactly when the update does. The NOTIFY
-        // sits in the final SELECT because a plain SELECT in a CTE runs only
-        // if something reads it; `IS NULL` only turns its void into a value.
+    // `previous` locks the row and keeps the status it had (RETURNING sees
+    // only the new one); the history insert reads the update's output, so it
+    // happens exactly when the update does, and so does the event's. The
+    // NOTIFY sits in the final SELECT because a plain SELECT in a CTE runs
+    // only if something reads it; `IS NULL` only turns its void into a value.
+    fn sql(event: bool) -> String {
+        let (guard, queued, notify) = if event {
+            (
+                " AND cancel_reason IS NOT DISTINCT FROM $17 \
+                  AND carrier IS NOT DISTINCT FROM $18 \
+                  AND tracking_number IS NOT DISTINCT FROM $19 \
+                  AND refunded_amount = $20 AND payment_id IS NOT DISTINCT FROM $21",
+                format!(", {}", outbox::queued(Some("changed"), 22)),
+                format!(", {}", outbox::QUEUED),
+            )
+        } else {
+            ("", String::new(), String::new())
+        };
         format!(
             "WITH previous AS ( \
-               SELECT id, status FROM orders WHERE id = $1 AND status = ANY($2) FOR UPDATE), \
+               SELECT id, status FROM orders WHERE id = $1 AND status = ANY($2){guard} FOR UPDATE), \
              changed AS ( \
                UPDATE orders o SET status = $3, cancel_reason = COALESCE($4, o.cancel_reason), \
                  carrier = COALESCE($5, o.carrier), tracking_number = COALESCE($6, o.tracking_number), \
@@ -279,18 +338,20 @@ pub async fn transition(
                RETURNING {}, p.status AS previous_status), \
              recorded AS ( \
                INSERT INTO order_history (order_id, from_status, to_status, actor, reason) \
-               SELECT id, previous_status, $3, $14, $15 FROM changed RETURNING order_id) \
-             SELECT changed.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified \
+               SELECT id, previous_status, $3, $14, $15 FROM changed RETURNING order_id){queued} \
+             SELECT changed.*, (SELECT pg_notify($16, order_id::text) FROM recorded) IS NULL AS notified{notify} \
              FROM changed",
             order_columns_of("o")
         )
-    });
+    }
+    static PLAIN: LazyLock<String> = LazyLock::new(|| sql(false));
+    static WITH_EVENT: LazyLock<String> = LazyLock::new(|| sql(true));
     let from: Vec<&str> = from
         .iter()
         .filter(|f| f.can_become(to))
         .map(|f| f.as_str())
         .collect();
-    sqlx::query_as(&SQL)
+    let query = sqlx::query_as(if event.is_some() { &WITH_EVENT } else { &PLAIN })
         .bind(id)
         .bind(&from)
         .bind(to.as_str())
@@ -306,18 +367,26 @@ pub async fn transition(
         .bind(changes.payment_id)
         .bind(actor)
         .bind(reason)
-        .bind(STATUS_CHANNEL)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| {
-            if gocommerce_platform::db::constraint(&e) == Some("orders_refunds_within_total") {
-                OrderError::FailedPrecondition(
-                    "the refunds would exceed the order total".to_owned(),
-                )
-            } else {
-                OrderError::Database(e)
-            }
-        })
+        .bind(STATUS_CHANNEL);
+    let query = match &event {
+        Some(Event { held, message }) => outbox::bind(
+            query
+                .bind(held.cancel_reason.as_deref())
+                .bind(held.carrier.as_deref())
+                .bind(held.tracking_number.as_deref())
+                .bind(held.refunded_amount)
+                .bind(held.payment_id),
+            message,
+        ),
+        None => query,
+    };
+    query.fetch_optional(&mut *conn).await.map_err(|e| {
+        if gocommerce_platform::db::constraint(&e) == Some("orders_refunds_within_total") {
+            OrderError::FailedPrecondition("the refunds would exceed the order total".to_owned())
+        } else {
+            OrderError::Database(e)
+        }
+    })
 }
 
 /// Saga flags. Each update is conditional so that a late or duplicate step
@@ -534,4 +603,165 @@ pub async fn list(
         .push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit);
     Ok(query.build_query_as().fetch_all(conn).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
+    use gocommerce_proto::events::v1::EventEnvelope;
+    use gocommerce_proto::events::v1::event_envelope::Payload;
+    use prost::Message as _;
+    use sqlx::PgPool;
+
+    use super::*;
+    use crate::convert;
+
+    /// A migrated order database of this test's own, and an order placed in
+    /// it and reserved.
+    async fn reserved_order() -> (PgPool, DropDatabase, OrderRow, Vec<ItemRow>) {
+        let name = format!("gct_order_db_{}", Uuid::new_v4().simple());
+        let admin = PgPool::connect(ADMIN_URL).await.expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let guard = DropDatabase(name.clone());
+        let pool = PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+            .await
+            .expect("order database");
+        crate::startup::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrations");
+        let items = vec![ItemRow {
+            product_id: Uuid::new_v4(),
+            sku: "SKU-1".to_owned(),
+            name: "Mug".to_owned(),
+            unit_price: 1250,
+            quantity: 2,
+            line_total: 2500,
+        }];
+        let new = NewOrder {
+            id: Uuid::now_v7(),
+            user_id: Uuid::new_v4(),
+            currency: "EUR",
+            total: 2500,
+            shipping_address: serde_json::json!({"name": "A", "line1": "1 Road", "city": "Lyon", "postal_code": "69001", "country": "FR"}),
+            shipping_address_id: Uuid::new_v4(),
+            payment_method: "pm_card_ok",
+            items: &items,
+            lease_secs: 30.0,
+        };
+        let mut conn = pool.acquire().await.expect("connection");
+        insert_order(&mut conn, &new, "customer", &convert::created_event(&new))
+            .await
+            .expect("insert");
+        let reserved = transition(
+            &mut conn,
+            new.id,
+            &[Status::Pending],
+            Status::Reserved,
+            "system",
+            "stock reserved",
+            Changes::default(),
+            None,
+        )
+        .await
+        .expect("reserve")
+        .expect("reserved");
+        (pool, guard, reserved, items)
+    }
+
+    async fn events(pool: &PgPool) -> Vec<(String, Vec<u8>)> {
+        sqlx::query_as("SELECT routing_key, payload FROM outbox ORDER BY created_at, id")
+            .fetch_all(pool)
+            .await
+            .expect("outbox")
+    }
+
+    async fn pay(
+        pool: &PgPool,
+        held: &OrderRow,
+        items: &[ItemRow],
+        payment_id: Uuid,
+    ) -> Option<OrderRow> {
+        let changes = Changes {
+            captured: true,
+            payment_id: Some(payment_id),
+            ..Changes::default()
+        };
+        let message =
+            convert::status_event(&changes.applied_to(held, Status::Paid), items, "system")
+                .expect("paid has an event");
+        let mut conn = pool.acquire().await.expect("connection");
+        transition(
+            &mut conn,
+            held.id,
+            &[Status::Reserved],
+            Status::Paid,
+            "system",
+            "payment captured",
+            changes,
+            Some(Event { held, message }),
+        )
+        .await
+        .expect("transition")
+    }
+
+    #[tokio::test]
+    async fn a_transition_writes_its_event_in_the_same_statement_built_as_it_left_the_order() {
+        // Arrange
+        let (pool, _drop, reserved, items) = reserved_order().await;
+        let payment_id = Uuid::new_v4();
+
+        // Act
+        let paid = pay(&pool, &reserved, &items, payment_id).await;
+
+        // Assert
+        let paid = paid.expect("the order was as held, so it is paid");
+        assert_eq!(paid.status(), Status::Paid);
+        assert_eq!(paid.payment_id, Some(payment_id));
+        let events = events(&pool).await;
+        let keys: Vec<&str> = events.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["order.created", "order.paid"]);
+        let envelope = EventEnvelope::decode(events[1].1.as_slice()).expect("envelope");
+        let Some(Payload::OrderPaid(event)) = envelope.payload else {
+            panic!("order.paid carries {:?}", envelope.payload);
+        };
+        assert_eq!(event.order_id, paid.id.to_string());
+        assert_eq!(event.payment_id, payment_id.to_string());
+        assert_eq!(event.items.len(), 1);
+        assert_eq!(event.total.map(|m| m.amount), Some(2500));
+    }
+
+    #[tokio::test]
+    async fn a_transition_whose_event_was_built_from_a_stale_order_changes_nothing() {
+        // Arrange: another payment was recorded since the order was read,
+        // so an event built from the read would name the wrong one.
+        let (pool, _drop, reserved, items) = reserved_order().await;
+        sqlx::query("UPDATE orders SET payment_id = $2 WHERE id = $1")
+            .bind(reserved.id)
+            .bind(Uuid::new_v4())
+            .execute(&pool)
+            .await
+            .expect("concurrent change");
+
+        // Act
+        let paid = pay(&pool, &reserved, &items, Uuid::new_v4()).await;
+
+        // Assert
+        assert!(paid.is_none(), "a stale order is not transitioned");
+        let mut conn = pool.acquire().await.expect("connection");
+        let order = load(&mut conn, reserved.id)
+            .await
+            .expect("load")
+            .expect("order");
+        assert_eq!(order.status(), Status::Reserved);
+        let keys: Vec<String> = events(&pool)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, ["order.created"]);
+    }
 }

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use gocommerce_platform::grpc::TraceContext;
-use gocommerce_platform::outbox;
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
@@ -220,6 +219,7 @@ impl Saga {
                         start_charge: true,
                         ..Changes::default()
                     },
+                    None,
                 )
                 .await?;
                 Ok(reserved.map_or(Next::Continue, |row| Next::With(Box::new(row))))
@@ -329,28 +329,25 @@ impl Saga {
             }
         }
         let items = items.get(&self.pool, order.id).await?;
-        let mut tx = self.pool.begin().await?;
+        let changes = Changes {
+            settle: !order.cancel_requested,
+            captured: true,
+            payment_id,
+            ..Changes::default()
+        };
+        let event = status_event(order, Status::Paid, &changes, items, SYSTEM);
+        let mut conn = self.pool.acquire().await?;
         let paid = db::transition(
-            &mut tx,
+            &mut conn,
             order.id,
             &[Status::Reserved],
             Status::Paid,
             SYSTEM,
             "payment captured",
-            Changes {
-                settle: !order.cancel_requested,
-                captured: true,
-                payment_id,
-                ..Changes::default()
-            },
+            changes,
+            event,
         )
         .await?;
-        if let Some(paid) = &paid
-            && let Some(event) = convert::status_event(paid, items, SYSTEM)
-        {
-            outbox::enqueue(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
         Ok(paid.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 
@@ -444,29 +441,41 @@ impl Saga {
         items: &mut Items,
     ) -> Result<Next, OrderError> {
         let items = items.get(&self.pool, order.id).await?;
-        let mut tx = self.pool.begin().await?;
+        let changes = Changes {
+            cancel_reason: Some(reason.to_owned()),
+            settle: true,
+            ..changes
+        };
+        let event = status_event(order, Status::Cancelled, &changes, items, actor);
+        let mut conn = self.pool.acquire().await?;
         let cancelled = db::transition(
-            &mut tx,
+            &mut conn,
             order.id,
             from,
             Status::Cancelled,
             actor,
             reason,
-            Changes {
-                cancel_reason: Some(reason.to_owned()),
-                settle: true,
-                ..changes
-            },
+            changes,
+            event,
         )
         .await?;
-        if let Some(cancelled) = &cancelled
-            && let Some(event) = convert::status_event(cancelled, items, actor)
-        {
-            outbox::enqueue(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
         Ok(cancelled.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
+}
+
+/// The event of moving `order` to `to` with `changes`, to be written with
+/// the transition (`db::Event`).
+fn status_event<'a>(
+    order: &'a OrderRow,
+    to: Status,
+    changes: &Changes,
+    items: &[ItemRow],
+    actor: &str,
+) -> Option<db::Event<'a>> {
+    convert::status_event(&changes.applied_to(order, to), items, actor).map(|message| db::Event {
+        held: order,
+        message,
+    })
 }
 
 /// The order's items, read at most once per drive.

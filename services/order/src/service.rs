@@ -246,43 +246,48 @@ impl OrderService {
             .try_fold(0_i64, |sum, i| sum.checked_add(i.line_total))
             .ok_or_else(|| invalid("items: the total is too large"))?;
 
-        let mut tx = self.pool().begin().await?;
-        if let Some(key) = &placement.key
-            && !db::claim_key(&mut tx, caller.user_id, key, &placement.hash, order_id).await?
-        {
-            // A concurrent request with this key won; answer as it does.
-            tx.rollback().await?;
-            let mut conn = self.pool().acquire().await?;
-            let existing = db::find_key(&mut conn, caller.user_id, key)
-                .await?
-                .ok_or_else(|| {
-                    OrderError::Backend(GrpcStatus::aborted("idempotency key vanished, retry"))
-                })?;
-            drop(conn);
-            return self
-                .replay(&caller, key, &placement.hash, existing, budget)
-                .await;
-        }
-        let order = db::insert_order(
-            &mut tx,
-            &NewOrder {
-                id: order_id,
-                user_id: caller.user_id,
-                currency: &currency,
-                total,
-                shipping_address: convert::address_to_json(&address),
-                shipping_address_id: placement.address_id,
-                payment_method: &placement.method,
-                items: &item_rows,
-                lease_secs: self.saga.lease.as_secs_f64(),
-            },
-            &actor(&caller),
-        )
-        .await?;
-        if let Some(event) = convert::status_event(&order, &item_rows, "") {
-            outbox::enqueue(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
+        let new = NewOrder {
+            id: order_id,
+            user_id: caller.user_id,
+            currency: &currency,
+            total,
+            shipping_address: convert::address_to_json(&address),
+            shipping_address_id: placement.address_id,
+            payment_method: &placement.method,
+            items: &item_rows,
+            lease_secs: self.saga.lease.as_secs_f64(),
+        };
+        let event = convert::created_event(&new);
+        // The order, its items, history and event are one statement; only an
+        // idempotency key, claimed beside them, needs a transaction.
+        let order = match &placement.key {
+            None => {
+                let mut conn = self.pool().acquire().await?;
+                db::insert_order(&mut conn, &new, &actor(&caller), &event).await?
+            }
+            Some(key) => {
+                let mut tx = self.pool().begin().await?;
+                if !db::claim_key(&mut tx, caller.user_id, key, &placement.hash, order_id).await? {
+                    // A concurrent request with this key won; answer as it does.
+                    tx.rollback().await?;
+                    let mut conn = self.pool().acquire().await?;
+                    let existing = db::find_key(&mut conn, caller.user_id, key)
+                        .await?
+                        .ok_or_else(|| {
+                            OrderError::Backend(GrpcStatus::aborted(
+                                "idempotency key vanished, retry",
+                            ))
+                        })?;
+                    drop(conn);
+                    return self
+                        .replay(&caller, key, &placement.hash, existing, budget)
+                        .await;
+                }
+                let order = db::insert_order(&mut tx, &new, &actor(&caller), &event).await?;
+                tx.commit().await?;
+                order
+            }
+        };
         tracing::info!(order_id = %order_id, user_id = %caller.user_id, total, "order placed");
 
         let order = self
@@ -498,7 +503,7 @@ impl OrderService {
         let mut tx = self.pool().begin().await?;
         let current = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
         let Some(order) =
-            db::transition(&mut tx, id, from, to, &actor(caller), reason, changes).await?
+            db::transition(&mut tx, id, from, to, &actor(caller), reason, changes, None).await?
         else {
             return Err(OrderError::FailedPrecondition(format!(
                 "an order in status {} cannot become {}",
@@ -594,6 +599,7 @@ impl OrderService {
                 refunded_amount: Some(refunded),
                 ..Changes::default()
             },
+            None,
         )
         .await?
         .ok_or_else(|| {

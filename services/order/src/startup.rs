@@ -19,7 +19,7 @@ use crate::saga::{self, Saga};
 use crate::service::OrderService;
 use crate::watch::Watchers;
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

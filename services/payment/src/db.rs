@@ -1,8 +1,11 @@
 //! Every query of the payment service; Postgres error codes become domain
 //! errors here and nowhere else.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use gocommerce_platform::db::{codes, constraint, sqlstate};
+use gocommerce_platform::outbox::{self, OutboxMessage};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -105,30 +108,40 @@ pub async fn claim_stale(
     .await?)
 }
 
-/// Records the processor's answer on a still-pending payment.
+/// Records the processor's answer on a still-pending payment, with its
+/// event, in one statement: the event is written exactly when the answer is.
 #[tracing::instrument(skip_all, fields(payment_id = %id), err)]
 pub async fn finish_charge(
     conn: &mut PgConnection,
     id: Uuid,
     outcome: &Outcome,
     attempts: u32,
+    event: &OutboxMessage,
 ) -> Result<Option<PaymentRow>, PaymentError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH changed AS ( \
+               UPDATE payments SET status = $2, processor_reference = $3, failure_reason = $4, \
+                 attempts = attempts + $5, updated_at = now() \
+               WHERE id = $1 AND status = 'pending' RETURNING {PAYMENT}), \
+             {} \
+             SELECT changed.*, {} FROM changed",
+            outbox::queued(Some("changed"), 6),
+            outbox::QUEUED
+        )
+    });
     let (status, reference, reason) = match outcome {
         Outcome::Captured { reference } => (Status::Succeeded, Some(reference.as_str()), None),
         Outcome::Declined { reason } => (Status::Declined, None, Some(reason.as_str())),
         Outcome::Failed { reason } => (Status::Failed, None, Some(reason.as_str())),
     };
-    Ok(sqlx::query_as(&format!(
-        "UPDATE payments SET status = $2, processor_reference = $3, failure_reason = $4, \
-         attempts = attempts + $5, updated_at = now() WHERE id = $1 AND status = 'pending' RETURNING {PAYMENT}"
-    ))
-    .bind(id)
-    .bind(status.as_str())
-    .bind(reference)
-    .bind(reason)
-    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-    .fetch_optional(conn)
-    .await?)
+    let query = sqlx::query_as(&SQL)
+        .bind(id)
+        .bind(status.as_str())
+        .bind(reference)
+        .bind(reason)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX));
+    Ok(outbox::bind(query, event).fetch_optional(conn).await?)
 }
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]

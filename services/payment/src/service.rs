@@ -89,19 +89,19 @@ impl PaymentService {
         let worker = tokio::spawn(async move {
             let method = Method::parse(&payment.method)?;
             let (outcome, attempts) = service.processor.charge(method, deadline).await;
-            let mut tx = service.pool.begin().await?;
-            let Some(done) = db::finish_charge(&mut tx, payment.id, &outcome, attempts).await?
+            // The event reads only what a payment never changes, so it is
+            // built before the outcome is recorded, and written with it.
+            let event = charge_event(&payment, &outcome);
+            let mut conn = service.pool.acquire().await?;
+            let Some(done) =
+                db::finish_charge(&mut conn, payment.id, &outcome, attempts, &event).await?
             else {
                 // Someone else recorded an outcome first; theirs stands.
-                tx.rollback().await?;
-                let mut conn = service.pool.acquire().await?;
                 return db::find_by_order(&mut conn, payment.order_id)
                     .await?
                     .map(Charged::earlier)
                     .ok_or(PaymentError::NotFound);
             };
-            outbox::enqueue(&mut tx, &charge_event(&done, &outcome)).await?;
-            tx.commit().await?;
             tracing::info!(payment_id = %done.id, order_id = %done.order_id, status = done.status, "charge finished");
             Ok(Charged {
                 payment: done,
@@ -259,6 +259,8 @@ fn money(amount: i64, currency: &str) -> Option<Money> {
     })
 }
 
+/// The charge's event. It reads only what a payment never changes (ids,
+/// amount, method) and the outcome.
 fn charge_event(payment: &PaymentRow, outcome: &Outcome) -> OutboxMessage {
     let payload = match outcome {
         Outcome::Captured { reference } => {

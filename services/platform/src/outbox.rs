@@ -33,16 +33,24 @@
 //! looked up after an incident, and then deleted by the relay (`sweep`).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::{PgArguments, PgListener};
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::broker::{BrokerError, Outgoing, Publisher};
 use crate::{Shutdown, telemetry};
 
-const CHANNEL: &str = "gocommerce_outbox";
+/// The relay's NOTIFY channel, as a macro so [`QUEUED`] can spell it out.
+macro_rules! channel {
+    () => {
+        "gocommerce_outbox"
+    };
+}
+const CHANNEL: &str = channel!();
 const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_secs(1);
 /// Least time between the starts of two batches that a notification wakes.
@@ -85,25 +93,58 @@ pub struct OutboxMessage {
 /// the current trace context, and wakes the relay when it commits.
 #[tracing::instrument(skip_all, fields(message_id = %message.id, routing_key = %message.routing_key), err)]
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
-    let headers = serde_json::to_value(telemetry::current_context_map()).unwrap_or_default();
-    // The notification is delivered at commit and dropped on rollback:
-    // exactly when the row appears. One statement, one round trip.
-    sqlx::query(
-        "WITH inserted AS ( \
-           INSERT INTO outbox (id, routing_key, content_type, payload, headers, mandatory) \
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id) \
-         SELECT pg_notify($7, '') FROM inserted",
-    )
-    .bind(message.id)
-    .bind(&message.routing_key)
-    .bind(&message.content_type)
-    .bind(&message.payload)
-    .bind(headers)
-    .bind(message.mandatory)
-    .bind(CHANNEL)
-    .execute(conn)
-    .await?;
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("WITH {} SELECT {QUEUED}", queued(None, 1)));
+    bind(sqlx::query_as::<_, (bool,)>(&SQL), message)
+        .fetch_one(conn)
+        .await?;
     Ok(())
+}
+
+/// A data-modifying CTE named `queued` that writes a message into the
+/// outbox for the row of `source` (a CTE of the same statement returning at
+/// most one row), so exactly when the statement's own change happens; with
+/// no source, always. Its six parameters are numbered from `$first`; bind
+/// them with [`bind`]. The statement's final SELECT must read [`QUEUED`]:
+/// a CTE's SELECT runs only if something reads it, and the notification
+/// wakes the relay at commit (rollback drops it with the row).
+///
+/// This spares a state change and its event a transaction of their own
+/// (BEGIN, the change, the event, COMMIT: four round trips instead of one).
+pub fn queued(source: Option<&str>, first: usize) -> String {
+    let from = source.map(|s| format!(" FROM {s}")).unwrap_or_default();
+    let [id, key, content_type, payload, headers, mandatory] =
+        std::array::from_fn::<usize, 6, _>(|i| first + i);
+    format!(
+        "queued AS ( \
+           INSERT INTO outbox (id, routing_key, content_type, payload, headers, mandatory) \
+           SELECT ${id}::uuid, ${key}::text, ${content_type}::text, ${payload}::bytea, \
+                  ${headers}::jsonb, ${mandatory}::boolean{from} RETURNING id)"
+    )
+}
+
+/// The final SELECT's column that wakes the relay when [`queued`] wrote a
+/// row (`IS NULL` only turns `pg_notify`'s void into a value).
+pub const QUEUED: &str = concat!(
+    "(SELECT pg_notify('",
+    channel!(),
+    "', '') FROM queued) IS NULL AS outbox_notified"
+);
+
+/// Binds a message to the parameters of [`queued`], with the current trace
+/// context as its headers; the parameters before them must be bound first.
+pub fn bind<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    message: &'q OutboxMessage,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    let headers = serde_json::to_value(telemetry::current_context_map()).unwrap_or_default();
+    query
+        .bind(message.id)
+        .bind(&message.routing_key)
+        .bind(&message.content_type)
+        .bind(&message.payload)
+        .bind(headers)
+        .bind(message.mandatory)
 }
 
 #[derive(Debug, thiserror::Error)]
