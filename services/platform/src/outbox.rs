@@ -32,7 +32,7 @@
 //! Published rows are kept for `RETENTION`, so what went out and when can be
 //! looked up after an incident, and then deleted by the relay (`sweep`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ macro_rules! channel {
 }
 const CHANNEL: &str = channel!();
 const BATCH: i64 = 100;
+const BATCH_LEN: usize = BATCH as usize;
+/// How many leased rows' ids a relay remembers: those of the last few
+/// batches, whose notifications may still be on their way.
+const LEASED_REMEMBERED: usize = 4 * BATCH_LEN;
 const POLL: Duration = Duration::from_secs(1);
 /// Least time between the starts of two batches that a notification wakes.
 /// Every batch costs two statements and a broker round trip; under load the
@@ -124,11 +128,13 @@ pub fn queued(source: Option<&str>, first: usize) -> String {
 }
 
 /// The final SELECT's column that wakes the relay when [`queued`] wrote a
-/// row (`IS NULL` only turns `pg_notify`'s void into a value).
+/// row (`IS NULL` only turns `pg_notify`'s void into a value). The payload
+/// is the row's id, so a relay can tell a notification of a row it already
+/// took from news.
 pub const QUEUED: &str = concat!(
     "(SELECT pg_notify('",
     channel!(),
-    "', '') FROM queued) IS NULL AS outbox_notified"
+    "', id::text) FROM queued) IS NULL AS outbox_notified"
 );
 
 /// Binds a message to the parameters of [`queued`], with the current trace
@@ -173,6 +179,7 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
     };
     let mut backoff = Duration::from_millis(100);
     let mut next_sweep = tokio::time::Instant::now();
+    let mut leased = Leased::new(LEASED_REMEMBERED);
     while !shutdown.is_triggered() {
         let started = tokio::time::Instant::now();
         if started >= next_sweep {
@@ -185,9 +192,13 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
             }
             next_sweep = started + SWEEP_INTERVAL;
         }
-        let wait = match relay_batch(&pool, &publisher).await {
-            Ok(published) if published == BATCH => Duration::ZERO,
-            Ok(_) => {
+        let wait = match relay_leased(&pool, &publisher).await {
+            Ok(ids) if ids.len() >= BATCH_LEN => {
+                leased.remember(&ids);
+                Duration::ZERO
+            }
+            Ok(ids) => {
+                leased.remember(&ids);
                 backoff = Duration::from_millis(100);
                 POLL
             }
@@ -206,7 +217,14 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
             () = shutdown.wait() => break,
             notified = async {
                 match listener.as_mut() {
-                    Some(listener) => listener.recv().await.map(drop),
+                    // A row's notification can arrive after the batch that
+                    // took it; waking for it would lease nothing.
+                    Some(listener) => loop {
+                        match listener.recv().await {
+                            Ok(notification) if !leased.is_news(notification.payload()) => {}
+                            other => break other.map(drop),
+                        }
+                    },
                     None => std::future::pending().await,
                 }
             } => {
@@ -260,8 +278,53 @@ struct Pending {
     mandatory: bool,
 }
 
+/// The ids of the rows the latest batches leased, up to a bound: their
+/// notifications are not news.
+#[derive(Debug)]
+struct Leased {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+    capacity: usize,
+}
+
+impl Leased {
+    fn new(capacity: usize) -> Self {
+        Self {
+            ids: HashSet::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn remember(&mut self, ids: &[Uuid]) {
+        for &id in ids {
+            if self.ids.insert(id) {
+                self.order.push_back(id);
+            }
+            while self.order.len() > self.capacity {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.ids.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Whether a notification may name a row no batch has taken yet: any
+    /// payload but the id of a row leased lately (an older writer notified
+    /// with an empty one).
+    fn is_news(&self, payload: &str) -> bool {
+        Uuid::parse_str(payload).map_or(true, |id| !self.ids.contains(&id))
+    }
+}
+
 /// Publishes up to one batch of due rows in order; returns how many rows it
 /// handled (published or postponed), so a full batch means "go on".
+pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, RelayError> {
+    let ids = relay_leased(pool, publisher).await?;
+    Ok(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+}
+
+/// [`relay_batch`], returning the ids of the rows it handled.
 ///
 /// The batch is leased, not locked: one statement moves the rows' next
 /// attempt `LEASE` ahead and returns them, and one more records the outcome.
@@ -269,7 +332,7 @@ struct Pending {
 /// a single statement. A relay that dies mid-batch leaves its rows to the
 /// next relay once the lease runs out; they go out again (at least once).
 #[tracing::instrument(skip_all, err)]
-pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, RelayError> {
+async fn relay_leased(pool: &PgPool, publisher: &Publisher) -> Result<Vec<Uuid>, RelayError> {
     // Each statement takes a pooled connection of its own: none is held
     // while the broker confirms.
     // SKIP LOCKED lets several replicas lease side by side without waiting.
@@ -285,9 +348,8 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
     .bind(LEASE.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let handled = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     // RETURNING keeps no order; events go out oldest first.
     rows.sort_by_key(|row| (row.created_at, row.id));
@@ -375,5 +437,50 @@ pub async fn relay_batch(pool: &PgPool, publisher: &Publisher) -> Result<i64, Re
         .await?;
         return Err(error.into());
     }
-    Ok(handled)
+    Ok(rows.into_iter().map(|row| row.id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_of_a_row_leased_lately_is_not_news_and_anything_else_is() {
+        // Arrange
+        let taken: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let mut leased = Leased::new(4);
+
+        // Act
+        leased.remember(&taken);
+
+        // Assert
+        for id in &taken {
+            assert!(!leased.is_news(&id.to_string()), "{id} was leased");
+        }
+        assert!(leased.is_news(&Uuid::new_v4().to_string()), "another row");
+        assert!(leased.is_news(""), "an older writer's empty payload");
+        assert!(leased.is_news("not an id"));
+    }
+
+    #[test]
+    fn only_the_latest_leased_rows_are_remembered() {
+        // Arrange
+        let first = Uuid::new_v4();
+        let later: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut leased = Leased::new(4);
+        leased.remember(&[first]);
+
+        // Act
+        leased.remember(&later);
+        leased.remember(&later[..1]);
+
+        // Assert
+        assert!(
+            leased.is_news(&first.to_string()),
+            "the oldest is forgotten"
+        );
+        assert!(later.iter().all(|id| !leased.is_news(&id.to_string())));
+        assert_eq!(leased.order.len(), 4);
+        assert_eq!(leased.ids.len(), 4);
+    }
 }
