@@ -8,7 +8,7 @@ use gocommerce_proto::events::v1 as ev;
 use gocommerce_proto::order::v1 as pb;
 use serde_json::json;
 
-use crate::db::{HistoryRow, ItemRow, NewOrder, OrderRow};
+use crate::db::{self, Changes, HistoryRow, ItemRow, NewOrder, OrderRow};
 use crate::domain::Status;
 
 pub const SOURCE: &str = "gocommerce-order";
@@ -141,6 +141,21 @@ pub fn created_event(new: &NewOrder<'_>) -> OutboxMessage {
         payment_method: new.payment_method.to_owned(),
     });
     events::message(SOURCE, new.id, payload)
+}
+
+/// The event of moving `order` to `to` with `changes`, to be written with
+/// the transition (`db::Event`), if that status has one.
+pub fn transition_event<'a>(
+    order: &'a OrderRow,
+    to: Status,
+    changes: &Changes,
+    items: &[ItemRow],
+    actor: &str,
+) -> Option<db::Event<'a>> {
+    status_event(&changes.applied_to(order, to), items, actor).map(|message| db::Event {
+        held: order,
+        message,
+    })
 }
 
 /// The event announcing `order`'s current status, if that status has one.

@@ -607,7 +607,8 @@ pub async fn list(
 
 #[cfg(test)]
 mod tests {
-    use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
+    use gocommerce_platform::db::connect_and_migrate;
+    use gocommerce_platform::testing::DropDatabase;
     use gocommerce_proto::events::v1::EventEnvelope;
     use gocommerce_proto::events::v1::event_envelope::Payload;
     use prost::Message as _;
@@ -620,19 +621,14 @@ mod tests {
     /// it and reserved.
     async fn reserved_order() -> (PgPool, DropDatabase, OrderRow, Vec<ItemRow>) {
         let name = format!("gct_order_db_{}", Uuid::new_v4().simple());
-        let admin = PgPool::connect(ADMIN_URL).await.expect("admin connection");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&admin)
-            .await
-            .expect("create database");
         let guard = DropDatabase(name.clone());
-        let pool = PgPool::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-            .await
-            .expect("order database");
-        crate::startup::MIGRATOR
-            .run(&pool)
-            .await
-            .expect("migrations");
+        let pool = connect_and_migrate(
+            &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            2,
+            &crate::startup::MIGRATOR,
+        )
+        .await
+        .expect("order database");
         let items = vec![ItemRow {
             product_id: Uuid::new_v4(),
             sku: "SKU-1".to_owned(),

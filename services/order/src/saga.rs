@@ -335,7 +335,7 @@ impl Saga {
             payment_id,
             ..Changes::default()
         };
-        let event = status_event(order, Status::Paid, &changes, items, SYSTEM);
+        let event = convert::transition_event(order, Status::Paid, &changes, items, SYSTEM);
         let mut conn = self.pool.acquire().await?;
         let paid = db::transition(
             &mut conn,
@@ -446,7 +446,7 @@ impl Saga {
             settle: true,
             ..changes
         };
-        let event = status_event(order, Status::Cancelled, &changes, items, actor);
+        let event = convert::transition_event(order, Status::Cancelled, &changes, items, actor);
         let mut conn = self.pool.acquire().await?;
         let cancelled = db::transition(
             &mut conn,
@@ -461,21 +461,6 @@ impl Saga {
         .await?;
         Ok(cancelled.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
-}
-
-/// The event of moving `order` to `to` with `changes`, to be written with
-/// the transition (`db::Event`).
-fn status_event<'a>(
-    order: &'a OrderRow,
-    to: Status,
-    changes: &Changes,
-    items: &[ItemRow],
-    actor: &str,
-) -> Option<db::Event<'a>> {
-    convert::status_event(&changes.applied_to(order, to), items, actor).map(|message| db::Event {
-        held: order,
-        message,
-    })
 }
 
 /// The order's items, read at most once per drive.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use gocommerce_platform::{Caller, Shutdown, grpc, outbox};
+use gocommerce_platform::{Caller, Shutdown, grpc};
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::product::v1 as product_pb;
@@ -500,10 +500,23 @@ impl OrderService {
         reason: &str,
         changes: Changes,
     ) -> Result<OrderRow, OrderError> {
+        // Locked first, so a refusal names the status the order really had.
         let mut tx = self.pool().begin().await?;
         let current = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
-        let Some(order) =
-            db::transition(&mut tx, id, from, to, &actor(caller), reason, changes, None).await?
+        let items = db::items(&mut tx, id).await?;
+        let event =
+            convert::transition_event(&current, to, &changes, &items, &caller.role.to_string());
+        let Some(order) = db::transition(
+            &mut tx,
+            id,
+            from,
+            to,
+            &actor(caller),
+            reason,
+            changes,
+            event,
+        )
+        .await?
         else {
             return Err(OrderError::FailedPrecondition(format!(
                 "an order in status {} cannot become {}",
@@ -511,10 +524,6 @@ impl OrderService {
                 to.as_str()
             )));
         };
-        let items = db::items(&mut tx, id).await?;
-        if let Some(event) = convert::status_event(&order, &items, &caller.role.to_string()) {
-            outbox::enqueue(&mut tx, &event).await?;
-        }
         tx.commit().await?;
         tracing::info!(order_id = %id, to = to.as_str(), by = %actor(caller), "order status changed");
         Ok(order)

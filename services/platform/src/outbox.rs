@@ -193,14 +193,14 @@ pub async fn run_relay(pool: PgPool, publisher: Publisher, shutdown: Shutdown) {
             next_sweep = started + SWEEP_INTERVAL;
         }
         let wait = match relay_leased(&pool, &publisher).await {
-            Ok(ids) if ids.len() >= BATCH_LEN => {
-                leased.remember(&ids);
-                Duration::ZERO
-            }
             Ok(ids) => {
                 leased.remember(&ids);
                 backoff = Duration::from_millis(100);
-                POLL
+                if ids.len() >= BATCH_LEN {
+                    Duration::ZERO
+                } else {
+                    POLL
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "outbox relay failed, retrying");
@@ -301,10 +301,10 @@ impl Leased {
             if self.ids.insert(id) {
                 self.order.push_back(id);
             }
-            while self.order.len() > self.capacity {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.ids.remove(&oldest);
-                }
+        }
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
             }
         }
     }
