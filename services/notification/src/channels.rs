@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::config::NotificationConfig;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one send may take before it gives up.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -57,9 +58,15 @@ fn smtp_transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, Chann
     if host.is_empty() {
         return Err(bad("no host"));
     }
+    // Connections are kept and reused (checked with a NOOP first): a new one
+    // per email cost a TCP handshake, the greeting, EHLO and QUIT each time.
+    // As many as the consumer sends at once.
+    let pool =
+        lettre::transport::smtp::PoolConfig::new().max_size(u32::from(crate::consumer::PREFETCH));
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .port(port)
-        .timeout(Some(TIMEOUT));
+        .timeout(Some(TIMEOUT))
+        .pool_config(pool);
     if let Some(credentials) = credentials {
         let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
         builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
@@ -202,8 +209,9 @@ impl Channels {
 mod tests {
     use super::*;
 
-    #[test]
-    fn smtp_urls_parse_and_bad_ones_say_why() {
+    // A pooled transport starts its cleanup task on the runtime.
+    #[tokio::test]
+    async fn smtp_urls_parse_and_bad_ones_say_why() {
         assert!(smtp_transport("smtp://127.0.0.1:2525").is_ok());
         assert!(smtp_transport("smtp://user:secret@mail.internal").is_ok());
         assert!(smtp_transport("http://mail").is_err());

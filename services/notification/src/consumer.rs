@@ -1,9 +1,10 @@
 //! Handling one event: ignore it if no template renders it, or if it came
 //! back (a redelivery or a retry) and the inbox has it; otherwise find the
 //! recipient, record one notification per channel (skipped where the
-//! channel is off or not configured), send the unsent ones, and mark the
-//! event handled once nothing is left to send. A send that fails makes the
-//! whole event retry later; what was sent is never sent again.
+//! channel is off or not configured) and claim the unsent ones, send them,
+//! and mark the event handled once nothing is left to send. A send that
+//! fails, or a channel another delivery is sending, makes the whole event
+//! retry later; what was sent is never sent again.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::channels::{ChannelError, Channels};
-use crate::db::{self, Claim, Event, NewNotification, NotificationRow};
+use crate::db::{self, Claims, Event, NewNotification, NotificationRow};
 use crate::templates::{self, Rendered};
 
 pub type UserClient = UserServiceClient<
@@ -38,6 +39,13 @@ pub const EVENTS: [&str; 6] = [
     "payment.refunded",
 ];
 
+/// How many events are handled at once.
+pub const PREFETCH: u16 = 16;
+
+/// How long a delivery holds the notifications it claimed: three times
+/// what a send may take, so a claim runs out only when its delivery died.
+const CLAIM: Duration = Duration::from_secs(3 * crate::channels::TIMEOUT.as_secs());
+
 /// Events an earlier version bound only so that the outbox, which then
 /// published every event as mandatory, saw them routed. They are published
 /// for the record now, and an upgraded queue is unbound from them.
@@ -50,7 +58,7 @@ pub fn queue(max_attempts: u32, retry_delays: Vec<Duration>) -> QueueSpec {
         unbind: RETIRED.iter().map(|e| (*e).to_owned()).collect(),
         retry_delays,
         max_attempts,
-        prefetch: 16,
+        prefetch: PREFETCH,
     }
 }
 
@@ -85,13 +93,13 @@ impl Handler {
             }
         }
         let contact = self.contact(rendered.user_id).await?;
-        let unsent = self
+        let claims = self
             .record(event_id, &envelope.event_type, &rendered, contact.as_ref())
             .await
             .map_err(retry)?;
         let last_attempt = message.attempt >= self.max_attempts;
         let failures = self
-            .send_unsent(unsent, event_id, &envelope.event_type, last_attempt)
+            .send_claimed(claims, event_id, &envelope.event_type, last_attempt)
             .await?;
         if failures.is_empty() {
             Ok(())
@@ -116,15 +124,15 @@ impl Handler {
         }
     }
 
-    /// Records the event's notifications once and returns those still to
-    /// send; with none left, the event is marked handled.
+    /// Records the event's notifications once and claims those still to
+    /// send.
     async fn record(
         &self,
         event_id: Uuid,
         event_type: &str,
         rendered: &Rendered,
         contact: Option<&GetContactResponse>,
-    ) -> Result<Vec<NotificationRow>, sqlx::Error> {
+    ) -> Result<Claims, sqlx::Error> {
         let channels = contact
             .and_then(|c| c.preferences.as_ref())
             .and_then(|p| p.channels)
@@ -187,70 +195,53 @@ impl Handler {
             event_type,
             user_id: rendered.user_id,
         };
-        // No transaction: each statement is safe to repeat, and the unsent
-        // ones are read afresh after the insert, so a second delivery racing
-        // this one sees the rows the first committed.
         let mut conn = self.pool.acquire().await?;
-        db::insert_all(&mut conn, &event, &news).await?;
-        let unsent = db::unsent(&mut conn, event_id).await?;
-        if unsent.is_empty() {
-            db::mark_processed(&mut conn, event_id, event_type).await?;
-        }
-        Ok(unsent)
+        db::claim_all(&mut conn, &event, &news, CLAIM).await
     }
 
-    /// Sends what is unsent; returns the failures. Each notification is
-    /// locked while it is sent, so two deliveries of one event (two replicas)
-    /// never send it twice; the one that finds it locked retries later. When
-    /// everything went out, the event is marked handled, with the last send
-    /// when it can be.
-    async fn send_unsent(
+    /// Sends what this delivery claimed; returns the failures, which include
+    /// the channels another delivery is sending. When nothing is left, the
+    /// event is marked handled, with the last send when it can be.
+    async fn send_claimed(
         &self,
-        unsent: Vec<NotificationRow>,
+        claims: Claims,
         event_id: Uuid,
         event_type: &str,
         last_attempt: bool,
     ) -> Result<Vec<String>, HandlerError> {
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
-        let mut failures = Vec::new();
-        let mut handled = unsent.is_empty();
-        let count = unsent.len();
-        for (index, candidate) in unsent.into_iter().enumerate() {
-            let mut tx = self.pool.begin().await.map_err(retry)?;
-            let notification = match db::claim(&mut tx, candidate.id).await.map_err(retry)? {
-                Claim::Claimed(notification) => notification,
-                Claim::Done => continue,
-                Claim::Busy => {
-                    failures.push(format!(
-                        "{}: being sent by another delivery",
-                        candidate.channel
-                    ));
-                    continue;
-                }
-            };
+        let mut failures: Vec<String> = claims
+            .busy
+            .iter()
+            .map(|channel| format!("{channel}: being sent by another delivery"))
+            .collect();
+        let mut handled = false;
+        let count = claims.claimed.len();
+        for (index, notification) in claims.claimed.into_iter().enumerate() {
             let sent = self.send(&notification).await;
+            // Not held across the send: a pooled connection per statement.
+            let mut conn = self.pool.acquire().await.map_err(retry)?;
             match sent {
                 Ok(()) => {
                     let last = index + 1 == count && failures.is_empty();
-                    db::mark_sent(&mut tx, notification.id, last.then_some(event_type))
+                    db::mark_sent(&mut conn, notification.id, last.then_some(event_type))
                         .await
                         .map_err(retry)?;
                     handled |= last;
-                    tx.commit().await.map_err(retry)?;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }
                 Err(error) => {
                     let error = error.to_string();
-                    db::mark_failed(&mut tx, notification.id, &error, last_attempt)
+                    db::mark_failed(&mut conn, notification.id, &error, last_attempt)
                         .await
                         .map_err(retry)?;
-                    tx.commit().await.map_err(retry)?;
                     tracing::warn!(notification_id = %notification.id, channel = notification.channel, %error, last_attempt, "notification not sent");
                     failures.push(format!("{}: {error}", notification.channel));
                 }
             }
         }
-        // The last one was sent by another delivery meanwhile.
+        // Nothing was left to send: all skipped, or sent by an earlier
+        // delivery that did not get to mark the event.
         if failures.is_empty() && !handled {
             let mut conn = self.pool.acquire().await.map_err(retry)?;
             db::mark_processed(&mut conn, event_id, event_type)

@@ -1,5 +1,7 @@
 //! Every query of the notification service.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -26,6 +28,7 @@ const COLUMNS: &str = "id, event_id, event_type, user_id, channel, status, recip
      attempts, last_error, created_at, updated_at, sent_at";
 
 /// The event a batch of new notifications answers.
+#[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
     pub id: Uuid,
     pub event_type: &'a str,
@@ -64,17 +67,37 @@ pub async fn mark_processed(
     Ok(())
 }
 
-/// Records an event's notifications (one per channel) once, in one
-/// statement: a redelivered event finds them already there.
+/// An event's notifications as one delivery found them.
+#[derive(Debug, Default)]
+pub struct Claims {
+    /// Unsent and now this delivery's to send, until the claim runs out.
+    pub claimed: Vec<NotificationRow>,
+    /// The channels another delivery is sending (or recording) right now.
+    pub busy: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Found {
+    #[sqlx(flatten)]
+    row: NotificationRow,
+    claimed: bool,
+}
+
+/// Records an event's notifications (one per channel) once and claims the
+/// unsent ones for `lease`, in one statement: the new pending ones as they
+/// are written, and those an earlier delivery left unsent (failed, or
+/// claimed by one whose claim ran out). The rest of the event's
+/// notifications are sent, skipped or someone else's.
+///
+/// A claim, not a row lock: no transaction (and no pooled connection) stays
+/// open while the channel sends. `lease` must outlast a send.
 #[tracing::instrument(skip_all, fields(event_id = %event.id, notifications = news.len()), err)]
-pub async fn insert_all(
+pub async fn claim_all(
     conn: &mut PgConnection,
     event: &Event<'_>,
     news: &[NewNotification<'_>],
-) -> Result<(), sqlx::Error> {
-    if news.is_empty() {
-        return Ok(());
-    }
+    lease: Duration,
+) -> Result<Claims, sqlx::Error> {
     let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
     let channels: Vec<&str> = news.iter().map(|n| n.channel).collect();
     let statuses: Vec<&str> = news
@@ -91,13 +114,30 @@ pub async fn insert_all(
     let subjects: Vec<Option<&str>> = news.iter().map(|n| n.subject).collect();
     let bodies: Vec<&str> = news.iter().map(|n| n.body).collect();
     let errors: Vec<Option<&str>> = news.iter().map(|n| n.skipped.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO notifications (id, event_id, event_type, user_id, channel, status, recipient, subject, body, last_error) \
-         SELECT id, $7, $8, $9, channel, status, recipient, subject, body, last_error \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $10::text[]) \
-           AS n(id, channel, status, recipient, subject, body, last_error) \
-         ON CONFLICT (event_id, channel) DO NOTHING",
-    )
+    // The CTEs share one snapshot: `retaken` cannot see what `fresh`
+    // writes, and the last SELECT sees neither's changes, so each row comes
+    // out once. A row another delivery committed after that snapshot is in
+    // none of them: its channel is missing, and counted busy below.
+    let found: Vec<Found> = sqlx::query_as(&format!(
+        "WITH fresh AS ( \
+           INSERT INTO notifications (id, event_id, event_type, user_id, channel, status, recipient, \
+             subject, body, last_error, claimed_until) \
+           SELECT id, $7, $8, $9, channel, status, recipient, subject, body, last_error, \
+             CASE WHEN status = 'pending' THEN now() + make_interval(secs => $11) END \
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $10::text[]) \
+             AS n(id, channel, status, recipient, subject, body, last_error) \
+           ON CONFLICT (event_id, channel) DO NOTHING \
+           RETURNING {COLUMNS}), \
+         retaken AS ( \
+           UPDATE notifications SET claimed_until = now() + make_interval(secs => $11) \
+           WHERE event_id = $7 AND status IN ('pending', 'failed', 'dead_lettered') \
+             AND (claimed_until IS NULL OR claimed_until < now()) \
+           RETURNING {COLUMNS}) \
+         SELECT {COLUMNS}, status = 'pending' AS claimed FROM fresh \
+         UNION ALL SELECT {COLUMNS}, true FROM retaken \
+         UNION ALL SELECT {COLUMNS}, false FROM notifications n \
+           WHERE event_id = $7 AND NOT EXISTS (SELECT 1 FROM retaken r WHERE r.id = n.id)"
+    ))
     .bind(&ids)
     .bind(&channels)
     .bind(&statuses)
@@ -108,59 +148,28 @@ pub async fn insert_all(
     .bind(event.event_type)
     .bind(event.user_id)
     .bind(&errors)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The event's notifications still to send (never the sent or skipped ones).
-#[tracing::instrument(skip_all, fields(event_id = %event_id), err)]
-pub async fn unsent(
-    conn: &mut PgConnection,
-    event_id: Uuid,
-) -> Result<Vec<NotificationRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM notifications WHERE event_id = $1 \
-         AND status IN ('pending', 'failed', 'dead_lettered') ORDER BY channel"
-    ))
-    .bind(event_id)
+    .bind(lease.as_secs_f64())
     .fetch_all(conn)
-    .await
-}
-
-/// Locks one unsent notification for sending, within the caller's
-/// transaction. `Claim::Busy` when another delivery holds it right now (a
-/// second replica got the same event); `Claim::Done` when it needs no sending.
-#[tracing::instrument(skip_all, fields(notification_id = %id), err)]
-pub async fn claim(conn: &mut PgConnection, id: Uuid) -> Result<Claim, sqlx::Error> {
-    let row: Option<NotificationRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM notifications WHERE id = $1 \
-         AND status IN ('pending', 'failed', 'dead_lettered') FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
     .await?;
-    if let Some(row) = row {
-        return Ok(Claim::Claimed(Box::new(row)));
+    let mut claims = Claims::default();
+    for channel in &channels {
+        if !found.iter().any(|f| f.row.channel == *channel) {
+            claims.busy.push((*channel).to_owned());
+        }
     }
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM notifications WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(match status.as_deref() {
-        Some("pending" | "failed" | "dead_lettered") => Claim::Busy,
-        _ => Claim::Done,
-    })
+    for Found { row, claimed } in found {
+        if claimed {
+            claims.claimed.push(row);
+        } else if UNSENT.contains(&row.status.as_str()) {
+            claims.busy.push(row.channel);
+        }
+    }
+    claims.claimed.sort_by(|a, b| a.channel.cmp(&b.channel));
+    Ok(claims)
 }
 
-/// The outcome of `claim`.
-#[derive(Debug)]
-pub enum Claim {
-    Claimed(Box<NotificationRow>),
-    Busy,
-    Done,
-}
+/// The statuses of a notification still to send.
+const UNSENT: [&str; 3] = ["pending", "failed", "dead_lettered"];
 
 /// Records a notification as sent; with `handled_event` (its event's type)
 /// the event is marked handled too, in the same statement.
@@ -173,7 +182,8 @@ pub async fn mark_sent(
     sqlx::query(
         "WITH sent AS ( \
            UPDATE notifications SET status = 'sent', attempts = attempts + 1, last_error = NULL, \
-             sent_at = now(), updated_at = now() WHERE id = $1 RETURNING event_id) \
+             claimed_until = NULL, sent_at = now(), updated_at = now() WHERE id = $1 \
+           RETURNING event_id) \
          INSERT INTO inbox (event_id, event_type) SELECT event_id, $2 FROM sent WHERE $2 IS NOT NULL \
          ON CONFLICT (event_id) DO NOTHING",
     )
@@ -193,7 +203,8 @@ pub async fn mark_failed(
     dead: bool,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $2, updated_at = now() \
+        "UPDATE notifications SET status = $3, attempts = attempts + 1, last_error = $2, \
+           claimed_until = NULL, updated_at = now() \
          WHERE id = $1",
     )
     .bind(id)
@@ -226,4 +237,195 @@ pub async fn list(
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use gocommerce_platform::testing::{DropDatabase, migrated_database};
+    use sqlx::PgPool;
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    async fn database() -> (PgPool, DropDatabase) {
+        migrated_database("gct_notification_db", &crate::startup::MIGRATOR).await
+    }
+
+    fn paid() -> Event<'static> {
+        Event {
+            id: Uuid::new_v4(),
+            event_type: "order.paid",
+            user_id: Uuid::new_v4(),
+        }
+    }
+
+    /// An email to send and an SMS skipped, as an event without a phone
+    /// number records them.
+    fn news() -> Vec<NewNotification<'static>> {
+        vec![
+            NewNotification {
+                channel: "email",
+                recipient: "ada@example.com",
+                subject: Some("Order confirmed"),
+                body: "Thank you",
+                skipped: None,
+            },
+            NewNotification {
+                channel: "sms",
+                recipient: "",
+                subject: None,
+                body: "Order confirmed",
+                skipped: Some("the user has no phone number".to_owned()),
+            },
+        ]
+    }
+
+    async fn claim(pool: &PgPool, event: &Event<'_>) -> Claims {
+        let mut conn = pool.acquire().await.expect("connection");
+        claim_all(&mut conn, event, &news(), LEASE)
+            .await
+            .expect("claim")
+    }
+
+    fn channels(rows: &[NotificationRow]) -> Vec<&str> {
+        rows.iter().map(|r| r.channel.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_delivery_records_every_channel_and_claims_only_what_it_must_send() {
+        // Arrange
+        let (pool, _guard) = database().await;
+        let event = paid();
+
+        // Act
+        let claims = claim(&pool, &event).await;
+
+        // Assert
+        assert_eq!(channels(&claims.claimed), ["email"]);
+        assert!(claims.busy.is_empty(), "{:?}", claims.busy);
+        let recorded: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT channel, status, coalesce(claimed_until > now(), false) FROM notifications \
+             WHERE event_id = $1 ORDER BY channel",
+        )
+        .bind(event.id)
+        .fetch_all(&pool)
+        .await
+        .expect("notifications");
+        let recorded: Vec<(&str, &str, bool)> = recorded
+            .iter()
+            .map(|(channel, status, claimed)| (channel.as_str(), status.as_str(), *claimed))
+            .collect();
+        assert_eq!(
+            recorded,
+            [("email", "pending", true), ("sms", "skipped", false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_delivery_while_the_first_is_sending_claims_nothing_and_finds_the_channel_busy()
+     {
+        // Arrange
+        let (pool, _guard) = database().await;
+        let event = paid();
+        claim(&pool, &event).await;
+
+        // Act
+        let second = claim(&pool, &event).await;
+
+        // Assert
+        assert!(second.claimed.is_empty(), "{:?}", second.claimed);
+        assert_eq!(second.busy, ["email"]);
+    }
+
+    #[tokio::test]
+    async fn deliveries_racing_on_a_new_event_send_each_notification_once() {
+        // Arrange
+        let (pool, _guard) = database().await;
+        let event = paid();
+
+        // Act: eight deliveries of one event at once, as replicas would.
+        let claims = deliver_at_once(&pool, event, 8).await;
+
+        // Assert: one email claimed in all; every other delivery retries.
+        let claimed: usize = claims.iter().map(|c| c.claimed.len()).sum();
+        assert_eq!(claimed, 1);
+        for losing in claims.iter().filter(|c| c.claimed.is_empty()) {
+            assert_eq!(losing.busy, ["email"]);
+        }
+    }
+
+    async fn deliver_at_once(pool: &PgPool, event: Event<'static>, n: usize) -> Vec<Claims> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { claim(&pool, &event).await })
+            })
+            .collect();
+        let mut claims = Vec::with_capacity(n);
+        for task in tasks {
+            claims.push(task.await.expect("delivery"));
+        }
+        claims
+    }
+
+    #[tokio::test]
+    async fn a_sent_notification_is_never_claimed_again_and_a_failed_one_is() {
+        // Arrange
+        let (pool, _guard) = database().await;
+        let (sent, failed) = (paid(), paid());
+        let mut conn = pool.acquire().await.expect("connection");
+        let first = claim(&pool, &sent).await;
+        mark_sent(&mut conn, first.claimed[0].id, Some("order.paid"))
+            .await
+            .expect("sent");
+        let first = claim(&pool, &failed).await;
+        mark_failed(&mut conn, first.claimed[0].id, "smtp: refused", false)
+            .await
+            .expect("failed");
+
+        // Act
+        let after_sent = claim(&pool, &sent).await;
+        let after_failed = claim(&pool, &failed).await;
+
+        // Assert
+        assert!(after_sent.claimed.is_empty() && after_sent.busy.is_empty());
+        assert_eq!(channels(&after_failed.claimed), ["email"]);
+        assert_eq!(after_failed.claimed[0].status, "failed");
+        assert_eq!(after_failed.claimed[0].attempts, 1);
+        let sent_row: (String, Option<DateTime<Utc>>, bool) = sqlx::query_as(
+            "SELECT status, sent_at, claimed_until IS NULL FROM notifications \
+             WHERE event_id = $1 AND channel = 'email'",
+        )
+        .bind(sent.id)
+        .fetch_one(&pool)
+        .await
+        .expect("the sent email");
+        assert_eq!(sent_row.0, "sent");
+        assert!(sent_row.1.is_some() && sent_row.2);
+        assert!(is_processed(&mut conn, sent.id).await.expect("inbox"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_ran_out_is_taken_by_the_next_delivery() {
+        // Arrange: a delivery claimed the email and died.
+        let (pool, _guard) = database().await;
+        let event = paid();
+        claim(&pool, &event).await;
+        sqlx::query(
+            "UPDATE notifications SET claimed_until = now() - interval '1 second' \
+             WHERE event_id = $1",
+        )
+        .bind(event.id)
+        .execute(&pool)
+        .await
+        .expect("run the claim out");
+
+        // Act
+        let next = claim(&pool, &event).await;
+
+        // Assert
+        assert_eq!(channels(&next.claimed), ["email"]);
+        assert!(next.busy.is_empty());
+    }
 }

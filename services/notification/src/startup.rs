@@ -18,7 +18,7 @@ use crate::config::NotificationConfig;
 use crate::consumer::{self, Handler};
 use crate::service::NotificationService;
 
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

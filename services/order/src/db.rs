@@ -607,8 +607,7 @@ pub async fn list(
 
 #[cfg(test)]
 mod tests {
-    use gocommerce_platform::db::connect_and_migrate;
-    use gocommerce_platform::testing::DropDatabase;
+    use gocommerce_platform::testing::{DropDatabase, migrated_database};
     use gocommerce_proto::events::v1::EventEnvelope;
     use gocommerce_proto::events::v1::event_envelope::Payload;
     use prost::Message as _;
@@ -620,15 +619,7 @@ mod tests {
     /// A migrated order database of this test's own, and an order placed in
     /// it and reserved.
     async fn reserved_order() -> (PgPool, DropDatabase, OrderRow, Vec<ItemRow>) {
-        let name = format!("gct_order_db_{}", Uuid::new_v4().simple());
-        let guard = DropDatabase(name.clone());
-        let pool = connect_and_migrate(
-            &format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            2,
-            &crate::startup::MIGRATOR,
-        )
-        .await
-        .expect("order database");
+        let (pool, guard) = migrated_database("gct_order_db", &crate::startup::MIGRATOR).await;
         let items = vec![ItemRow {
             product_id: Uuid::new_v4(),
             sku: "SKU-1".to_owned(),

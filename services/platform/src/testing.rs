@@ -47,3 +47,21 @@ impl Drop for DropDatabase {
         drop_databases(vec![std::mem::take(&mut self.0)]);
     }
 }
+
+/// A fresh database named `<prefix>_<random>` on the local PostgreSQL,
+/// created and migrated by `migrator`, and the guard that drops it.
+pub async fn migrated_database(
+    prefix: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> (sqlx::PgPool, DropDatabase) {
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let guard = DropDatabase(name.clone());
+    let pool = crate::db::connect_and_migrate(
+        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        4,
+        migrator,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("database {name}: {e}"));
+    (pool, guard)
+}
