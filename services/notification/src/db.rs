@@ -347,11 +347,15 @@ mod tests {
         // Act: eight deliveries of one event at once, as replicas would.
         let claims = deliver_at_once(&pool, event, 8).await;
 
-        // Assert: one email claimed in all; every other delivery retries.
+        // Assert: one email claimed in all; every other delivery retries,
+        // since it finds the email busy. One whose snapshot came before the
+        // winner's commit sees no row at all, so it counts the skipped SMS
+        // busy too: it cannot tell, and a retry finds it skipped.
         let claimed: usize = claims.iter().map(|c| c.claimed.len()).sum();
         assert_eq!(claimed, 1);
         for losing in claims.iter().filter(|c| c.claimed.is_empty()) {
-            assert_eq!(losing.busy, ["email"]);
+            assert!(losing.busy.iter().any(|c| c == "email"), "{:?}", losing.busy);
+            assert!(losing.busy.iter().all(|c| c == "email" || c == "sms"));
         }
     }
 
