@@ -42,9 +42,11 @@ pub const EVENTS: [&str; 6] = [
 /// How many events are handled at once.
 pub const PREFETCH: u16 = 16;
 
-/// How long a delivery holds the notifications it claimed: three times
-/// what a send may take, so a claim runs out only when its delivery died.
-const CLAIM: Duration = Duration::from_secs(3 * crate::channels::TIMEOUT.as_secs());
+/// How long a delivery holds the notifications it claimed. It sends them
+/// one after another (email, SMS, push), each within the channels' timeout,
+/// so with one timeout to spare a claim runs out only when its delivery
+/// died.
+const CLAIM: Duration = Duration::from_secs(4 * crate::channels::TIMEOUT.as_secs());
 
 /// Events an earlier version bound only so that the outbox, which then
 /// published every event as mandatory, saw them routed. They are published

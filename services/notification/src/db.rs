@@ -354,7 +354,11 @@ mod tests {
         let claimed: usize = claims.iter().map(|c| c.claimed.len()).sum();
         assert_eq!(claimed, 1);
         for losing in claims.iter().filter(|c| c.claimed.is_empty()) {
-            assert!(losing.busy.iter().any(|c| c == "email"), "{:?}", losing.busy);
+            assert!(
+                losing.busy.iter().any(|c| c == "email"),
+                "{:?}",
+                losing.busy
+            );
             assert!(losing.busy.iter().all(|c| c == "email" || c == "sms"));
         }
     }
