@@ -11,7 +11,8 @@ use futures::future::BoxFuture;
 use gocommerce_platform::config::{self, CommonConfig, ConfigError, Env, ServiceName};
 use gocommerce_platform::{Readiness, admin};
 use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// What to run.
@@ -75,12 +76,61 @@ pub struct Running {
 /// so a start that fails part way puts down those already made, and then by
 /// `Running`.
 #[derive(Debug, Default)]
-struct Runtimes(Vec<Runtime>);
+struct Runtimes(Vec<ComponentRuntime>);
+
+#[derive(Debug)]
+enum ComponentRuntime {
+    /// More than one worker.
+    MultiThread(Runtime),
+    /// One worker: a current-thread runtime driven by a thread of its own
+    /// until the sender is dropped; the thread then drops the runtime and
+    /// its tasks.
+    CurrentThread(oneshot::Sender<()>),
+}
+
+impl ComponentRuntime {
+    /// A runtime with `threads` workers named `gc-{name}`, and the handle
+    /// to spawn on it.
+    fn start(name: &str, threads: usize) -> std::io::Result<(Self, Handle)> {
+        let thread_name = format!("gc-{name}");
+        if threads > 1 {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name(thread_name)
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            return Ok((Self::MultiThread(runtime), handle));
+        }
+        // With one worker the multi-thread scheduler only costs: a task that
+        // wakes another hands it the worker at once (its LIFO slot), so an
+        // HTTP/2 connection task writes each response as its stream's task
+        // finishes it, one system call per response, where a current-thread
+        // runtime runs the woken connection task after the others and writes
+        // the batch at once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(&thread_name)
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                // Ends when the sender is dropped.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok((Self::CurrentThread(stop), handle))
+    }
+}
 
 impl Drop for Runtimes {
     fn drop(&mut self) {
         for runtime in self.0.drain(..) {
-            runtime.shutdown_background();
+            match runtime {
+                ComponentRuntime::MultiThread(runtime) => runtime.shutdown_background(),
+                ComponentRuntime::CurrentThread(stop) => drop(stop),
+            }
         }
     }
 }
@@ -126,13 +176,8 @@ impl Launcher {
             self.tasks.spawn(app.run(name));
             return Ok(port);
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name(format!("gc-{name}"))
-            .enable_all()
-            .build()
+        let (runtime, handle) = ComponentRuntime::start(name, threads)
             .with_context(|| format!("cannot start the runtime of the {name}"))?;
-        let handle = runtime.handle().clone();
         // Kept before the build is awaited, so a failed build's runtime is
         // put down with the others.
         self.runtimes.0.push(runtime);

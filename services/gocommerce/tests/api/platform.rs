@@ -449,6 +449,27 @@ async fn refused_start(
 }
 
 #[tokio::test]
+async fn all_in_one_process_with_several_threads_per_component_serves_a_customer() {
+    // One thread per component, the default, runs each on a current-thread
+    // runtime; more run each on a multi-thread runtime of its own.
+    let mut env = test_env();
+    env.insert("COMPONENT_THREADS".to_owned(), "2".to_owned());
+    let app = spawn_with(gocommerce::Component::All, env).await;
+
+    let (email, tokens) = app.customer().await;
+    let me = app
+        .get_with_token(
+            "/v1/auth/me",
+            tokens["access_token"].as_str().expect("token"),
+        )
+        .await;
+
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: Value = me.json().await.expect("json");
+    assert_eq!(me["email"], email.as_str());
+}
+
+#[tokio::test]
 async fn all_in_one_process_refuses_zero_threads_per_component_by_name() {
     let mut env = test_env();
     env.insert("COMPONENT_THREADS".to_owned(), "0".to_owned());
