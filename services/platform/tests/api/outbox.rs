@@ -28,6 +28,19 @@ async fn pending(pool: &sqlx::PgPool) -> i64 {
         .expect("count")
 }
 
+/// The rows not recorded as published once none are left, or after `secs`
+/// seconds: a running relay records a batch a moment after it went out.
+async fn pending_after(pool: &sqlx::PgPool, secs: u64) -> i64 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let left = pending(pool).await;
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Enqueues the event in a transaction of its own and commits it.
 async fn commit(pool: &sqlx::PgPool, event: &OutboxMessage) {
     let mut tx = pool.begin().await.expect("tx");
@@ -68,13 +81,7 @@ async fn a_committed_event_is_published_and_marked_sent() {
     let delivered = queue.next().await;
     assert_eq!(delivered.message_id, event.id.to_string());
     assert_eq!(delivered.payload, b"state changed");
-    for _ in 0..50 {
-        if pending(&pool).await == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(pending(&pool).await, 0);
+    assert_eq!(pending_after(&pool, 1).await, 0);
     queue.finish().await;
 }
 
@@ -198,6 +205,46 @@ async fn an_event_for_the_record_that_nobody_takes_is_published_not_retried() {
         "the event waits for a subscriber it does not need"
     );
     assert_eq!(last_error, None);
+}
+
+#[tokio::test]
+async fn a_relay_under_a_stream_of_commits_publishes_each_event_once_and_records_them_all() {
+    // Arrange: commits keep coming while the relay runs, so notifications
+    // arrive while a batch is out and the batches wait for one another.
+    let (pool, _database) = outbox_database().await;
+    let mut queue = subscribed().await;
+    let relay = tokio::spawn(outbox::run_relay(
+        pool.clone(),
+        Publisher::new(queue.broker.clone()),
+        queue.shutdown.clone(),
+    ));
+
+    // Act
+    let mut committed = Vec::new();
+    for _ in 0..30 {
+        committed.extend(commit_events(&pool, &queue.routing_key, 5).await);
+        tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+    }
+
+    // Assert
+    let mut delivered = Vec::new();
+    for _ in 0..committed.len() {
+        delivered.push(queue.next().await.message_id);
+    }
+    let extra = tokio::time::timeout(std::time::Duration::from_millis(300), queue.next()).await;
+    assert_eq!(
+        extra.ok().map(|m| m.message_id),
+        None,
+        "an event went out twice"
+    );
+    assert_eq!(delivered, committed, "every event once, in commit order");
+    assert_eq!(
+        pending_after(&pool, 5).await,
+        0,
+        "a published row was not recorded"
+    );
+    queue.finish().await;
+    relay.await.expect("the relay stops");
 }
 
 /// Commits `count` events to `routing_key`, one transaction each; their ids
