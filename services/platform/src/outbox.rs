@@ -61,9 +61,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// Every batch costs two statements and a broker round trip; under load the
 /// rows that commit meanwhile share the next one instead of each taking its
 /// own, and an idle relay still starts at once. At 10 ms a relay could run
-/// close to a batch per order at bench scenario 3's 200 orders/s; 50 ms took
-/// order placement from 0.50–0.52 to 0.57–0.59 of its baseline, for at most
-/// 50 ms more between a commit and its publish.
+/// close to a batch per order at bench scenario 3's 200 orders/s; the cost is
+/// at most 50 ms more between a commit and its publish. The README's
+/// performance section has the measurements.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a relay holds the rows of the batch it is publishing. A batch

@@ -149,6 +149,23 @@ impl Subscribed {
         next(&mut self.deliveries).await
     }
 
+    /// The message ids of the next `count` deliveries, in the order they
+    /// came, after checking that no other delivery follows within 300 ms:
+    /// an event that went out twice fails the test here.
+    pub async fn exactly(&mut self, count: usize) -> Vec<String> {
+        let mut delivered = Vec::with_capacity(count);
+        for _ in 0..count {
+            delivered.push(self.next().await.message_id);
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(300), self.deliveries.recv()).await;
+        assert_eq!(
+            extra.ok().flatten().map(|m| m.message_id),
+            None,
+            "an event went out twice"
+        );
+        delivered
+    }
+
     pub async fn finish(&self) {
         finish(&self.broker, &self.spec, &self.shutdown).await;
     }

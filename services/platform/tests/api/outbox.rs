@@ -227,16 +227,7 @@ async fn a_relay_under_a_stream_of_commits_publishes_each_event_once_and_records
     }
 
     // Assert
-    let mut delivered = Vec::new();
-    for _ in 0..committed.len() {
-        delivered.push(queue.next().await.message_id);
-    }
-    let extra = tokio::time::timeout(std::time::Duration::from_millis(300), queue.next()).await;
-    assert_eq!(
-        extra.ok().map(|m| m.message_id),
-        None,
-        "an event went out twice"
-    );
+    let delivered = queue.exactly(committed.len()).await;
     assert_eq!(delivered, committed, "every event once, in commit order");
     assert_eq!(
         pending_after(&pool, 5).await,
@@ -273,11 +264,7 @@ async fn a_batch_goes_out_in_commit_order() {
 
     // Assert
     assert_eq!(relayed, 40);
-    let mut delivered = Vec::new();
-    for _ in 0..committed.len() {
-        delivered.push(queue.next().await.message_id);
-    }
-    assert_eq!(delivered, committed);
+    assert_eq!(queue.exactly(committed.len()).await, committed);
     queue.finish().await;
 }
 
