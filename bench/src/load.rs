@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -47,50 +48,105 @@ pub async fn open_loop(
     duration: Duration,
     max_in_flight: usize,
 ) -> (Vec<Recorder>, Duration) {
-    let schedule = Schedule::new(rate, duration);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Duration, bool)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
     let collector = tokio::spawn(async move {
         let mut recorders = vec![Recorder::new(); classes.max(1)];
-        while let Some((class, latency, ok)) = rx.recv().await {
+        while let Some(Outcome { class, latency, ok }) = rx.recv().await {
             if let Some(recorder) = recorders.get_mut(class) {
                 recorder.record(latency, ok);
             }
         }
         recorders
     });
-    let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now() + Duration::from_millis(5);
-    let end = start + duration;
-    let mut unsent = 0..0;
-    for index in 0..schedule.count() {
-        let intended = start + schedule.offset(index);
-        tokio::time::sleep_until(intended).await;
-        let slot = match tokio::time::timeout_at(end, slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            _ => {
-                unsent = index..schedule.count();
-                break;
-            }
-        };
-        let (class, request) = op(index);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let ok = tokio::time::timeout(REQUEST_TIMEOUT, request)
-                .await
-                .unwrap_or(false);
-            drop(slot);
-            // From the intended time: a late send is the server's queue too.
-            let _ = tx.send((class, intended.elapsed(), ok));
-        });
+    let pacer = Pacer {
+        op: op.clone(),
+        schedule: Schedule::new(rate, duration),
+        start,
+        end: start + duration,
+        slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        outcomes: tx,
+        runtime: Handle::current(),
+    };
+    // tokio's timers fire on a millisecond tick: sleeping on them would send
+    // each millisecond's requests together, in a burst up to a millisecond
+    // late, and every latency would carry that. A thread of its own sleeps to
+    // each request's time instead (to within the kernel's timer slack, about
+    // 50 µs).
+    let paced = tokio::task::spawn_blocking(move || pacer.run()).await;
+    if let Err(error) = paced {
+        std::panic::resume_unwind(error.into_panic());
     }
-    for index in unsent {
-        // Its class is not known without making the request: class 0.
-        let waited = Instant::now().saturating_duration_since(start + schedule.offset(index));
-        let _ = tx.send((0, waited, false));
-    }
-    drop(tx);
     let recorders = collector.await.unwrap_or_default();
     (recorders, start.elapsed())
+}
+
+/// One answered (or failed, or never sent) request.
+struct Outcome {
+    class: usize,
+    latency: Duration,
+    ok: bool,
+}
+
+/// Sends an open loop's requests at their intended times from a thread that
+/// is not one of the runtime's workers, spawning each onto the runtime.
+struct Pacer {
+    op: Op,
+    schedule: Schedule,
+    start: Instant,
+    end: Instant,
+    slots: Arc<Semaphore>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    runtime: Handle,
+}
+
+impl Pacer {
+    fn run(self) {
+        let mut unsent = 0..0;
+        for index in 0..self.schedule.count() {
+            let intended = self.start + self.schedule.offset(index);
+            if let Some(early) = intended.checked_duration_since(Instant::now()) {
+                std::thread::sleep(early);
+            }
+            let slot = match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    let waited = self.runtime.block_on(tokio::time::timeout_at(
+                        self.end,
+                        self.slots.clone().acquire_owned(),
+                    ));
+                    match waited {
+                        Ok(Ok(slot)) => slot,
+                        _ => {
+                            unsent = index..self.schedule.count();
+                            break;
+                        }
+                    }
+                }
+            };
+            let (class, request) = (self.op)(index);
+            let outcomes = self.outcomes.clone();
+            self.runtime.spawn(async move {
+                let ok = tokio::time::timeout(REQUEST_TIMEOUT, request)
+                    .await
+                    .unwrap_or(false);
+                drop(slot);
+                // From the intended time: a late send is the server's queue too.
+                let latency = intended.elapsed();
+                let _ = outcomes.send(Outcome { class, latency, ok });
+            });
+        }
+        for index in unsent {
+            // Its class is not known without making the request: class 0.
+            let intended = self.start + self.schedule.offset(index);
+            let latency = Instant::now().saturating_duration_since(intended);
+            let _ = self.outcomes.send(Outcome {
+                class: 0,
+                latency,
+                ok: false,
+            });
+        }
+    }
 }
 
 /// `open_loop` for a one-class load, summarised.
@@ -161,6 +217,30 @@ mod tests {
         let summary = open_loop_summary(&op, 200.0, Duration::from_millis(500), 1000).await;
         assert_eq!(summary.requests, 100);
         assert!(summary.p50_ms >= 50.0, "{summary:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_go_out_spread_over_their_schedule_not_in_millisecond_bursts() {
+        // 5,000 a second is one every 200 µs. Sent from a millisecond timer
+        // they would leave five at a time, most gaps between sends a few µs;
+        // the median gap says which, whatever an occasional late wake-up does.
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = sent.clone();
+        let op = single(move |_| {
+            record.lock().unwrap().push(std::time::Instant::now());
+            async { true }
+        });
+        let summary = open_loop_summary(&op, 5000.0, Duration::from_millis(200), 1000).await;
+        assert_eq!(summary.requests, 1000);
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort();
+        let mut gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort();
+        let median = gaps[gaps.len() / 2];
+        assert!(
+            median >= Duration::from_micros(100),
+            "median gap {median:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
