@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinError;
 use tokio::time::Instant;
 
 use crate::schedule::Schedule;
@@ -74,8 +75,11 @@ pub async fn open_loop(
     // each request's time instead (to within the kernel's timer slack, about
     // 50 µs).
     let paced = tokio::task::spawn_blocking(move || pacer.run()).await;
-    if let Err(error) = paced {
-        std::panic::resume_unwind(error.into_panic());
+    // A pacer that panicked (an `op` did) fails the run as it did when the
+    // loop ran inline; one cancelled by the runtime's shutdown has nothing
+    // left to report.
+    if let Err(Ok(panic)) = paced.map_err(JoinError::try_into_panic) {
+        std::panic::resume_unwind(panic);
     }
     let recorders = collector.await.unwrap_or_default();
     (recorders, start.elapsed())
