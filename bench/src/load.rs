@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinError;
 use tokio::time::Instant;
 
@@ -105,6 +105,20 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// A free in-flight slot, waiting for one until the window closes (None
+    /// then). The common case, a slot free at once, does not enter the
+    /// runtime.
+    fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let waited = self.runtime.block_on(tokio::time::timeout_at(
+            self.end,
+            self.slots.clone().acquire_owned(),
+        ));
+        waited.ok()?.ok()
+    }
+
     fn run(self) {
         let mut unsent = 0..0;
         for index in 0..self.schedule.count() {
@@ -112,21 +126,9 @@ impl Pacer {
             if let Some(early) = intended.checked_duration_since(Instant::now()) {
                 std::thread::sleep(early);
             }
-            let slot = match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    let waited = self.runtime.block_on(tokio::time::timeout_at(
-                        self.end,
-                        self.slots.clone().acquire_owned(),
-                    ));
-                    match waited {
-                        Ok(Ok(slot)) => slot,
-                        _ => {
-                            unsent = index..self.schedule.count();
-                            break;
-                        }
-                    }
-                }
+            let Some(slot) = self.slot() else {
+                unsent = index..self.schedule.count();
+                break;
             };
             let (class, request) = (self.op)(index);
             let outcomes = self.outcomes.clone();
