@@ -5,6 +5,7 @@
 //! only says whether every scenario could run.
 
 mod baseline;
+mod cpu;
 mod load;
 mod mix;
 mod report;

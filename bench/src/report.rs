@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::scenarios::{Level, Scenario};
 use crate::server::Memory;
+use crate::stats::Summary;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -75,6 +76,64 @@ fn with_range(ratio: Option<f64>, pair_ratios: &[f64]) -> String {
     }
 }
 
+/// A row of the CPU table for one side of a level, if it was sampled.
+fn cpu_row(load: &str, side: &str, summary: &Summary) -> Option<String> {
+    let cpu = summary.cpu.as_ref()?;
+    let components: Vec<String> = cpu
+        .components
+        .iter()
+        .take(3)
+        .map(|(name, us)| format!("{name} {us:.0}"))
+        .collect();
+    Some(format!(
+        "| {load} | {side} | {:.0} ({:.0}%) | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+        cpu.machine_us,
+        cpu.machine_busy * 100.0,
+        cpu.gocommerce_us,
+        if components.is_empty() {
+            "n/a".to_owned()
+        } else {
+            components.join(", ")
+        },
+        cpu.bench_us,
+        cpu.postgres_us,
+        cpu.rabbitmq_us,
+    ))
+}
+
+/// The CPU table of a scenario: both sides of every level that was sampled.
+fn cpu_table(levels: &[Level]) -> Option<String> {
+    let rows: Vec<String> = levels
+        .iter()
+        .flat_map(|level| {
+            [
+                cpu_row(&level.load, "gocommerce", &level.measured),
+                level
+                    .baseline
+                    .as_ref()
+                    .and_then(|b| cpu_row(&level.load, "baseline", b)),
+            ]
+        })
+        .flatten()
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "CPU per request in µs, from /proc over each measurement (the machine's busy share in \
+         brackets); gocommerce's largest components; bench is this process (the load \
+         generator, and the baseline's bare handler or pgbench):\n\n\
+         | load | side | machine | gocommerce | of which | bench | PostgreSQL | RabbitMQ |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out.push('\n');
+    Some(out)
+}
+
 /// The Markdown summary: one table per scenario, then its targets.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
@@ -127,6 +186,9 @@ pub fn markdown(report: &Report) -> String {
             }
             out.push('\n');
         }
+        if let Some(table) = cpu_table(&scenario.levels) {
+            out.push_str(&table);
+        }
         for check in &scenario.checks {
             let verdict = match check.met {
                 Some(true) => "met",
@@ -154,7 +216,7 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Summary;
+    use crate::cpu::Cpu;
 
     fn summary(throughput: f64, p99: f64) -> Summary {
         Summary {
@@ -166,6 +228,7 @@ mod tests {
             p90_ms: 2.0,
             p99_ms: p99,
             max_ms: 9.0,
+            cpu: None,
         }
     }
 
@@ -223,6 +286,55 @@ mod tests {
         let line = row(&level);
 
         assert!(line.ends_with("| 1.00 | 3.00 (1.50–8.00) |"), "{line}");
+    }
+
+    #[test]
+    fn the_cpu_table_shows_each_sampled_side_with_its_largest_components() {
+        let cpu = Cpu {
+            machine_busy: 0.9,
+            machine_us: 350.0,
+            gocommerce_us: 180.0,
+            components: vec![
+                ("gateway".to_owned(), 90.0),
+                ("product".to_owned(), 70.0),
+                ("order".to_owned(), 15.0),
+                ("exited".to_owned(), 5.0),
+            ],
+            bench_us: 86.0,
+            postgres_us: 70.4,
+            rabbitmq_us: 1.0,
+        };
+        let sampled = Level {
+            load: "50%".to_owned(),
+            rate: Some(4000.0),
+            measured: Summary {
+                cpu: Some(cpu),
+                ..summary(4000.0, 6.0)
+            },
+            baseline: Some(summary(12000.0, 5.0)),
+            throughput_ratio: None,
+            p99_ratio: None,
+            pair_ratios: Vec::new(),
+            pair_p99_ratios: Vec::new(),
+        };
+        let unsampled = Level {
+            load: "saturation".to_owned(),
+            measured: summary(1.0, 1.0),
+            ..sampled.clone()
+        };
+
+        let table = cpu_table(&[unsampled.clone(), sampled]);
+
+        let table = table.expect("one side was sampled");
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 50%")).collect();
+        assert_eq!(
+            rows,
+            vec![
+                "| 50% | gocommerce | 350 (90%) | 180 | gateway 90, product 70, order 15 | 86 | 70 | 1 |"
+            ]
+        );
+        assert!(!table.contains("| saturation |"), "{table}");
+        assert_eq!(cpu_table(&[unsampled]), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::baseline::{self, BareServer, Pgbench};
+use crate::cpu::Meter;
 use crate::load::{self, Op, Request};
 use crate::mix::{Kind, Mix};
 use crate::seed::{CUSTOMER_PASSWORD, NOUNS, Seeded};
@@ -75,9 +76,13 @@ impl Level {
         Self {
             load: load.into(),
             rate,
+            throughput_ratio: baseline
+                .as_ref()
+                .and_then(|b| ratio(measured.throughput, b.throughput)),
+            p99_ratio: baseline
+                .as_ref()
+                .and_then(|b| ratio(measured.p99_ms, b.p99_ms)),
             measured,
-            throughput_ratio: baseline.and_then(|b| ratio(measured.throughput, b.throughput)),
-            p99_ratio: baseline.and_then(|b| ratio(measured.p99_ms, b.p99_ms)),
             baseline,
             pair_ratios: Vec::new(),
             pair_p99_ratios: Vec::new(),
@@ -119,7 +124,7 @@ impl Saturation {
     /// even count). None when there are no pairs.
     pub fn median_of(pairs: &[(Summary, Summary)]) -> Option<Self> {
         let (middle, pair_ratios) = median_pair(pairs, |s| s.throughput)?;
-        let (measured, baseline) = pairs[middle];
+        let (measured, baseline) = pairs[middle].clone();
         Some(Self {
             measured,
             baseline,
@@ -129,7 +134,12 @@ impl Saturation {
 
     /// The "saturation" row of the report.
     pub fn level(&self) -> Level {
-        let mut level = Level::new("saturation", None, self.measured, Some(self.baseline));
+        let mut level = Level::new(
+            "saturation",
+            None,
+            self.measured.clone(),
+            Some(self.baseline.clone()),
+        );
         level.pair_ratios = self.pair_ratios.clone();
         level
     }
@@ -142,7 +152,7 @@ impl Saturation {
 /// from. None when there are no pairs.
 fn interference_level(pairs: &[(Summary, Summary)], rate: f64) -> Option<Level> {
     let (middle, ratios) = median_pair(pairs, |s| s.p99_ms)?;
-    let (beside, alone) = pairs[middle];
+    let (beside, alone) = pairs[middle].clone();
     let mut level = Level::new(
         "catalog reads at 50% while logins saturate (baseline: reads alone)",
         Some(rate),
@@ -242,7 +252,34 @@ impl Context {
 
     async fn saturate(&self, op: &Op) -> Summary {
         self.warm(op).await;
-        load::closed_loop(op, self.settings.concurrency, self.settings.measure).await
+        self.metered(load::closed_loop(
+            op,
+            self.settings.concurrency,
+            self.settings.measure,
+        ))
+        .await
+    }
+
+    /// A measurement with the CPU it cost per request (see `cpu`).
+    async fn metered(&self, measurement: impl Future<Output = Summary>) -> Summary {
+        let meter = Meter::start(self.server_pid);
+        let mut summary = measurement.await;
+        summary.cpu = meter.per_request(summary.requests);
+        summary
+    }
+
+    /// pgbench at `rate` (None: as fast as it goes), metered.
+    async fn run_pgbench(&self, pgbench: &Pgbench, rate: Option<f64>) -> anyhow::Result<Summary> {
+        let meter = Meter::start(self.server_pid);
+        let mut summary = pgbench
+            .run(
+                self.settings.concurrency,
+                self.settings.pgbench_seconds,
+                rate,
+            )
+            .await?;
+        summary.cpu = meter.per_request(summary.requests);
+        Ok(summary)
     }
 
     /// Saturates the baseline, then gocommerce, `saturation_pairs` times in
@@ -276,7 +313,13 @@ impl Context {
     }
 
     async fn at_rate(&self, op: &Op, rate: f64) -> Summary {
-        load::open_loop_summary(op, rate, self.settings.measure, self.max_in_flight()).await
+        self.metered(load::open_loop_summary(
+            op,
+            rate,
+            self.settings.measure,
+            self.max_in_flight(),
+        ))
+        .await
     }
 
     fn product_id(&self, index: u64) -> String {
@@ -441,21 +484,19 @@ impl Context {
         op: &Op,
         pgbench: &Pgbench,
     ) -> anyhow::Result<()> {
-        let clients = self.settings.concurrency;
-        let seconds = self.settings.pgbench_seconds;
         let saturation = self
             .saturate_pairs(
-                async || pgbench.run(clients, seconds, None).await,
+                async || self.run_pgbench(pgbench, None).await,
                 async || Ok(self.saturate(op).await),
             )
             .await?;
-        let (measured, base_max) = (saturation.measured, saturation.baseline);
         scenario.levels.push(saturation.level());
+        let (measured, base_max) = (saturation.measured, saturation.baseline);
         for share in LEVELS {
             let rate = share * measured.throughput;
             let measured = self.at_rate(op, rate).await;
-            let base = pgbench
-                .run(clients, seconds, Some(share * base_max.throughput))
+            let base = self
+                .run_pgbench(pgbench, Some(share * base_max.throughput))
                 .await?;
             scenario
                 .levels
@@ -504,8 +545,8 @@ pub async fn proxy_cost(cx: &Context) -> anyhow::Result<Scenario> {
             async || Ok(cx.saturate(&op).await),
         )
         .await?;
-    let (measured, base_max) = (saturation.measured, saturation.baseline);
     scenario.levels.push(saturation.level());
+    let (measured, base_max) = (saturation.measured, saturation.baseline);
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -671,13 +712,18 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
     let saturation = cx
         .saturate_pairs(
             async || {
-                baseline::argon2_loop(2, cx.settings.measure.max(Duration::from_secs(1))).await
+                let meter = Meter::start(cx.server_pid);
+                let mut hashes =
+                    baseline::argon2_loop(2, cx.settings.measure.max(Duration::from_secs(1)))
+                        .await?;
+                hashes.cpu = meter.per_request(hashes.requests);
+                Ok(hashes)
             },
             async || Ok(cx.saturate(&op).await),
         )
         .await?;
-    let measured = saturation.measured;
     scenario.levels.push(saturation.level());
+    let measured = saturation.measured;
     for share in LEVELS {
         let rate = share * measured.throughput;
         let measured = cx.at_rate(&op, rate).await;
@@ -691,8 +737,10 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
         .measure_pairs(
             async || Ok(cx.at_rate(&reads, rate).await),
             async || {
+                // Not metered: the CPU of the logins beside would be
+                // spread over the reads.
                 let (beside, _) = tokio::join!(
-                    cx.at_rate(&reads, rate),
+                    load::open_loop_summary(&reads, rate, cx.settings.measure, cx.max_in_flight()),
                     load::closed_loop(&op, cx.settings.concurrency, cx.settings.measure)
                 );
                 Ok(beside)
@@ -788,10 +836,15 @@ async fn mix_step(
         checkout_share,
         cx.settings.mix_min_checkouts,
     );
+    let meter = Meter::start(cx.server_pid);
     let (recorders, elapsed) =
         load::open_loop(mixed_op, Kind::ALL.len(), rate, window, cx.max_in_flight()).await;
     let name = format!("{} of predicted{label}", percent(step));
-    let (levels, passed) = judge_mix(&name, rate, &recorders, elapsed);
+    let (mut levels, passed) = judge_mix(&name, rate, &recorders, elapsed);
+    // The first level is all requests of the mix, which the CPU was spent on.
+    if let Some(all) = levels.first_mut() {
+        all.measured.cpu = meter.per_request(all.measured.requests);
+    }
     scenario.levels.extend(levels);
     passed
 }
@@ -847,13 +900,13 @@ pub async fn mixed(
     scenario.levels.push(Level::new(
         "saturation: GET /v1/orders alone",
         None,
-        order_list,
+        order_list.clone(),
         None,
     ));
     scenario.levels.push(Level::new(
         "saturation: GET /v1/users/me alone",
         None,
-        profile,
+        profile.clone(),
         None,
     ));
     let mix = Mix::standard();
@@ -976,6 +1029,7 @@ pub async fn mixed(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+    let meter = Meter::start(pid);
     let (recorders, elapsed) = load::open_loop(
         &mixed_op,
         Kind::ALL.len(),
@@ -985,6 +1039,8 @@ pub async fn mixed(
     )
     .await;
     sampler.abort();
+    let mut all = load::merged(&recorders).summary(elapsed);
+    all.cpu = meter.per_request(all.requests);
     let mut loaded = crate::server::memory(pid);
     loaded.rss_mib = loaded
         .rss_mib
@@ -993,7 +1049,7 @@ pub async fn mixed(
     memory.levels.push(Level::new(
         "mixed load at 70% of the sustained rate",
         Some(seventy),
-        load::merged(&recorders).summary(elapsed),
+        all,
         None,
     ));
     memory.notes.push(format!("idle after seeding (and {} s without requests): VmRSS {:.1} MiB; under the mixed load at 70%: peak VmRSS (sampled every 100 ms) {:.1} MiB, VmHWM (peak since start, seeding included) {:.1} MiB", cx.settings.idle_settle.as_secs(), idle.rss_mib, loaded.rss_mib, loaded.hwm_mib));
@@ -1004,13 +1060,14 @@ pub async fn mixed(
     ));
     let lag_p99_s = match lag {
         Some(lag) => {
+            let p99_s = lag.p99_ms / 1000.0;
             scenario.levels.push(Level::new(
                 "notification lag at 70% (order seen PAID → email at SMTP)",
                 None,
                 lag,
                 None,
             ));
-            Some(lag.p99_ms / 1000.0)
+            Some(p99_s)
         }
         None => {
             scenario.notes.push(

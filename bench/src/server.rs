@@ -165,18 +165,6 @@ pub fn memory(pid: u32) -> Memory {
         .unwrap_or_default()
 }
 
-/// CPU time (user + system, in clock ticks) of a process from the text of
-/// /proc/<pid>/stat: fields 14 and 15, counted after the `)` that ends the
-/// command name (which may itself hold spaces).
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Waits (up to `limit`) until the process uses under a tenth of a core, so
 /// work left over from one measurement (requests the client gave up on,
 /// outbox relays) does not run into the next.
@@ -184,7 +172,8 @@ pub async fn quiesce(pid: u32, limit: Duration) {
     let ticks = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| parse_cpu_ticks(&s))
+            .and_then(|s| crate::cpu::Stat::parse(&s))
+            .map(|s| s.own())
     };
     let deadline = tokio::time::Instant::now() + limit;
     let window = Duration::from_millis(250);
@@ -407,13 +396,6 @@ mod tests {
         let memory = parse_status(status);
         assert_eq!(memory.rss_mib, 100.0);
         assert_eq!(memory.hwm_mib, 200.0);
-    }
-
-    #[test]
-    fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
-        let stat = "4242 (tokio-runtime w) S 1 4242 4242 0 -1 4194304 100 0 0 0 1500 250 0 0 20 0 8 0 1000";
-        assert_eq!(parse_cpu_ticks(stat), Some(1750));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
     }
 
     #[test]

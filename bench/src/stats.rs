@@ -6,6 +6,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::Cpu;
+
 /// Latencies recorded in microseconds, 1 µs to 5 minutes, three significant digits.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -77,12 +79,13 @@ impl Recorder {
             p90_ms: p90,
             p99_ms: p99,
             max_ms: max,
+            cpu: None,
         }
     }
 }
 
 /// What one measurement reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub requests: u64,
     pub errors: u64,
@@ -93,6 +96,9 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU per request over the measurement, where it was sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
 }
 
 /// `measured / baseline`, or None when the baseline is zero or either is not
