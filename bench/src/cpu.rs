@@ -101,7 +101,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads /proc now. Whatever cannot be read counts as zero: a snapshot
-    /// is a report's detail, never a reason to fail a run.
+    /// is a report's detail, never a reason to fail a run. It reads a stat
+    /// file per process and per gocommerce thread, blocking, so it is taken
+    /// just before and just after a measurement, never during one.
     pub fn take(gocommerce_pid: u32) -> Self {
         let read = |path: String| std::fs::read_to_string(path).ok();
         let stat = |path: String| read(path).and_then(|t| Stat::parse(&t));
@@ -344,23 +346,34 @@ mod tests {
     fn a_snapshot_of_this_process_sees_a_busy_thread_under_its_component() {
         let pid = std::process::id();
         let before = Snapshot::take(pid);
+        let (spun, spun_rx) = std::sync::mpsc::channel::<()>();
+        let (end, end_rx) = std::sync::mpsc::channel::<()>();
 
+        // Spins until it has 15 ticks of CPU (however busy the machine is),
+        // then stays alive, so its ticks still belong to it when the second
+        // snapshot is taken.
         let spinner = std::thread::Builder::new()
             .name("gc-spin".to_owned())
-            .spawn(|| {
-                let start = std::time::Instant::now();
+            .spawn(move || {
+                let own = || {
+                    std::fs::read_to_string("/proc/thread-self/stat")
+                        .ok()
+                        .and_then(|s| Stat::parse(&s))
+                        .map_or(0, |s| s.own())
+                };
                 let mut x = 0u64;
-                while start.elapsed() < std::time::Duration::from_millis(300) {
-                    x = std::hint::black_box(x.wrapping_add(1));
+                while own() < 15 {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
                 }
-                // Parked, not ended, so its ticks still belong to it when
-                // the second snapshot is taken.
-                std::thread::park();
+                let _ = spun.send(());
+                let _ = end_rx.recv();
             })
             .expect("spawn a thread");
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        spun_rx.recv().expect("the spinner reports");
         let after = Snapshot::take(pid);
-        spinner.thread().unpark();
+        drop(end);
         let _ = spinner.join();
 
         let cpu = Cpu::between(&before, &after, 1).expect("one request");
@@ -369,9 +382,8 @@ mod tests {
             .iter()
             .find(|(name, _)| name == "spin")
             .map(|(_, us)| *us);
-        // 300 ms of spinning is about 30 ticks; a loaded machine may give it less.
         assert!(
-            spin.is_some_and(|us| us >= 100_000.0),
+            spin.is_some_and(|us| us >= 150_000.0),
             "spin thread's CPU: {spin:?} in {:?}",
             cpu.components
         );
