@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::Summary;
+
 /// Clock ticks a second in /proc (`USER_HZ`, 100 on every Linux build this
 /// runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -41,6 +43,12 @@ impl Stat {
             cutime: field(13)?,
             cstime: field(14)?,
         })
+    }
+
+    /// The stat file at `path` (`/proc/<pid>/stat`, `/proc/thread-self/stat`,
+    /// …), None if it cannot be read or parsed (the process is gone).
+    pub fn read(path: &str) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(path).ok()?)
     }
 
     /// Ticks this process or thread spent itself.
@@ -105,16 +113,15 @@ impl Snapshot {
     /// file per process and per gocommerce thread, blocking, so it is taken
     /// just before and just after a measurement, never during one.
     pub fn take(gocommerce_pid: u32) -> Self {
-        let read = |path: String| std::fs::read_to_string(path).ok();
-        let stat = |path: String| read(path).and_then(|t| Stat::parse(&t));
-        let (machine_busy, machine_total) = read("/proc/stat".to_owned())
+        let (machine_busy, machine_total) = std::fs::read_to_string("/proc/stat")
+            .ok()
             .and_then(|t| parse_machine(&t))
             .unwrap_or_default();
         let mut snapshot = Self {
             machine_busy,
             machine_total,
-            gocommerce: stat(format!("/proc/{gocommerce_pid}/stat")).map_or(0, |s| s.own()),
-            bench: stat("/proc/self/stat".to_owned()).map_or(0, |s| s.with_children()),
+            gocommerce: Stat::read(&format!("/proc/{gocommerce_pid}/stat")).map_or(0, |s| s.own()),
+            bench: Stat::read("/proc/self/stat").map_or(0, |s| s.with_children()),
             ..Self::default()
         };
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{gocommerce_pid}/task")) {
@@ -122,7 +129,7 @@ impl Snapshot {
                 let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
                     continue;
                 };
-                if let Some(s) = stat(format!("/proc/{gocommerce_pid}/task/{tid}/stat")) {
+                if let Some(s) = Stat::read(&format!("/proc/{gocommerce_pid}/task/{tid}/stat")) {
                     let ticks = s.own();
                     snapshot.threads.insert(tid, (s.comm, ticks));
                 }
@@ -137,7 +144,7 @@ impl Snapshot {
                 else {
                     continue;
                 };
-                let Some(s) = stat(format!("/proc/{pid}/stat")) else {
+                let Some(s) = Stat::read(&format!("/proc/{pid}/stat")) else {
                     continue;
                 };
                 if s.comm == "postgres" {
@@ -169,6 +176,12 @@ impl Meter {
     /// The CPU spent since the start, per each of `requests`.
     pub fn per_request(&self, requests: u64) -> Option<Cpu> {
         Cpu::between(&self.before, &Snapshot::take(self.gocommerce_pid), requests)
+    }
+
+    /// The summary of the measurement just ended, with its CPU per request.
+    pub fn stamp(&self, mut summary: Summary) -> Summary {
+        summary.cpu = self.per_request(summary.requests);
+        summary
     }
 }
 
@@ -355,12 +368,7 @@ mod tests {
         let spinner = std::thread::Builder::new()
             .name("gc-spin".to_owned())
             .spawn(move || {
-                let own = || {
-                    std::fs::read_to_string("/proc/thread-self/stat")
-                        .ok()
-                        .and_then(|s| Stat::parse(&s))
-                        .map_or(0, |s| s.own())
-                };
+                let own = || Stat::read("/proc/thread-self/stat").map_or(0, |s| s.own());
                 let mut x = 0u64;
                 while own() < 15 {
                     for _ in 0..100_000 {

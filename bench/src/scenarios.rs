@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::baseline::{self, BareServer, Pgbench};
-use crate::cpu::Meter;
+use crate::cpu::{Cpu, Meter};
 use crate::load::{self, Op, Request};
 use crate::mix::{Kind, Mix};
 use crate::seed::{CUSTOMER_PASSWORD, NOUNS, Seeded};
@@ -263,23 +263,20 @@ impl Context {
     /// A measurement with the CPU it cost per request (see `cpu`).
     async fn metered(&self, measurement: impl Future<Output = Summary>) -> Summary {
         let meter = Meter::start(self.server_pid);
-        let mut summary = measurement.await;
-        summary.cpu = meter.per_request(summary.requests);
-        summary
+        meter.stamp(measurement.await)
     }
 
     /// pgbench at `rate` (None: as fast as it goes), metered.
     async fn run_pgbench(&self, pgbench: &Pgbench, rate: Option<f64>) -> anyhow::Result<Summary> {
         let meter = Meter::start(self.server_pid);
-        let mut summary = pgbench
+        let summary = pgbench
             .run(
                 self.settings.concurrency,
                 self.settings.pgbench_seconds,
                 rate,
             )
             .await?;
-        summary.cpu = meter.per_request(summary.requests);
-        Ok(summary)
+        Ok(meter.stamp(summary))
     }
 
     /// Saturates the baseline, then gocommerce, `saturation_pairs` times in
@@ -713,11 +710,10 @@ pub async fn login(cx: &Context, catalog_max: f64) -> anyhow::Result<Scenario> {
         .saturate_pairs(
             async || {
                 let meter = Meter::start(cx.server_pid);
-                let mut hashes =
+                let hashes =
                     baseline::argon2_loop(2, cx.settings.measure.max(Duration::from_secs(1)))
                         .await?;
-                hashes.cpu = meter.per_request(hashes.requests);
-                Ok(hashes)
+                Ok(meter.stamp(hashes))
             },
             async || Ok(cx.saturate(&op).await),
         )
@@ -839,12 +835,9 @@ async fn mix_step(
     let meter = Meter::start(cx.server_pid);
     let (recorders, elapsed) =
         load::open_loop(mixed_op, Kind::ALL.len(), rate, window, cx.max_in_flight()).await;
+    let cpu = meter.per_request(recorders.iter().map(Recorder::count).sum());
     let name = format!("{} of predicted{label}", percent(step));
-    let (mut levels, passed) = judge_mix(&name, rate, &recorders, elapsed);
-    // The first level is all requests of the mix, which the CPU was spent on.
-    if let Some(all) = levels.first_mut() {
-        all.measured.cpu = meter.per_request(all.measured.requests);
-    }
+    let (levels, passed) = judge_mix(&name, rate, &recorders, elapsed, cpu);
     scenario.levels.extend(levels);
     passed
 }
@@ -854,12 +847,14 @@ async fn mix_step(
 /// and whether reads kept p99 ≤ 50 ms, checkouts p99 ≤ 250 ms and nothing
 /// failed. Logins are reported but not judged: the issue sets them no
 /// latency target, and their hashes yield every core to other requests, so
-/// they are the first to wait.
+/// they are the first to wait. `cpu` is what the whole step cost, which the
+/// "all" level carries.
 fn judge_mix(
     name: &str,
     rate: f64,
     recorders: &[Recorder],
     elapsed: Duration,
+    cpu: Option<Cpu>,
 ) -> (Vec<Level>, bool) {
     let of = |wanted: fn(Kind) -> bool| {
         let mut chosen = Recorder::new();
@@ -871,7 +866,10 @@ fn judge_mix(
     let read = of(Kind::is_read);
     let login = of(|k| k == Kind::Login);
     let checkout = of(|k| k == Kind::Checkout);
-    let all = load::merged(recorders).summary(elapsed);
+    let all = Summary {
+        cpu,
+        ..load::merged(recorders).summary(elapsed)
+    };
     let passed = read.p99_ms <= 50.0 && checkout.p99_ms <= 250.0 && all.errors == 0;
     let levels = vec![
         Level::new(format!("{name}: all"), Some(rate), all, None),
@@ -1039,8 +1037,7 @@ pub async fn mixed(
     )
     .await;
     sampler.abort();
-    let mut all = load::merged(&recorders).summary(elapsed);
-    all.cpu = meter.per_request(all.requests);
+    let all = meter.stamp(load::merged(&recorders).summary(elapsed));
     let mut loaded = crate::server::memory(pid);
     loaded.rss_mib = loaded
         .rss_mib
@@ -1176,7 +1173,7 @@ mod tests {
         let recorders = mix_recorders([5, 40, 5, 5, 2000, 200]);
 
         // Act
-        let (levels, passed) = judge_mix("70%", 700.0, &recorders, Duration::from_secs(1));
+        let (levels, passed) = judge_mix("70%", 700.0, &recorders, Duration::from_secs(1), None);
 
         // Assert
         assert!(passed);
@@ -1198,6 +1195,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mixed_steps_cpu_is_carried_by_its_all_level_only() {
+        let recorders = mix_recorders([5, 5, 5, 5, 5, 5]);
+        let cpu = Cpu {
+            machine_us: 300.0,
+            ..Cpu::default()
+        };
+
+        let (levels, _) = judge_mix(
+            "x",
+            1.0,
+            &recorders,
+            Duration::from_secs(1),
+            Some(cpu.clone()),
+        );
+
+        let cpus: Vec<Option<&Cpu>> = levels.iter().map(|l| l.measured.cpu.as_ref()).collect();
+        assert_eq!(cpus, [Some(&cpu), None, None, None]);
+    }
+
+    #[test]
     fn a_mixed_step_fails_on_slow_reads_slow_checkouts_or_an_error() {
         let elapsed = Duration::from_secs(1);
         let slow_search = mix_recorders([5, 60, 5, 5, 20, 200]);
@@ -1205,9 +1222,9 @@ mod tests {
         let mut failed_login = mix_recorders([5, 40, 5, 5, 20, 200]);
         failed_login[4].record(Duration::from_millis(20), false);
 
-        assert!(!judge_mix("x", 1.0, &slow_search, elapsed).1);
-        assert!(!judge_mix("x", 1.0, &slow_checkout, elapsed).1);
-        assert!(!judge_mix("x", 1.0, &failed_login, elapsed).1);
+        assert!(!judge_mix("x", 1.0, &slow_search, elapsed, None).1);
+        assert!(!judge_mix("x", 1.0, &slow_checkout, elapsed, None).1);
+        assert!(!judge_mix("x", 1.0, &failed_login, elapsed, None).1);
     }
 
     #[test]

@@ -169,12 +169,7 @@ pub fn memory(pid: u32) -> Memory {
 /// work left over from one measurement (requests the client gave up on,
 /// outbox relays) does not run into the next.
 pub async fn quiesce(pid: u32, limit: Duration) {
-    let ticks = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| crate::cpu::Stat::parse(&s))
-            .map(|s| s.own())
-    };
+    let ticks = || crate::cpu::Stat::read(&format!("/proc/{pid}/stat")).map(|s| s.own());
     let deadline = tokio::time::Instant::now() + limit;
     let window = Duration::from_millis(250);
     while tokio::time::Instant::now() < deadline {
