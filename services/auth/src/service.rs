@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
+use gocommerce_platform::db::Db;
 use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
@@ -13,7 +14,6 @@ use gocommerce_proto::events::v1::UserRegistered;
 use gocommerce_proto::events::v1::event_envelope::Payload;
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -33,7 +33,7 @@ const REFRESH_TOKEN_PREFIX: &str = "gcr_";
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
-    pub pool: PgPool,
+    pub db: Db,
     pub keys: Arc<KeyStore>,
     pub hasher: Hasher,
     pub issuer: String,
@@ -56,11 +56,12 @@ impl AuthService {
     ) -> Result<AccountRow, AuthError> {
         // A taken email fails fast, before any hashing or profile is made.
         {
-            let mut conn = self.pool.acquire().await?;
-            if db::find_account_by_email(&mut conn, email.as_str())
+            let mut conn = self.db.acquire().await?;
+            let taken = db::find_account_by_email(&mut conn, email.as_str())
                 .await?
-                .is_some()
-            {
+                .is_some();
+            conn.keep();
+            if taken {
                 return Err(AuthError::EmailTaken);
             }
         }
@@ -73,7 +74,7 @@ impl AuthService {
             .create(id, email.as_str(), name.as_str(), role, self.profile_budget)
             .await?;
         // The account and its user.registered event commit together.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let account =
             db::insert_account(&mut tx, id, email.as_str(), name.as_str(), &hash, role).await?;
         let event = events::message(
@@ -96,7 +97,7 @@ impl AuthService {
         let family_id = Uuid::now_v7();
         let (refresh_token, refresh_hash) = new_refresh_token();
         let expires_at = Utc::now() + self.refresh_ttl;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         db::create_refresh_family(&mut tx, family_id, account.id, expires_at).await?;
         db::insert_refresh_token(&mut tx, family_id, &refresh_hash).await?;
         let access_token = self.sign_access_token(account)?;
@@ -138,11 +139,11 @@ impl AuthService {
             .chain(client_key.clone())
             .collect();
 
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         self.throttle.check(&mut conn, &keys).await?;
         let account = db::find_account_by_email(&mut conn, email.as_str()).await?;
         // Release the connection while hashing: it takes tens of milliseconds.
-        drop(conn);
+        conn.keep();
 
         let password_ok = request.password.chars().count()
             <= gocommerce_platform::validate::PASSWORD_MAX_CHARS
@@ -153,11 +154,11 @@ impl AuthService {
                     account.as_ref().map(|a| a.password_hash.clone()),
                 )
                 .await?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         match account {
             Some(account) if password_ok => {
                 db::clear_login_failures(&mut conn, &account_key).await?;
-                drop(conn);
+                conn.keep();
                 tracing::info!(account_id = %account.id, "login succeeded");
                 self.issue_tokens(&account).await
             }
@@ -165,6 +166,7 @@ impl AuthService {
                 self.throttle
                     .record_failure(&mut conn, &account_key, client_key.as_deref())
                     .await?;
+                conn.keep();
                 tracing::info!("login failed");
                 Err(AuthError::InvalidCredentials)
             }
@@ -173,7 +175,7 @@ impl AuthService {
 
     async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, AuthError> {
         let hash = hash_refresh_token(refresh_token).ok_or(AuthError::InvalidRefreshToken)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(row) = db::lock_refresh_token(&mut tx, &hash).await? else {
             return Err(AuthError::InvalidRefreshToken);
         };
@@ -203,7 +205,7 @@ impl AuthService {
         let Some(hash) = hash_refresh_token(refresh_token) else {
             return Ok(());
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if let Some(row) = db::lock_refresh_token(&mut tx, &hash).await? {
             db::revoke_family(&mut tx, row.family_id, "logout").await?;
         }
@@ -324,10 +326,10 @@ impl pb::auth_service_server::AuthService for AuthService {
                 .into());
             }
         };
-        let mut conn = self.pool.acquire().await.map_err(AuthError::from)?;
-        let account = db::set_role(&mut conn, user_id, role)
-            .await?
-            .ok_or(AuthError::NotFound)?;
+        let mut conn = self.db.acquire().await.map_err(AuthError::from)?;
+        let account = db::set_role(&mut conn, user_id, role).await?;
+        conn.keep();
+        let account = account.ok_or(AuthError::NotFound)?;
         self.profiles
             .set_role(account.id, role, self.profile_budget)
             .await
@@ -348,10 +350,10 @@ impl pb::auth_service_server::AuthService for AuthService {
         if !caller.may_access(user_id) {
             return Err(AuthError::NotFound.into());
         }
-        let mut conn = self.pool.acquire().await.map_err(AuthError::from)?;
-        let account = db::find_account(&mut conn, user_id)
-            .await?
-            .ok_or(AuthError::NotFound)?;
+        let mut conn = self.db.acquire().await.map_err(AuthError::from)?;
+        let account = db::find_account(&mut conn, user_id).await?;
+        conn.keep();
+        let account = account.ok_or(AuthError::NotFound)?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account_to_proto(&account)),
         }))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gocommerce_platform::broker::{Broker, Publisher};
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_platform::{Readiness, Role, outbox};
 use gocommerce_proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
@@ -57,21 +57,21 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: AuthConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("auth-database", pool.clone());
+        readiness.add_postgres("auth-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
         let keys = {
-            let mut conn = pool.acquire().await.map_err(AuthError::from)?;
+            let mut conn = db.pool().acquire().await.map_err(AuthError::from)?;
             KeyStore::load(&mut conn, config.signing_key_pem.as_deref()).await?
         };
         let service = AuthService {
-            pool,
+            db,
             keys: Arc::new(keys),
             // Two hashes at once: this is what two cores can do without starving requests.
             hasher: Hasher::new(2),
@@ -112,14 +112,14 @@ impl Application {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.service.pool
+        self.service.db.pool()
     }
 
-    /// Serves and relays the outbox until the shutdown signal, then closes the pool.
+    /// Serves and relays the outbox until the shutdown signal, then closes the pools.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
-        let pool = self.service.pool.clone();
+        let db = self.service.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
-            pool.clone(),
+            db.background().clone(),
             Publisher::new(self.broker.clone()),
             self.readiness.shutdown().clone(),
         ));
@@ -127,7 +127,7 @@ impl Application {
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = relay.await;
         self.broker.close().await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }
@@ -147,7 +147,7 @@ async fn ensure_admin(service: &AuthService, admin: &BootstrapAdmin) -> Result<(
     {
         Ok(account) => tracing::info!(account_id = %account.id, "bootstrap admin created"),
         Err(AuthError::EmailTaken) => {
-            let mut conn = service.pool.acquire().await.map_err(AuthError::from)?;
+            let mut conn = service.db.pool().acquire().await.map_err(AuthError::from)?;
             let account = db::find_account_by_email(&mut conn, email.as_str())
                 .await?
                 .ok_or_else(|| StartupError::BootstrapAdmin("account vanished".to_owned()))?;

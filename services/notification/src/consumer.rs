@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use gocommerce_platform::broker::{HandlerError, Incoming, QueueSpec};
+use gocommerce_platform::db::Db;
 use gocommerce_platform::events;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use gocommerce_proto::user::v1::{GetContactRequest, GetContactResponse};
-use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
@@ -66,7 +66,7 @@ pub fn queue(max_attempts: u32, retry_delays: Vec<Duration>) -> QueueSpec {
 
 #[derive(Debug, Clone)]
 pub struct Handler {
-    pub pool: PgPool,
+    pub db: Db,
     pub user: UserClient,
     pub channels: Channels,
     pub max_attempts: u32,
@@ -88,8 +88,10 @@ impl Handler {
         // outbox publishes at least once) is still sent once: its
         // notifications are already recorded, and sent ones are never resent.
         if message.redelivered || message.attempt > 1 {
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
-            if db::is_processed(&mut conn, event_id).await.map_err(retry)? {
+            let mut conn = self.db.acquire().await.map_err(retry)?;
+            let processed = db::is_processed(&mut conn, event_id).await.map_err(retry)?;
+            conn.keep();
+            if processed {
                 tracing::info!(event_id = %event_id, "event already handled, ignoring the redelivery");
                 return Ok(());
             }
@@ -197,8 +199,10 @@ impl Handler {
             event_type,
             user_id: rendered.user_id,
         };
-        let mut conn = self.pool.acquire().await?;
-        db::claim_all(&mut conn, &event, &news, CLAIM).await
+        let mut conn = self.db.acquire().await?;
+        let claims = db::claim_all(&mut conn, &event, &news, CLAIM).await?;
+        conn.keep();
+        Ok(claims)
     }
 
     /// Sends what this delivery claimed; returns the failures, which include
@@ -222,13 +226,14 @@ impl Handler {
         for (index, notification) in claims.claimed.into_iter().enumerate() {
             let sent = self.send(&notification).await;
             // Not held across the send: a pooled connection per statement.
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            let mut conn = self.db.acquire().await.map_err(retry)?;
             match sent {
                 Ok(()) => {
                     let last = index + 1 == count && failures.is_empty();
                     db::mark_sent(&mut conn, notification.id, last.then_some(event_type))
                         .await
                         .map_err(retry)?;
+                    conn.keep();
                     handled |= last;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }
@@ -237,6 +242,7 @@ impl Handler {
                     db::mark_failed(&mut conn, notification.id, &error, last_attempt)
                         .await
                         .map_err(retry)?;
+                    conn.keep();
                     tracing::warn!(notification_id = %notification.id, channel = notification.channel, %error, last_attempt, "notification not sent");
                     failures.push(format!("{}: {error}", notification.channel));
                 }
@@ -245,10 +251,11 @@ impl Handler {
         // Nothing was left to send: all skipped, or sent by an earlier
         // delivery that did not get to mark the event.
         if failures.is_empty() && !handled {
-            let mut conn = self.pool.acquire().await.map_err(retry)?;
+            let mut conn = self.db.acquire().await.map_err(retry)?;
             db::mark_processed(&mut conn, event_id, event_type)
                 .await
                 .map_err(retry)?;
+            conn.keep();
         }
         Ok(failures)
     }

@@ -5,8 +5,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Caller;
 use gocommerce_platform::broker::{self, Broker, QueueSpec};
+use gocommerce_platform::db::Db;
 use gocommerce_proto::notification::v1 as pb;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ const MAX_REPLAY: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct NotificationService {
-    pub pool: PgPool,
+    pub db: Db,
     pub broker: Broker,
     pub queue: QueueSpec,
 }
@@ -125,7 +125,7 @@ impl pb::notification_service_server::NotificationService for NotificationServic
             size => size,
         };
         let after = parse_page_token(&page.page_token)?;
-        let mut conn = self.pool.acquire().await.map_err(NotificationError::from)?;
+        let mut conn = self.db.acquire().await.map_err(NotificationError::from)?;
         let mut rows = db::list(
             &mut conn,
             user_id,
@@ -135,6 +135,7 @@ impl pb::notification_service_server::NotificationService for NotificationServic
         )
         .await
         .map_err(NotificationError::from)?;
+        conn.keep();
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
             rows.last().map(page_token).unwrap_or_default()

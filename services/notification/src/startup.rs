@@ -3,7 +3,7 @@
 
 use gocommerce_platform::Readiness;
 use gocommerce_platform::broker::{self, Broker};
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
 use gocommerce_proto::notification::v1::notification_service_server::{
     NotificationServiceServer, SERVICE_NAME,
@@ -46,19 +46,19 @@ impl Application {
         config: NotificationConfig,
         readiness: Readiness,
     ) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.common.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("notification-database", pool.clone());
+        readiness.add_postgres("notification-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
         let channels = Channels::from_config(&config)?;
         tracing::info!(?channels, "notification channels");
         let handler = Handler {
-            pool: pool.clone(),
+            db: db.clone(),
             user: UserServiceClient::new(InterceptedService::new(
                 grpc::channel(&config.user_url)?,
                 TraceContext,
@@ -67,7 +67,7 @@ impl Application {
             max_attempts: config.max_attempts,
         };
         let service = NotificationService {
-            pool,
+            db,
             broker,
             queue: consumer::queue(config.max_attempts, config.retry_delays.clone()),
         };
@@ -93,7 +93,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let shutdown = self.readiness.shutdown().clone();
         let broker = self.service.broker.clone();
-        let pool = self.service.pool.clone();
+        let db = self.service.db.clone();
         let handler = self.handler;
         let consumer = tokio::spawn(broker::consume(
             broker.clone(),
@@ -108,7 +108,7 @@ impl Application {
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = consumer.await;
         broker.close().await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }

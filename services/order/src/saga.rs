@@ -15,13 +15,13 @@
 
 use std::time::Duration;
 
+use gocommerce_platform::db::Db;
 use gocommerce_platform::grpc::TraceContext;
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use gocommerce_proto::product::v1 as product_pb;
 use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
-use sqlx::PgPool;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -42,7 +42,7 @@ const MAX_RETRY_DELAY_SECS: f64 = 5.0;
 
 #[derive(Debug, Clone)]
 pub struct Saga {
-    pub pool: PgPool,
+    pub db: Db,
     pub product: ProductServiceClient<Traced>,
     pub payment: PaymentServiceClient<Traced>,
     pub step_timeout: Duration,
@@ -123,8 +123,10 @@ impl Saga {
     }
 
     async fn load(&self, id: Uuid) -> Result<OrderRow, OrderError> {
-        let mut conn = self.pool.acquire().await?;
-        db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)
+        let mut conn = self.db.acquire().await?;
+        let order = db::load(&mut conn, id).await?;
+        conn.keep();
+        order.ok_or(OrderError::NotFound)
     }
 
     async fn step(&self, order: &OrderRow, items: &mut Items) -> Result<Next, OrderError> {
@@ -146,8 +148,9 @@ impl Saga {
             Status::Reserved => self.charge(order, items).await,
             Status::Paid if order.cancel_requested => self.refund_and_cancel(order, items).await,
             _ if order.next_attempt_at.is_some() => {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.db.acquire().await?;
                 db::settle(&mut conn, order.id).await?;
+                conn.keep();
                 Ok(Next::Stop)
             }
             _ => Ok(Next::Done),
@@ -162,8 +165,9 @@ impl Saga {
     ) -> Result<Next, OrderError> {
         let delay = (0.2 * 2f64.powi(order.saga_attempts.min(10))).min(MAX_RETRY_DELAY_SECS);
         tracing::warn!(order_id = %order.id, step = what, code = ?status.code(), error = status.message(), retry_in_secs = delay, "saga step failed, retrying later");
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         db::schedule(&mut conn, order.id, delay).await?;
+        conn.keep();
         Ok(Next::Stop)
     }
 
@@ -185,8 +189,9 @@ impl Saga {
         reason: &str,
         out_of_stock: bool,
     ) -> Result<Next, OrderError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         db::start_compensation(&mut conn, order.id, reason, out_of_stock).await?;
+        conn.keep();
         Ok(Next::Continue)
     }
 
@@ -194,7 +199,7 @@ impl Saga {
         let request = self.request(product_pb::ReserveStockRequest {
             order_id: order.id.to_string(),
             items: items
-                .get(&self.pool, order.id)
+                .get(&self.db, order.id)
                 .await?
                 .iter()
                 .map(|i| product_pb::ReservationItem {
@@ -207,7 +212,7 @@ impl Saga {
             Ok(_) => {
                 // The charge comes next, so it is recorded as started with
                 // the reservation: one write, durable before the charge call.
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.db.acquire().await?;
                 let reserved = db::transition(
                     &mut conn,
                     order.id,
@@ -222,6 +227,7 @@ impl Saga {
                     None,
                 )
                 .await?;
+                conn.keep();
                 Ok(reserved.map_or(Next::Continue, |row| Next::With(Box::new(row))))
             }
             Err(status) if transient(status.code()) => {
@@ -239,8 +245,10 @@ impl Saga {
         // Marked with the reservation as a rule; orders reserved by earlier
         // versions are marked here.
         if !order.charge_started {
-            let mut conn = self.pool.acquire().await?;
-            if !db::start_charge(&mut conn, order.id).await? {
+            let mut conn = self.db.acquire().await?;
+            let started = db::start_charge(&mut conn, order.id).await?;
+            conn.keep();
+            if !started {
                 // A cancellation got there first; the next step sees it.
                 return Ok(Next::Continue);
             }
@@ -328,7 +336,7 @@ impl Saga {
                 return self.retry_later(order, "commit stock", &status).await;
             }
         }
-        let items = items.get(&self.pool, order.id).await?;
+        let items = items.get(&self.db, order.id).await?;
         let changes = Changes {
             settle: !order.cancel_requested,
             captured: true,
@@ -336,7 +344,7 @@ impl Saga {
             ..Changes::default()
         };
         let event = convert::transition_event(order, Status::Paid, &changes, items, SYSTEM);
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let paid = db::transition(
             &mut conn,
             order.id,
@@ -348,6 +356,7 @@ impl Saga {
             event,
         )
         .await?;
+        conn.keep();
         Ok(paid.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 
@@ -440,14 +449,14 @@ impl Saga {
         changes: Changes,
         items: &mut Items,
     ) -> Result<Next, OrderError> {
-        let items = items.get(&self.pool, order.id).await?;
+        let items = items.get(&self.db, order.id).await?;
         let changes = Changes {
             cancel_reason: Some(reason.to_owned()),
             settle: true,
             ..changes
         };
         let event = convert::transition_event(order, Status::Cancelled, &changes, items, actor);
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let cancelled = db::transition(
             &mut conn,
             order.id,
@@ -459,6 +468,7 @@ impl Saga {
             event,
         )
         .await?;
+        conn.keep();
         Ok(cancelled.map_or(Next::Continue, |row| Next::With(Box::new(row))))
     }
 }
@@ -467,10 +477,11 @@ impl Saga {
 struct Items(Option<Vec<ItemRow>>);
 
 impl Items {
-    async fn get(&mut self, pool: &PgPool, id: Uuid) -> Result<&[ItemRow], OrderError> {
+    async fn get(&mut self, database: &Db, id: Uuid) -> Result<&[ItemRow], OrderError> {
         if self.0.is_none() {
-            let mut conn = pool.acquire().await?;
+            let mut conn = database.acquire().await?;
             self.0 = Some(db::items(&mut conn, id).await?);
+            conn.keep();
         }
         Ok(self.0.as_deref().unwrap_or_default())
     }
@@ -484,8 +495,10 @@ pub async fn run_recovery(saga: Saga, interval: Duration, shutdown: gocommerce_p
     while !shutdown.is_triggered() {
         rounds += 1;
         let claimed = async {
-            let mut conn = saga.pool.acquire().await?;
-            db::claim_due(&mut conn, 32, saga.lease.as_secs_f64()).await
+            let mut conn = saga.db.acquire().await?;
+            let ids = db::claim_due(&mut conn, 32, saga.lease.as_secs_f64()).await?;
+            conn.keep();
+            Ok::<_, OrderError>(ids)
         }
         .await;
         match claimed {
@@ -508,7 +521,7 @@ pub async fn run_recovery(saga: Saga, interval: Duration, shutdown: gocommerce_p
         }
         // Idempotency keys expire after a day; a sweep now and then suffices.
         if rounds % 600 == 1
-            && let Ok(mut conn) = saga.pool.acquire().await
+            && let Ok(mut conn) = saga.db.pool().acquire().await
             && let Err(error) = db::expire_keys(&mut conn).await
         {
             tracing::warn!(%error, "cannot expire idempotency keys");

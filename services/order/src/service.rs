@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use gocommerce_platform::db::Db;
 use gocommerce_platform::{Caller, Shutdown, grpc};
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
@@ -143,8 +144,8 @@ fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, OrderE
 }
 
 impl OrderService {
-    fn pool(&self) -> &sqlx::PgPool {
-        &self.saga.pool
+    fn db(&self) -> &Db {
+        &self.saga.db
     }
 
     fn request<T>(&self, message: T, caller: Option<&Caller>) -> Request<T> {
@@ -182,8 +183,10 @@ impl OrderService {
     }
 
     async fn load(&self, id: Uuid) -> Result<OrderRow, OrderError> {
-        let mut conn = self.pool().acquire().await?;
-        db::load(&mut conn, id).await?.ok_or(OrderError::NotFound)
+        let mut conn = self.db().acquire().await?;
+        let order = db::load(&mut conn, id).await?;
+        conn.keep();
+        order.ok_or(OrderError::NotFound)
     }
 
     /// The order if the caller may see it; someone else's is "not found".
@@ -208,7 +211,7 @@ impl OrderService {
         items: Option<Vec<ItemRow>>,
         with_history: bool,
     ) -> Result<pb::Order, OrderError> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.db().acquire().await?;
         let items = match items {
             Some(items) => items,
             None => db::items(&mut conn, order.id).await?,
@@ -218,6 +221,7 @@ impl OrderService {
         } else {
             Vec::new()
         };
+        conn.keep();
         Ok(convert::order_to_proto(order, &items, &history))
     }
 
@@ -227,9 +231,10 @@ impl OrderService {
             .map_or(DEFAULT_BUDGET, |d| d.saturating_sub(DEADLINE_MARGIN));
         let placement = validate_placement(request.get_ref())?;
         if let Some(key) = &placement.key {
-            let mut conn = self.pool().acquire().await?;
-            if let Some(existing) = db::find_key(&mut conn, caller.user_id, key).await? {
-                drop(conn);
+            let mut conn = self.db().acquire().await?;
+            let existing = db::find_key(&mut conn, caller.user_id, key).await?;
+            conn.keep();
+            if let Some(existing) = existing {
                 return self
                     .replay(&caller, key, &placement.hash, existing, budget)
                     .await;
@@ -262,23 +267,22 @@ impl OrderService {
         // idempotency key, claimed beside them, needs a transaction.
         let order = match &placement.key {
             None => {
-                let mut conn = self.pool().acquire().await?;
-                db::insert_order(&mut conn, &new, &actor(&caller), &event).await?
+                let mut conn = self.db().acquire().await?;
+                let order = db::insert_order(&mut conn, &new, &actor(&caller), &event).await?;
+                conn.keep();
+                order
             }
             Some(key) => {
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.db().begin().await?;
                 if !db::claim_key(&mut tx, caller.user_id, key, &placement.hash, order_id).await? {
                     // A concurrent request with this key won; answer as it does.
                     tx.rollback().await?;
-                    let mut conn = self.pool().acquire().await?;
-                    let existing = db::find_key(&mut conn, caller.user_id, key)
-                        .await?
-                        .ok_or_else(|| {
-                            OrderError::Backend(GrpcStatus::aborted(
-                                "idempotency key vanished, retry",
-                            ))
-                        })?;
-                    drop(conn);
+                    let mut conn = self.db().acquire().await?;
+                    let existing = db::find_key(&mut conn, caller.user_id, key).await?;
+                    conn.keep();
+                    let existing = existing.ok_or_else(|| {
+                        OrderError::Backend(GrpcStatus::aborted("idempotency key vanished, retry"))
+                    })?;
                     return self
                         .replay(&caller, key, &placement.hash, existing, budget)
                         .await;
@@ -299,8 +303,9 @@ impl OrderService {
                 Ok(()) => ("OK", String::new()),
                 Err(message) => ("FAILED_PRECONDITION", message.clone()),
             };
-            let mut conn = self.pool().acquire().await?;
+            let mut conn = self.db().acquire().await?;
             db::record_key_response(&mut conn, caller.user_id, key, code, &message).await?;
+            conn.keep();
         }
         outcome.map_err(OrderError::FailedPrecondition)?;
         Ok(Placed::New {
@@ -327,10 +332,11 @@ impl OrderService {
         let waited = tokio::time::Instant::now();
         while existing.response_code.is_none() && waited.elapsed() < budget {
             tokio::time::sleep(Duration::from_millis(25)).await;
-            let mut conn = self.pool().acquire().await?;
+            let mut conn = self.db().acquire().await?;
             if let Some(row) = db::find_key(&mut conn, caller.user_id, key).await? {
                 existing = row;
             }
+            conn.keep();
         }
         if existing.response_code.as_deref() == Some("FAILED_PRECONDITION") {
             return Err(OrderError::FailedPrecondition(
@@ -452,8 +458,9 @@ impl OrderService {
             )));
         }
         {
-            let mut conn = self.pool().acquire().await?;
+            let mut conn = self.db().acquire().await?;
             db::request_cancel(&mut conn, id, &reason).await?;
+            conn.keep();
         }
         tracing::info!(order_id = %id, by = %actor(&caller), "cancellation requested");
         self.drive_for(id, budget, None).await
@@ -501,7 +508,7 @@ impl OrderService {
         changes: Changes,
     ) -> Result<OrderRow, OrderError> {
         // Locked first, so a refusal names the status the order really had.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         let current = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
         let items = db::items(&mut tx, id).await?;
         let event =
@@ -549,7 +556,7 @@ impl OrderService {
             return Err(invalid("reason: must be 1 to 500 characters"));
         }
         // The lock serialises refunds of one order: each sees the last one's total.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.db().begin().await?;
         let order = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
         if !amount.currency.is_empty() && amount.currency != order.currency {
             return Err(invalid(format!(
@@ -721,7 +728,7 @@ impl pb::order_service_server::OrderService for OrderService {
             size => size,
         };
         let after = parse_page_token(&page.page_token)?;
-        let mut conn = self.pool().acquire().await.map_err(OrderError::from)?;
+        let mut conn = self.db().acquire().await.map_err(OrderError::from)?;
         let mut rows = db::list(&mut conn, user_id, status, after, i64::from(size) + 1).await?;
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
@@ -731,7 +738,7 @@ impl pb::order_service_server::OrderService for OrderService {
         };
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let mut lines = db::items_of(&mut conn, &ids).await?;
-        drop(conn);
+        conn.keep();
         let items = rows
             .iter()
             .map(|row| {
@@ -811,9 +818,9 @@ impl pb::order_service_server::OrderService for OrderService {
         let caller = Caller::from_metadata(request.metadata())?;
         let id = parse_uuid("order_id", &request.get_ref().order_id)?;
         self.visible(&caller, id).await?;
-        let receiver = self
-            .watchers
-            .watch(self.pool().clone(), id, self.shutdown.clone());
+        let receiver =
+            self.watchers
+                .watch(self.db().background().clone(), id, self.shutdown.clone());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))

@@ -3,7 +3,7 @@
 //! status listener).
 
 use gocommerce_platform::broker::{Broker, Publisher};
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
 use gocommerce_platform::{Readiness, outbox};
 use gocommerce_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
@@ -43,20 +43,20 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: OrderConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.common.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("order-database", pool.clone());
+        readiness.add_postgres("order-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
         let traced = |url: &str| -> Result<_, GrpcError> {
             Ok(InterceptedService::new(grpc::channel(url)?, TraceContext))
         };
         let saga = Saga {
-            pool: pool.clone(),
+            db: db.clone(),
             product: ProductServiceClient::new(traced(&config.product_url)?),
             payment: PaymentServiceClient::new(traced(&config.payment_url)?),
             step_timeout: config.step_timeout,
@@ -66,7 +66,7 @@ impl Application {
         let service = OrderService {
             saga,
             user: UserServiceClient::new(traced(&config.user_url)?),
-            watchers: Watchers::spawn(pool, shutdown.clone()),
+            watchers: Watchers::spawn(db.background().clone(), shutdown.clone()),
             shutdown,
         };
         let listener = TcpListener::bind(config.grpc_addr)
@@ -91,9 +91,9 @@ impl Application {
     /// Serves, recovers unfinished sagas and relays the outbox until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let shutdown = self.readiness.shutdown().clone();
-        let pool = self.service.saga.pool.clone();
+        let db = self.service.saga.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
-            pool.clone(),
+            db.background().clone(),
             Publisher::new(self.broker.clone()),
             shutdown.clone(),
         ));
@@ -106,7 +106,7 @@ impl Application {
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = tokio::join!(relay, recovery);
         self.broker.close().await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use gocommerce_platform::broker::{HandlerError, Incoming, QueueSpec};
+use gocommerce_platform::db::Db;
 use gocommerce_platform::events;
 use gocommerce_platform::outbox::{self, OutboxMessage};
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::events::v1 as ev;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db;
@@ -48,16 +48,12 @@ pub fn task(refund_id: Uuid) -> OutboxMessage {
     }
 }
 
-pub async fn handle(
-    pool: PgPool,
-    processor: Processor,
-    message: Incoming,
-) -> Result<(), HandlerError> {
+pub async fn handle(db: Db, processor: Processor, message: Incoming) -> Result<(), HandlerError> {
     let refund_id = std::str::from_utf8(&message.payload)
         .ok()
         .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| HandlerError::Reject("the task does not carry a refund id".to_owned()))?;
-    process(&pool, &processor, refund_id)
+    process(&db, &processor, refund_id)
         .await
         .map_err(|e| match e {
             PaymentError::NotFound => HandlerError::Reject(format!("no refund {refund_id}")),
@@ -66,12 +62,8 @@ pub async fn handle(
 }
 
 #[tracing::instrument(skip_all, fields(refund_id = %refund_id), err)]
-async fn process(
-    pool: &PgPool,
-    processor: &Processor,
-    refund_id: Uuid,
-) -> Result<(), PaymentError> {
-    let mut tx = pool.begin().await?;
+async fn process(db: &Db, processor: &Processor, refund_id: Uuid) -> Result<(), PaymentError> {
+    let mut tx = db.begin().await?;
     let (refund, _) = db::lock_refund(&mut tx, refund_id)
         .await?
         .ok_or(PaymentError::NotFound)?;

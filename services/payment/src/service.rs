@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use gocommerce_platform::db::Db;
 use gocommerce_platform::outbox::{self, OutboxMessage};
 use gocommerce_platform::{Caller, events, grpc, validate};
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::events::v1 as ev;
 use gocommerce_proto::payment::v1 as pb;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -23,7 +23,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct PaymentService {
-    pub pool: PgPool,
+    pub db: Db,
     pub processor: Processor,
     pub stale_after: Duration,
 }
@@ -92,16 +92,16 @@ impl PaymentService {
             // The event reads only what a payment never changes, so it is
             // built before the outcome is recorded, and written with it.
             let event = charge_event(&payment, &outcome);
-            let mut conn = service.pool.acquire().await?;
+            let mut conn = service.db.acquire().await?;
             let Some(done) =
                 db::finish_charge(&mut conn, payment.id, &outcome, attempts, &event).await?
             else {
                 // Someone else recorded an outcome first; theirs stands.
-                return db::find_by_order(&mut conn, payment.order_id)
-                    .await?
-                    .map(Charged::earlier)
-                    .ok_or(PaymentError::NotFound);
+                let earlier = db::find_by_order(&mut conn, payment.order_id).await?;
+                conn.keep();
+                return earlier.map(Charged::earlier).ok_or(PaymentError::NotFound);
             };
+            conn.keep();
             tracing::info!(payment_id = %done.id, order_id = %done.order_id, status = done.status, "charge finished");
             Ok(Charged {
                 payment: done,
@@ -132,7 +132,7 @@ impl PaymentService {
         let (amount, currency) = parse_money("amount", request.amount.as_ref())?;
         Method::parse(&request.payment_method)?;
 
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let (payment, inserted) = db::insert_or_get(
             &mut conn,
             &NewPayment {
@@ -144,38 +144,39 @@ impl PaymentService {
             },
         )
         .await?;
-        if !inserted {
-            if payment.amount != amount
-                || payment.currency != currency
-                || payment.method != request.payment_method
-            {
-                return Err(PaymentError::FailedPrecondition(
-                    "this order was already charged with a different amount, currency or method"
-                        .to_owned(),
-                ));
-            }
-            if payment.status() != PaymentStatus::Pending {
-                return Ok(Charged::earlier(payment));
-            }
-            // Still pending: someone is charging it, unless they died.
-            return match db::claim_stale(&mut conn, payment.id, self.stale_after.as_secs_f64())
-                .await?
-            {
-                Some(claimed) => {
-                    drop(conn);
-                    tracing::warn!(payment_id = %claimed.id, "taking over a stale pending charge");
-                    self.process(claimed, deadline).await
-                }
-                None => Ok(Charged::earlier(payment)),
-            };
+        conn.keep();
+        if inserted {
+            return self.process(payment, deadline).await;
         }
-        drop(conn);
-        self.process(payment, deadline).await
+        if payment.amount != amount
+            || payment.currency != currency
+            || payment.method != request.payment_method
+        {
+            return Err(PaymentError::FailedPrecondition(
+                "this order was already charged with a different amount, currency or method"
+                    .to_owned(),
+            ));
+        }
+        if payment.status() != PaymentStatus::Pending {
+            return Ok(Charged::earlier(payment));
+        }
+        // Still pending: someone is charging it, unless they died.
+        let mut conn = self.db.acquire().await?;
+        let stale = db::claim_stale(&mut conn, payment.id, self.stale_after.as_secs_f64()).await?;
+        conn.keep();
+        match stale {
+            Some(claimed) => {
+                tracing::warn!(payment_id = %claimed.id, "taking over a stale pending charge");
+                self.process(claimed, deadline).await
+            }
+            None => Ok(Charged::earlier(payment)),
+        }
     }
 
     async fn view(&self, payment: &PaymentRow) -> Result<pb::Payment, PaymentError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let refunds = db::refunds_of(&mut conn, payment.id).await?;
+        conn.keep();
         Ok(payment_to_proto(payment, &refunds))
     }
 
@@ -205,7 +206,7 @@ impl PaymentService {
             ));
         }
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let payment = db::lock_by_order(&mut tx, order_id)
             .await?
             .ok_or(PaymentError::NotFound)?;
@@ -354,12 +355,12 @@ impl pb::payment_service_server::PaymentService for PaymentService {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let caller = Caller::optional_from_metadata(request.metadata())?;
         let order_id = parse_uuid("order_id", &request.get_ref().order_id)?;
-        let mut conn = self.pool.acquire().await.map_err(PaymentError::from)?;
-        let payment = db::find_by_order(&mut conn, order_id)
-            .await?
+        let mut conn = self.db.acquire().await.map_err(PaymentError::from)?;
+        let payment = db::find_by_order(&mut conn, order_id).await?;
+        conn.keep();
+        let payment = payment
             .filter(|p| caller.is_none_or(|c| c.may_access(p.user_id)))
             .ok_or(PaymentError::NotFound)?;
-        drop(conn);
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(self.view(&payment).await?),
         }))

@@ -2,7 +2,7 @@
 //! and the two loops it runs beside the server (outbox relay, refund worker).
 
 use gocommerce_platform::broker::{self, Broker, Publisher};
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_platform::{Readiness, outbox};
 use gocommerce_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
@@ -35,17 +35,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: PaymentConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("payment-database", pool.clone());
+        readiness.add_postgres("payment-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
         let service = PaymentService {
-            pool,
+            db,
             processor: Processor {
                 attempts: config.processor_attempts,
                 backoff: config.processor_backoff,
@@ -73,19 +73,19 @@ impl Application {
     /// Serves, relays the outbox and processes refunds until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let shutdown = self.readiness.shutdown().clone();
-        let pool = self.service.pool.clone();
+        let db = self.service.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
-            pool.clone(),
+            db.background().clone(),
             Publisher::new(self.broker.clone()),
             shutdown.clone(),
         ));
         let worker = {
-            let pool = pool.clone();
+            let db = db.clone();
             let processor = self.service.processor.clone();
             tokio::spawn(broker::consume(
                 self.broker.clone(),
                 refunds::queue(),
-                move |message| refunds::handle(pool.clone(), processor.clone(), message),
+                move |message| refunds::handle(db.clone(), processor.clone(), message),
                 shutdown.clone(),
             ))
         };
@@ -93,7 +93,7 @@ impl Application {
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = tokio::join!(relay, worker);
         self.broker.close().await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }

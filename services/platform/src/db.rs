@@ -1,14 +1,27 @@
-//! The PostgreSQL pool of a service: creates the service's database when it is
-//! missing, then runs its migrations. Both are safe when several replicas
-//! start at once: a lost `CREATE DATABASE` race is treated as success, and
-//! sqlx serialises migrations with an advisory lock.
+//! The PostgreSQL connections of a service. [`connect_and_migrate`] creates
+//! the service's database when it is missing, then runs its migrations; both
+//! are safe when several replicas start at once: a lost `CREATE DATABASE`
+//! race is treated as success, and sqlx serialises migrations with an
+//! advisory lock.
+//!
+//! [`Db`] is what request handlers use: sqlx's pool with a stack of spare
+//! connections in front of it. sqlx pings every connection it takes back
+//! (a `Sync` and a wait for the answer), so each use of a pooled connection
+//! costs the server a second round trip, as much as a lookup by key itself.
+//! A handler that finished cleanly hands its connection back with
+//! [`Lease::keep`] (or [`Tx::commit`]), and the next request takes it as it
+//! is. Anything else (an error, a cancelled future, a panic) drops the lease,
+//! and the connection takes sqlx's way back, which drains or closes it.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgTransactionManager};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, TransactionManager};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -117,6 +130,280 @@ async fn ensure_database(options: &PgConnectOptions, name: &str) -> Result<(), D
     }
     admin.close().await.map_err(DbError::Connect)?;
     Ok(())
+}
+
+/// Connections for LISTEN and for background loops (the outbox relay, the
+/// readiness check): they are kept apart from the request pool, so that a
+/// pool held busy by requests and their spare connections never makes them
+/// wait.
+const BACKGROUND_CONNECTIONS: u32 = 4;
+
+/// A service's connections: the request pool behind a stack of spare
+/// connections, and a small pool for background work. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    cache: Arc<Cache>,
+    background: PgPool,
+}
+
+#[derive(Debug)]
+struct Cache {
+    pool: PgPool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Kept connections, the most recently used on top.
+    spare: Vec<Spare>,
+    /// Acquires waiting on the pool: while there are any, a kept connection
+    /// goes to the pool, which hands it to the first of them, rather than
+    /// onto the stack where none of them would look.
+    waiting: usize,
+}
+
+#[derive(Debug)]
+struct Spare {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+}
+
+impl State {
+    /// Takes the spare connections idle for longer than [`TRUSTED_IDLE`]
+    /// off the bottom of the stack, to go back to the pool, which pings them
+    /// and closes them after its idle timeout: the stack holds only what
+    /// the last second of requests needed.
+    fn take_stale(&mut self) -> Vec<Spare> {
+        let stale = self
+            .spare
+            .partition_point(|spare| spare.since.elapsed() > TRUSTED_IDLE);
+        self.spare.drain(..stale).collect()
+    }
+}
+
+impl Db {
+    /// Connects to `url` (see [`connect_and_migrate`]); the request pool
+    /// holds at most `max_connections`, spare ones included.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        migrator: &Migrator,
+    ) -> Result<Self, DbError> {
+        let pool = connect_and_migrate(url, max_connections, migrator).await?;
+        let background = PgPoolOptions::new()
+            .max_connections(BACKGROUND_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        Ok(Self::new(pool, background))
+    }
+
+    pub fn new(pool: PgPool, background: PgPool) -> Self {
+        Self {
+            cache: Arc::new(Cache {
+                pool,
+                state: Mutex::default(),
+            }),
+            background,
+        }
+    }
+
+    /// The request pool, for what is not a request handler's work: tests'
+    /// own queries, one-off statements at startup.
+    pub fn pool(&self) -> &PgPool {
+        &self.cache.pool
+    }
+
+    /// The pool for LISTEN connections and background loops.
+    pub fn background(&self) -> &PgPool {
+        &self.background
+    }
+
+    /// A connection: the most recently kept spare, or one from the pool.
+    /// A spare idle for longer than [`TRUSTED_IDLE`] is pinged first, as
+    /// the pool does with its own.
+    #[tracing::instrument(name = "db.acquire", skip_all, err)]
+    pub async fn acquire(&self) -> Result<Lease, sqlx::Error> {
+        loop {
+            let (spare, stale) = {
+                let mut state = self.cache.lock();
+                let spare = state.spare.pop();
+                if spare.is_none() {
+                    state.waiting += 1;
+                }
+                (spare, state.take_stale())
+            };
+            drop(stale);
+            let Some(Spare { mut conn, since }) = spare else {
+                break;
+            };
+            if since.elapsed() <= TRUSTED_IDLE {
+                return Ok(self.lease(conn));
+            }
+            match conn.ping().await {
+                Ok(()) => return Ok(self.lease(conn)),
+                Err(error) => {
+                    tracing::warn!(%error, "dropping a spare database connection that failed its ping");
+                    conn.close_on_drop();
+                }
+            }
+        }
+        let _waiting = Waiting(&self.cache);
+        let conn = self.cache.pool.acquire().await?;
+        Ok(self.lease(conn))
+    }
+
+    /// Begins a transaction on a connection from [`Db::acquire`].
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let mut lease = self.acquire().await?;
+        PgTransactionManager::begin(&mut lease, None).await?;
+        Ok(Tx { lease, open: true })
+    }
+
+    /// Closes both pools, the spare connections first: the request pool's
+    /// `close` waits for every connection it handed out.
+    pub async fn close(&self) {
+        let spare = std::mem::take(&mut self.cache.lock().spare);
+        drop(spare);
+        self.cache.pool.close().await;
+        self.background.close().await;
+    }
+
+    fn lease(&self, conn: PoolConnection<Postgres>) -> Lease {
+        Lease {
+            conn: Some(conn),
+            cache: Arc::clone(&self.cache),
+        }
+    }
+}
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a stack and a counter, consistent after every
+        // statement, so a panic while it was held left nothing half-done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn keep(&self, conn: PoolConnection<Postgres>) {
+        let stale = {
+            let mut state = self.lock();
+            if state.waiting > 0 || self.pool.is_closed() {
+                drop(state);
+                drop(conn);
+                return;
+            }
+            state.spare.push(Spare {
+                conn,
+                since: Instant::now(),
+            });
+            state.take_stale()
+        };
+        drop(stale);
+    }
+}
+
+/// Counts an acquire waiting on the pool, until it has its connection or
+/// gives up.
+struct Waiting<'a>(&'a Cache);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+/// A connection from [`Db::acquire`]. Dropped, it goes back through sqlx's
+/// pool; [`Lease::keep`] hands it to the next request directly.
+#[derive(Debug)]
+pub struct Lease {
+    conn: Option<PoolConnection<Postgres>>,
+    cache: Arc<Cache>,
+}
+
+impl Lease {
+    /// Hands the connection to the next request without a round trip. Call
+    /// it once the work on the connection has finished without an error:
+    /// the connection is then idle, outside any transaction, with nothing
+    /// left to read.
+    pub fn keep(mut self) {
+        self.keep_in_place();
+    }
+
+    fn keep_in_place(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.cache.keep(conn);
+        }
+    }
+}
+
+const TAKEN: &str = "a lease holds its connection until it is kept or dropped";
+
+impl Deref for Lease {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn.as_ref().expect(TAKEN)
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect(TAKEN)
+    }
+}
+
+/// A transaction on a leased connection. [`Tx::commit`] and [`Tx::rollback`]
+/// keep the connection when they succeed; dropped while open, it queues a
+/// `ROLLBACK` and the connection goes back through sqlx's pool, whose ping
+/// sends it, as with [`sqlx::Transaction`].
+///
+/// sqlx's own `Transaction` would borrow the lease, and its commit could not
+/// hand the connection on, so this drives sqlx's transaction manager itself,
+/// the way `Transaction` does.
+#[derive(Debug)]
+pub struct Tx {
+    lease: Lease,
+    open: bool,
+}
+
+impl Tx {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        PgTransactionManager::commit(&mut self.lease).await?;
+        self.open = false;
+        self.lease.keep_in_place();
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        PgTransactionManager::rollback(&mut self.lease).await?;
+        self.open = false;
+        self.lease.keep_in_place();
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(conn) = self.lease.conn.as_mut()
+        {
+            PgTransactionManager::start_rollback(conn);
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.lease
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.lease
+    }
 }
 
 /// The SQLSTATE of a database error, if it is one.

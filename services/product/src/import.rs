@@ -116,7 +116,7 @@ impl ProductService {
         if import.batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut ids = Vec::new();
         let mut slugs = Vec::new();
         for pending in &import.batch {

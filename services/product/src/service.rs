@@ -8,9 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Caller;
+use gocommerce_platform::db::{Db, Tx};
 use gocommerce_proto::product::v1 as pb;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -30,7 +30,7 @@ const MAX_BATCH_IDS: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ProductService {
-    pub pool: PgPool,
+    pub db: Db,
     pub cache: Arc<ProductCache>,
 }
 
@@ -147,11 +147,7 @@ impl ProductService {
     /// commits of all notifying transactions in the cluster take turns (a
     /// global lock held through the WAL flush), so stock movements announce
     /// only the products whose view they change.
-    async fn commit_announcing(
-        &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        changed: Vec<Uuid>,
-    ) -> Result<(), ProductError> {
+    async fn commit_announcing(&self, mut tx: Tx, changed: Vec<Uuid>) -> Result<(), ProductError> {
         if changed.is_empty() {
             tx.commit().await?;
             return Ok(());
@@ -173,7 +169,7 @@ impl ProductService {
         let name = input::category_name(&request.name)?;
         let slug = input::slug("slug", &request.slug)?;
         let parent_id = input::optional_uuid("parent_id", &request.parent_id)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         if let Some(parent_id) = parent_id
             && db::find_category(&mut conn, parent_id).await?.is_none()
         {
@@ -183,6 +179,7 @@ impl ProductService {
         }
         let category =
             db::insert_category(&mut conn, Uuid::now_v7(), &name, &slug, parent_id).await?;
+        conn.keep();
         tracing::info!(category_id = %category.id, slug = %category.slug, "category created");
         Ok(pb::CreateCategoryResponse {
             category: Some(convert::category(&category)),
@@ -194,18 +191,19 @@ impl ProductService {
         request: Request<pb::GetCategoryRequest>,
     ) -> Result<pb::GetCategoryResponse, ProductError> {
         let id = input::uuid("category_id", &request.get_ref().category_id)?;
-        let mut conn = self.pool.acquire().await?;
-        let category = db::find_category(&mut conn, id)
-            .await?
-            .ok_or_else(no_category)?;
+        let mut conn = self.db.acquire().await?;
+        let category = db::find_category(&mut conn, id).await?;
+        conn.keep();
+        let category = category.ok_or_else(no_category)?;
         Ok(pb::GetCategoryResponse {
             category: Some(convert::category(&category)),
         })
     }
 
     async fn category_list(&self) -> Result<pb::ListCategoriesResponse, ProductError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let items = db::list_categories(&mut conn).await?;
+        conn.keep();
         Ok(pb::ListCategoriesResponse {
             items: items.iter().map(convert::category).collect(),
         })
@@ -234,7 +232,7 @@ impl ProductService {
             .map(|p| input::optional_uuid("parent_id", p))
             .transpose()?;
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if parent.is_some() {
             db::lock_tree(&mut tx).await?;
         }
@@ -278,7 +276,7 @@ impl ProductService {
     ) -> Result<pb::DeleteCategoryResponse, ProductError> {
         require_admin(request.metadata())?;
         let id = input::uuid("category_id", &request.get_ref().category_id)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         db::lock_category(&mut tx, id)
             .await?
             .ok_or_else(no_category)?;
@@ -313,7 +311,7 @@ impl ProductService {
                 .as_ref()
                 .ok_or_else(|| ProductError::invalid("product: is required"))?,
         )?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let category_id = db::resolve_category(&mut tx, &new.category)
             .await?
             .ok_or_else(|| ProductError::NotFound(new.category.describe()))?;
@@ -343,10 +341,10 @@ impl ProductService {
             Some(product) => product,
             None => {
                 let ticket = self.cache.ticket();
-                let mut conn = self.pool.acquire().await?;
-                let row = db::find_product(&mut conn, id)
-                    .await?
-                    .ok_or_else(no_product)?;
+                let mut conn = self.db.acquire().await?;
+                let row = db::find_product(&mut conn, id).await?;
+                conn.keep();
+                let row = row.ok_or_else(no_product)?;
                 let product = convert::product(&row);
                 self.cache.store(ticket, id, &product);
                 product
@@ -380,8 +378,9 @@ impl ProductService {
             return Ok(pb::GetProductsResponse { products: vec![] });
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let products = db::find_products(&mut conn, &ids).await?;
+        conn.keep();
         Ok(pb::GetProductsResponse {
             products: products.iter().map(convert::product).collect(),
         })
@@ -429,7 +428,7 @@ impl ProductService {
                 .transpose()?,
             active: request.active,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if let Some(category_id) = category
             && db::find_category(&mut tx, category_id).await?.is_none()
         {
@@ -457,7 +456,7 @@ impl ProductService {
     ) -> Result<pb::ArchiveProductResponse, ProductError> {
         require_admin(request.metadata())?;
         let id = input::uuid("product_id", &request.get_ref().product_id)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if !db::archive_product(&mut tx, id).await? {
             return Err(no_product());
         }
@@ -479,7 +478,7 @@ impl ProductService {
     ) -> Result<pb::SearchProductsResponse, ProductError> {
         let admin = caller(request.metadata())?.is_some_and(|c| c.is_admin());
         let query = SearchQuery::parse(request.get_ref(), admin)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let category_id = match &query.category {
             None => None,
             Some(category) => Some(
@@ -490,6 +489,7 @@ impl ProductService {
         };
         let size = query.page_size as usize;
         let mut rows = db::search(&mut conn, &query, category_id, size as i64 + 1).await?;
+        conn.keep();
         let next_page_token = if rows.len() > size {
             rows.truncate(size);
             rows.last().map(|r| query.next_token(r)).unwrap_or_default()
@@ -510,10 +510,10 @@ impl ProductService {
     ) -> Result<pb::GetStockResponse, ProductError> {
         require_admin(request.metadata())?;
         let id = input::uuid("product_id", &request.get_ref().product_id)?;
-        let mut conn = self.pool.acquire().await?;
-        let stock = db::find_stock(&mut conn, id)
-            .await?
-            .ok_or_else(no_product)?;
+        let mut conn = self.db.acquire().await?;
+        let stock = db::find_stock(&mut conn, id).await?;
+        conn.keep();
+        let stock = stock.ok_or_else(no_product)?;
         Ok(pb::GetStockResponse {
             stock: Some(convert::stock(&stock)),
         })
@@ -530,7 +530,7 @@ impl ProductService {
             return Err(ProductError::invalid("delta: must not be zero"));
         }
         let reason = input::reason(&request.reason)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(stock) = db::adjust_stock(&mut tx, id, request.delta).await? else {
             let stock = db::find_stock(&mut tx, id).await?.ok_or_else(no_product)?;
             return Err(ProductError::invalid(format!(
@@ -571,12 +571,13 @@ impl ProductService {
         let id = input::uuid("product_id", &request.product_id)?;
         let (size, token) = input::page(request.page.as_ref())?;
         let after = parse_movement_token(&token, id)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         db::find_stock(&mut conn, id)
             .await?
             .ok_or_else(no_product)?;
         let size = size as usize;
         let mut rows = db::list_movements(&mut conn, id, after, size as i64 + 1).await?;
+        conn.keep();
         let next_page_token = if rows.len() > size {
             rows.truncate(size);
             rows.last()
@@ -610,7 +611,7 @@ impl ProductService {
         let items = reservation_items(&request.items)?;
         let rows: Vec<ReservationItemRow> = items.iter().map(|(_, i)| i.clone()).collect();
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let Some(reservation) = db::insert_reservation(&mut tx, order_id, "reserved").await? else {
             let (existing, existing_items) = db::lock_reservation(&mut tx, order_id)
                 .await?
@@ -675,7 +676,7 @@ impl ProductService {
     ) -> Result<pb::Reservation, ProductError> {
         require_peer_or_admin(metadata)?;
         let order_id = input::uuid("order_id", raw_order_id)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         if !commit
             && let Some(tombstone) = db::insert_reservation(&mut tx, order_id, "released").await?
         {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gocommerce_platform::Readiness;
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_proto::product::v1::product_service_server::{ProductServiceServer, SERVICE_NAME};
 use sqlx::migrate::Migrator;
@@ -35,16 +35,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ProductConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("product-database", pool.clone());
+        readiness.add_postgres("product-database", db.background().clone());
         let cache = Arc::new(ProductCache::new(config.cache_ttl, config.cache_capacity));
-        // Holds one pooled connection for LISTEN while the service runs.
-        let changes = ChangeListener::connect(cache.clone(), pool.clone())
+        // Holds one background connection for LISTEN while the service runs.
+        let changes = ChangeListener::connect(cache.clone(), db.background().clone())
             .await
             .map_err(DbError::Connect)?;
         let listener = TcpListener::bind(config.grpc_addr)
@@ -55,7 +55,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            service: ProductService { pool, cache },
+            service: ProductService { db, cache },
             changes,
             readiness,
         })
@@ -67,12 +67,12 @@ impl Application {
 
     /// Serves, and listens for other replicas' product changes, until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
-        let pool = self.service.pool.clone();
+        let db = self.service.db.clone();
         let listener = tokio::spawn(self.changes.run(self.readiness.shutdown().clone()));
         let routes = tonic::service::Routes::new(ProductServiceServer::new(self.service));
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = listener.await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }

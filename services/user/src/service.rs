@@ -4,10 +4,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Role;
+use gocommerce_platform::db::Db;
 use gocommerce_platform::validate::EMAIL_MAX_CHARS;
 use gocommerce_proto::common::v1::PostalAddress;
 use gocommerce_proto::user::v1 as pb;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ const MAX_PAGE_SIZE: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct UserService {
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
@@ -108,7 +108,7 @@ impl UserService {
         // Registration creates customers; auth may leave the role unset.
         let role = domain::role_from_proto(request.role)?.unwrap_or(Role::Customer);
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         let new = NewProfile {
             id: user_id,
             email: &email,
@@ -144,10 +144,10 @@ impl UserService {
     ) -> Result<ProfileRow, UserError> {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.pool.acquire().await?;
-        db::find_profile(&mut conn, user_id)
-            .await?
-            .ok_or(UserError::ProfileNotFound)
+        let mut conn = self.db.acquire().await?;
+        let row = db::find_profile(&mut conn, user_id).await?;
+        conn.keep();
+        row.ok_or(UserError::ProfileNotFound)
     }
 
     async fn update_profile(
@@ -167,7 +167,7 @@ impl UserService {
             .as_deref()
             .map(|raw| domain::phone("phone", raw))
             .transpose()?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let row = if name.is_none() && phone.is_none() {
             db::find_profile(&mut conn, user_id).await?
         } else {
@@ -179,6 +179,7 @@ impl UserService {
             )
             .await?
         };
+        conn.keep();
         row.ok_or(UserError::ProfileNotFound)
     }
 
@@ -188,10 +189,10 @@ impl UserService {
     ) -> Result<PreferencesRow, UserError> {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.pool.acquire().await?;
-        db::find_preferences(&mut conn, user_id)
-            .await?
-            .ok_or(UserError::ProfileNotFound)
+        let mut conn = self.db.acquire().await?;
+        let row = db::find_preferences(&mut conn, user_id).await?;
+        conn.keep();
+        row.ok_or(UserError::ProfileNotFound)
     }
 
     async fn update_preferences(
@@ -210,8 +211,8 @@ impl UserService {
             .channels
             .ok_or_else(|| UserError::invalid("preferences.channels: is required"))?;
         let locale = domain::locale("preferences.locale", &preferences.locale)?;
-        let mut conn = self.pool.acquire().await?;
-        db::replace_preferences(
+        let mut conn = self.db.acquire().await?;
+        let row = db::replace_preferences(
             &mut conn,
             user_id,
             &NewPreferences {
@@ -222,8 +223,9 @@ impl UserService {
                 marketing_opt_in: preferences.marketing_opt_in,
             },
         )
-        .await?
-        .ok_or(UserError::ProfileNotFound)
+        .await?;
+        conn.keep();
+        row.ok_or(UserError::ProfileNotFound)
     }
 
     async fn list_addresses(
@@ -232,11 +234,13 @@ impl UserService {
     ) -> Result<Vec<AddressRow>, UserError> {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         db::find_profile(&mut conn, user_id)
             .await?
             .ok_or(UserError::ProfileNotFound)?;
-        db::list_addresses(&mut conn, user_id).await
+        let rows = db::list_addresses(&mut conn, user_id).await?;
+        conn.keep();
+        Ok(rows)
     }
 
     async fn create_address(
@@ -260,7 +264,7 @@ impl UserService {
         }
         .validate("postal_address.")?;
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         db::lock_profile(&mut tx, user_id)
             .await?
             .ok_or(UserError::ProfileNotFound)?;
@@ -287,10 +291,10 @@ impl UserService {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         let address_id = parse_uuid("address_id", &request.get_ref().address_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.pool.acquire().await?;
-        db::find_address(&mut conn, user_id, address_id)
-            .await?
-            .ok_or(UserError::AddressNotFound)
+        let mut conn = self.db.acquire().await?;
+        let row = db::find_address(&mut conn, user_id, address_id).await?;
+        conn.keep();
+        row.ok_or(UserError::AddressNotFound)
     }
 
     async fn update_address(
@@ -302,7 +306,7 @@ impl UserService {
         access::owner_or_admin(request.metadata(), user_id)?;
         let request = request.into_inner();
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         db::lock_profile(&mut tx, user_id)
             .await?
             .ok_or(UserError::AddressNotFound)?;
@@ -340,8 +344,10 @@ impl UserService {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         let address_id = parse_uuid("address_id", &request.get_ref().address_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.pool.acquire().await?;
-        if !db::delete_address(&mut conn, user_id, address_id).await? {
+        let mut conn = self.db.acquire().await?;
+        let deleted = db::delete_address(&mut conn, user_id, address_id).await?;
+        conn.keep();
+        if !deleted {
             return Err(UserError::AddressNotFound);
         }
         tracing::info!(user_id = %user_id, address_id = %address_id, "address deleted");
@@ -372,7 +378,7 @@ impl UserService {
             size => size,
         };
         let after = parse_page_token(&page.page_token)?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let mut rows = db::list_profiles(
             &mut conn,
             role,
@@ -381,6 +387,7 @@ impl UserService {
             i64::from(size) + 1,
         )
         .await?;
+        conn.keep();
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
             rows.last().map(page_token).unwrap_or_default()
@@ -402,10 +409,10 @@ impl UserService {
         let user_id = parse_uuid("user_id", &request.user_id)?;
         let role = domain::role_from_proto(request.role)?
             .ok_or_else(|| UserError::invalid("role: must be ROLE_CUSTOMER or ROLE_ADMIN"))?;
-        let mut conn = self.pool.acquire().await?;
-        let row = db::set_role(&mut conn, user_id, role)
-            .await?
-            .ok_or(UserError::ProfileNotFound)?;
+        let mut conn = self.db.acquire().await?;
+        let row = db::set_role(&mut conn, user_id, role).await?;
+        conn.keep();
+        let row = row.ok_or(UserError::ProfileNotFound)?;
         tracing::info!(user_id = %user_id, role = %role, "role mirrored");
         Ok(row)
     }
@@ -416,10 +423,10 @@ impl UserService {
     ) -> Result<pb::GetContactResponse, UserError> {
         access::peer_or_admin(request.metadata())?;
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
-        let mut conn = self.pool.acquire().await?;
-        let contact = db::find_contact(&mut conn, user_id)
-            .await?
-            .ok_or(UserError::ProfileNotFound)?;
+        let mut conn = self.db.acquire().await?;
+        let contact = db::find_contact(&mut conn, user_id).await?;
+        conn.keep();
+        let contact = contact.ok_or(UserError::ProfileNotFound)?;
         Ok(pb::GetContactResponse {
             user_id: contact.id.to_string(),
             email: contact.email,

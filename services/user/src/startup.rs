@@ -2,7 +2,7 @@
 //! gRPC listener.
 
 use gocommerce_platform::Readiness;
-use gocommerce_platform::db::{DbError, connect_and_migrate};
+use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use sqlx::migrate::Migrator;
@@ -31,13 +31,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: UserConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(
+        let db = Db::connect(
             &config.database_url,
             config.database_max_connections,
             &MIGRATOR,
         )
         .await?;
-        readiness.add_postgres("user-database", pool.clone());
+        readiness.add_postgres("user-database", db.background().clone());
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(StartupError::Bind)?;
@@ -46,7 +46,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            service: UserService { pool },
+            service: UserService { db },
             readiness,
         })
     }
@@ -57,10 +57,10 @@ impl Application {
 
     /// Serves until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
-        let pool = self.service.pool.clone();
+        let db = self.service.db.clone();
         let routes = tonic::service::Routes::new(UserServiceServer::new(self.service));
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
-        pool.close().await;
+        db.close().await;
         result
     }
 }

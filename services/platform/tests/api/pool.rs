@@ -1,10 +1,225 @@
-//! The service pool against the real PostgreSQL: connections the server
-//! dropped while they sat idle are never handed to a caller.
+//! The service pool and its spare connections against the real PostgreSQL:
+//! connections the server dropped while they sat idle are never handed to a
+//! caller, a kept connection is reused without the pool, a dropped one goes
+//! back through it, and transactions end the way they were left.
 
-use gocommerce_platform::db::{self, TRUSTED_IDLE};
+use std::time::Duration;
+
+use gocommerce_platform::db::{self, Db, Lease, TRUSTED_IDLE};
 use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
+use sqlx::PgConnection;
 use sqlx::migrate::Migrator;
 use uuid::Uuid;
+
+/// A `Db` on a fresh database whose request pool holds at most
+/// `max_connections`, all of them open and idle, with a table `t (n int)`.
+/// The pool hands out its idle connections oldest first, so with two of
+/// them a connection that went back to the pool is not the next one out,
+/// and one that was kept is.
+async fn database(max_connections: u32) -> (Db, DropDatabase) {
+    let name = format!("gct_pool_{}", Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let guard = DropDatabase(name);
+    let db = Db::connect(&url, max_connections, &Migrator::DEFAULT)
+        .await
+        .expect("db");
+    sqlx::query("CREATE TABLE t (n int)")
+        .execute(db.pool())
+        .await
+        .expect("table");
+    let mut all = Vec::new();
+    for _ in 0..max_connections {
+        all.push(db.pool().acquire().await.expect("connection"));
+    }
+    drop(all);
+    // They go back on tasks of sqlx's.
+    until_idle(&db, max_connections as usize).await;
+    (db, guard)
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("pg_backend_pid")
+}
+
+async fn count(db: &Db) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+}
+
+/// Polls until the pool holds `idle` idle connections, or panics after
+/// five seconds: a dropped connection goes back on a task of sqlx's.
+async fn until_idle(db: &Db, idle: usize) {
+    for _ in 0..500 {
+        if db.pool().num_idle() == idle {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the pool has {} idle connections, not {idle}",
+        db.pool().num_idle()
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_the_next_acquire_without_going_back_to_the_pool() {
+    // Arrange
+    let (db, _database) = database(2).await;
+    let mut lease = db.acquire().await.expect("acquire");
+    let first = backend_pid(&mut lease).await;
+
+    // Act
+    lease.keep();
+
+    // Assert: the pool did not get it back, and the next acquire has it.
+    assert_eq!(
+        db.pool().num_idle(),
+        1,
+        "the kept connection is not in the pool"
+    );
+    let mut again = db.acquire().await.expect("acquire again");
+    assert_eq!(backend_pid(&mut again).await, first);
+    again.keep();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_lease_dropped_without_keep_goes_back_to_the_pool() {
+    // Arrange
+    let (db, _database) = database(2).await;
+    let mut lease = db.acquire().await.expect("acquire");
+    backend_pid(&mut lease).await;
+
+    // Act
+    drop(lease);
+
+    // Assert
+    until_idle(&db, 2).await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_committed_transaction_is_visible_and_its_connection_is_kept() {
+    // Arrange
+    let (db, _database) = database(2).await;
+    let mut tx = db.begin().await.expect("begin");
+    let pid = backend_pid(&mut tx).await;
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+
+    // Act
+    tx.commit().await.expect("commit");
+
+    // Assert
+    let mut next = db.acquire().await.expect("acquire");
+    assert_eq!(backend_pid(&mut next).await, pid, "the connection was kept");
+    next.keep();
+    assert_eq!(count(&db).await, 1);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_while_open_is_rolled_back_before_its_connection_is_reused() {
+    // Arrange: a pool of one connection, so the next acquire gets the same.
+    let (db, _database) = database(1).await;
+    let mut tx = db.begin().await.expect("begin");
+    let pid = backend_pid(&mut tx).await;
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+
+    // Act
+    drop(tx);
+
+    // Assert: on the same connection the insert is gone, which it would not
+    // be inside the transaction that made it.
+    let mut next = db.acquire().await.expect("acquire");
+    assert_eq!(backend_pid(&mut next).await, pid);
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut *next)
+        .await
+        .expect("count");
+    assert_eq!(written, 0);
+    next.keep();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_writes_nothing_and_keeps_its_connection() {
+    // Arrange
+    let (db, _database) = database(2).await;
+    let mut tx = db.begin().await.expect("begin");
+    let pid = backend_pid(&mut tx).await;
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+
+    // Act
+    tx.rollback().await.expect("rollback");
+
+    // Assert
+    let mut next = db.acquire().await.expect("acquire");
+    assert_eq!(backend_pid(&mut next).await, pid, "the connection was kept");
+    assert_eq!(count(&db).await, 0);
+    next.keep();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn an_acquire_waiting_on_a_full_pool_gets_the_connection_a_lease_keeps() {
+    // Arrange: the only connection is leased, and a second acquire waits.
+    let (db, _database) = database(1).await;
+    let lease = db.acquire().await.expect("acquire");
+    let waiter = tokio::spawn({
+        let db = db.clone();
+        async move { db.acquire().await.map(Lease::keep) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Act
+    lease.keep();
+
+    // Assert: without the hand-over it would sit on the spare stack where
+    // the waiter does not look, and the waiter's acquire would time out.
+    waiter
+        .await
+        .expect("task")
+        .expect("the waiter got the connection");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_spare_connection_the_server_closed_while_idle_is_not_handed_out() {
+    // Arrange: a kept connection whose backend is then terminated.
+    let (db, _database) = database(1).await;
+    let mut lease = db.acquire().await.expect("acquire");
+    let first = backend_pid(&mut lease).await;
+    lease.keep();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(db.background())
+        .await
+        .expect("terminate");
+    assert!(terminated, "the backend existed");
+    tokio::time::sleep(TRUSTED_IDLE * 2).await;
+
+    // Act
+    let mut next = db.acquire().await.expect("acquire");
+
+    // Assert
+    assert_ne!(backend_pid(&mut next).await, first);
+    next.keep();
+    db.close().await;
+}
 
 #[tokio::test]
 async fn a_connection_the_server_closed_while_idle_is_replaced_before_use() {
