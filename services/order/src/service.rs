@@ -818,9 +818,9 @@ impl pb::order_service_server::OrderService for OrderService {
         let caller = Caller::from_metadata(request.metadata())?;
         let id = parse_uuid("order_id", &request.get_ref().order_id)?;
         self.visible(&caller, id).await?;
-        let receiver =
-            self.watchers
-                .watch(self.db().background().clone(), id, self.shutdown.clone());
+        let receiver = self
+            .watchers
+            .watch(self.db().clone(), id, self.shutdown.clone());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use gocommerce_platform::Shutdown;
+use gocommerce_platform::db::Db;
 use gocommerce_proto::order::v1 as pb;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -59,7 +60,7 @@ impl Watchers {
     /// status, the client going away, or shutdown.
     pub fn watch(
         &self,
-        pool: PgPool,
+        database: Db,
         order_id: Uuid,
         shutdown: Shutdown,
     ) -> mpsc::Receiver<Result<pb::WatchOrderResponse, tonic::Status>> {
@@ -70,8 +71,14 @@ impl Watchers {
             let mut last_id = 0;
             let mut first = true;
             loop {
-                let entries = match pool.acquire().await {
-                    Ok(mut conn) => db::history(&mut conn, order_id, last_id).await,
+                let entries = match database.acquire().await {
+                    Ok(mut conn) => {
+                        let entries = db::history(&mut conn, order_id, last_id).await;
+                        if entries.is_ok() {
+                            conn.keep();
+                        }
+                        entries
+                    }
                     Err(error) => Err(error.into()),
                 };
                 let entries = match entries {

@@ -222,7 +222,8 @@ impl Db {
     /// A connection: the most recently kept spare, or one from the pool.
     /// A spare idle for longer than [`TRUSTED_IDLE`] is pinged first, as
     /// the pool does with its own.
-    #[tracing::instrument(name = "db.acquire", skip_all, err)]
+    // A debug span: one per checkout is noise in a request's trace.
+    #[tracing::instrument(level = "debug", skip_all, err)]
     pub async fn acquire(&self) -> Result<Lease, sqlx::Error> {
         loop {
             let (spare, stale) = {
