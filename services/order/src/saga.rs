@@ -521,7 +521,7 @@ pub async fn run_recovery(saga: Saga, interval: Duration, shutdown: gocommerce_p
         }
         // Idempotency keys expire after a day; a sweep now and then suffices.
         if rounds % 600 == 1
-            && let Ok(mut conn) = saga.db.pool().acquire().await
+            && let Ok(mut conn) = saga.db.background().acquire().await
             && let Err(error) = db::expire_keys(&mut conn).await
         {
             tracing::warn!(%error, "cannot expire idempotency keys");

@@ -15,7 +15,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
@@ -198,14 +198,13 @@ impl Db {
         Ok(Self::new(pool, background))
     }
 
-    pub fn new(pool: PgPool, background: PgPool) -> Self {
-        Self {
-            cache: Arc::new(Cache {
-                pool,
-                state: Mutex::default(),
-            }),
-            background,
-        }
+    fn new(pool: PgPool, background: PgPool) -> Self {
+        let cache = Arc::new(Cache {
+            pool,
+            state: Mutex::default(),
+        });
+        tokio::spawn(trim_spares(Arc::downgrade(&cache)));
+        Self { cache, background }
     }
 
     /// The request pool, for what is not a request handler's work: tests'
@@ -299,6 +298,26 @@ impl Cache {
             });
             state.take_stale()
         };
+        drop(stale);
+    }
+}
+
+/// Every [`TRUSTED_IDLE`], hands the spare connections idle for longer back
+/// to the pool, so that a service whose requests stopped keeps no more open
+/// than the pool's own idle timeout allows. Like sqlx's reaper, it ends
+/// with what it tends: when the `Db` is gone or its pool closed.
+async fn trim_spares(cache: Weak<Cache>) {
+    let mut tick = tokio::time::interval(TRUSTED_IDLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        if cache.pool.is_closed() {
+            return;
+        }
+        let stale = cache.lock().take_stale();
         drop(stale);
     }
 }

@@ -198,6 +198,27 @@ async fn an_acquire_waiting_on_a_full_pool_gets_the_connection_a_lease_keeps() {
 }
 
 #[tokio::test]
+async fn a_spare_connection_left_idle_goes_back_to_the_pool_without_further_requests() {
+    // Arrange
+    let (db, _database) = database(2).await;
+    let mut lease = db.acquire().await.expect("acquire");
+    backend_pid(&mut lease).await;
+    lease.keep();
+    assert_eq!(
+        db.pool().num_idle(),
+        1,
+        "the kept connection is not in the pool"
+    );
+
+    // Act: no request comes for a while.
+    tokio::time::sleep(TRUSTED_IDLE * 2).await;
+
+    // Assert: the pool has it back, to close after its idle timeout.
+    until_idle(&db, 2).await;
+    db.close().await;
+}
+
+#[tokio::test]
 async fn a_spare_connection_the_server_closed_while_idle_is_not_handed_out() {
     // Arrange: a kept connection whose backend is then terminated.
     let (db, _database) = database(1).await;
