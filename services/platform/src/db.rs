@@ -171,8 +171,7 @@ struct Spare {
 impl State {
     /// Takes the spare connections idle for longer than [`TRUSTED_IDLE`]
     /// off the bottom of the stack, to go back to the pool, which pings them
-    /// and closes them after its idle timeout: the stack holds only what
-    /// the last second of requests needed.
+    /// and closes them after its idle timeout.
     fn take_stale(&mut self) -> Vec<Spare> {
         let stale = self
             .spare
@@ -225,15 +224,14 @@ impl Db {
     #[tracing::instrument(level = "debug", skip_all, err)]
     pub async fn acquire(&self) -> Result<Lease, sqlx::Error> {
         loop {
-            let (spare, stale) = {
+            let spare = {
                 let mut state = self.cache.lock();
                 let spare = state.spare.pop();
                 if spare.is_none() {
                     state.waiting += 1;
                 }
-                (spare, state.take_stale())
+                spare
             };
-            drop(stale);
             let Some(Spare { mut conn, since }) = spare else {
                 break;
             };
@@ -257,7 +255,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let mut lease = self.acquire().await?;
         PgTransactionManager::begin(&mut lease, None).await?;
-        Ok(Tx { lease, open: true })
+        Ok(Tx { lease })
     }
 
     /// Closes both pools, the spare connections first: the request pool's
@@ -285,20 +283,16 @@ impl Cache {
     }
 
     fn keep(&self, conn: PoolConnection<Postgres>) {
-        let stale = {
-            let mut state = self.lock();
-            if state.waiting > 0 || self.pool.is_closed() {
-                drop(state);
-                drop(conn);
-                return;
-            }
-            state.spare.push(Spare {
-                conn,
-                since: Instant::now(),
-            });
-            state.take_stale()
-        };
-        drop(stale);
+        let mut state = self.lock();
+        if state.waiting > 0 || self.pool.is_closed() {
+            drop(state);
+            drop(conn);
+            return;
+        }
+        state.spare.push(Spare {
+            conn,
+            since: Instant::now(),
+        });
     }
 }
 
@@ -373,9 +367,10 @@ impl DerefMut for Lease {
 }
 
 /// A transaction on a leased connection. [`Tx::commit`] and [`Tx::rollback`]
-/// keep the connection when they succeed; dropped while open, it queues a
-/// `ROLLBACK` and the connection goes back through sqlx's pool, whose ping
-/// sends it, as with [`sqlx::Transaction`].
+/// keep the connection when they succeed; dropped while it still holds the
+/// connection (never ended, or its end failed), it queues a `ROLLBACK`, and
+/// the connection goes back through sqlx's pool, whose ping sends it, as
+/// with [`sqlx::Transaction`].
 ///
 /// sqlx's own `Transaction` would borrow the lease, and its commit could not
 /// hand the connection on, so this drives sqlx's transaction manager itself,
@@ -383,20 +378,17 @@ impl DerefMut for Lease {
 #[derive(Debug)]
 pub struct Tx {
     lease: Lease,
-    open: bool,
 }
 
 impl Tx {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         PgTransactionManager::commit(&mut self.lease).await?;
-        self.open = false;
         self.lease.keep_in_place();
         Ok(())
     }
 
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
         PgTransactionManager::rollback(&mut self.lease).await?;
-        self.open = false;
         self.lease.keep_in_place();
         Ok(())
     }
@@ -404,9 +396,8 @@ impl Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if self.open
-            && let Some(conn) = self.lease.conn.as_mut()
-        {
+        // sqlx tracks the depth: outside a transaction this queues nothing.
+        if let Some(conn) = self.lease.conn.as_mut() {
             PgTransactionManager::start_rollback(conn);
         }
     }

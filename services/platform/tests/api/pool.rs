@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gocommerce_platform::db::{self, Db, Lease, TRUSTED_IDLE};
+use gocommerce_platform::db::{self, Db, Lease, TRUSTED_IDLE, Tx};
 use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
 use sqlx::PgConnection;
 use sqlx::migrate::Migrator;
@@ -44,11 +44,22 @@ async fn backend_pid(conn: &mut PgConnection) -> i32 {
         .expect("pg_backend_pid")
 }
 
-async fn count(db: &Db) -> i64 {
+async fn count(conn: &mut PgConnection) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(db.pool())
+        .fetch_one(conn)
         .await
         .expect("count")
+}
+
+/// A transaction that has inserted a row into `t`, and its backend's pid.
+async fn transaction_with_a_row(db: &Db) -> (Tx, i32) {
+    let mut tx = db.begin().await.expect("begin");
+    let pid = backend_pid(&mut tx).await;
+    sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    (tx, pid)
 }
 
 /// Polls until the pool holds `idle` idle connections, or panics after
@@ -107,12 +118,7 @@ async fn a_lease_dropped_without_keep_goes_back_to_the_pool() {
 async fn a_committed_transaction_is_visible_and_its_connection_is_kept() {
     // Arrange
     let (db, _database) = database(2).await;
-    let mut tx = db.begin().await.expect("begin");
-    let pid = backend_pid(&mut tx).await;
-    sqlx::query("INSERT INTO t VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let (tx, pid) = transaction_with_a_row(&db).await;
 
     // Act
     tx.commit().await.expect("commit");
@@ -120,8 +126,8 @@ async fn a_committed_transaction_is_visible_and_its_connection_is_kept() {
     // Assert
     let mut next = db.acquire().await.expect("acquire");
     assert_eq!(backend_pid(&mut next).await, pid, "the connection was kept");
+    assert_eq!(count(&mut next).await, 1);
     next.keep();
-    assert_eq!(count(&db).await, 1);
     db.close().await;
 }
 
@@ -129,12 +135,7 @@ async fn a_committed_transaction_is_visible_and_its_connection_is_kept() {
 async fn a_transaction_dropped_while_open_is_rolled_back_before_its_connection_is_reused() {
     // Arrange: a pool of one connection, so the next acquire gets the same.
     let (db, _database) = database(1).await;
-    let mut tx = db.begin().await.expect("begin");
-    let pid = backend_pid(&mut tx).await;
-    sqlx::query("INSERT INTO t VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let (tx, pid) = transaction_with_a_row(&db).await;
 
     // Act
     drop(tx);
@@ -143,11 +144,7 @@ async fn a_transaction_dropped_while_open_is_rolled_back_before_its_connection_i
     // be inside the transaction that made it.
     let mut next = db.acquire().await.expect("acquire");
     assert_eq!(backend_pid(&mut next).await, pid);
-    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(&mut *next)
-        .await
-        .expect("count");
-    assert_eq!(written, 0);
+    assert_eq!(count(&mut next).await, 0);
     next.keep();
     db.close().await;
 }
@@ -156,12 +153,7 @@ async fn a_transaction_dropped_while_open_is_rolled_back_before_its_connection_i
 async fn a_rolled_back_transaction_writes_nothing_and_keeps_its_connection() {
     // Arrange
     let (db, _database) = database(2).await;
-    let mut tx = db.begin().await.expect("begin");
-    let pid = backend_pid(&mut tx).await;
-    sqlx::query("INSERT INTO t VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let (tx, pid) = transaction_with_a_row(&db).await;
 
     // Act
     tx.rollback().await.expect("rollback");
@@ -169,7 +161,7 @@ async fn a_rolled_back_transaction_writes_nothing_and_keeps_its_connection() {
     // Assert
     let mut next = db.acquire().await.expect("acquire");
     assert_eq!(backend_pid(&mut next).await, pid, "the connection was kept");
-    assert_eq!(count(&db).await, 0);
+    assert_eq!(count(&mut next).await, 0);
     next.keep();
     db.close().await;
 }
