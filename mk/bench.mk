@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 BENCH_RESULTS ?= bench/results
 BENCH_QUICK_RESULTS ?= $(CARGO_TARGET_DIR)/bench-quick
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-instructions
 
 bench: ## Release build, full benchmark run; writes bench/results/<date>.{json,md}
 	cargo build --release -p gocommerce -p gocommerce-bench
@@ -18,3 +18,7 @@ bench-quick: ## Smoke run of every scenario on the debug build (tests the harnes
 	cargo build -p gocommerce -p gocommerce-bench
 	$(CARGO_TARGET_DIR)/debug/gocommerce-bench --quick --gocommerce $(CARGO_TARGET_DIR)/debug/gocommerce \
 	  --build debug --out-dir $(BENCH_QUICK_RESULTS)
+
+bench-instructions: ## Release build; user-space instructions per product view under callgrind (bench/README.md)
+	cargo build --release -p gocommerce -p gocommerce-bench
+	scripts/instructions.py $(CARGO_TARGET_DIR)/release/gocommerce
