@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,18 @@ def load(port, path, total):
     return total // CONNECTIONS * CONNECTIONS
 
 
+def free_ports(count):
+    """Ports free now, distinct because they are held together while asked for."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def callgrind_control(pid, *args):
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
@@ -154,7 +167,7 @@ def per_thread(prefix):
 
 def measure(binary, requests, cache, workdir):
     run_id = f"{os.getpid()}-{'cache' if cache else 'nocache'}"
-    gateway_port, admin_port = 18480, 19490
+    gateway_port, admin_port = free_ports(2)
     prefix = os.path.join(workdir, f"callgrind-{run_id}")
     log = open(os.path.join(workdir, f"{run_id}.log"), "w")
     process = subprocess.Popen(
@@ -180,12 +193,16 @@ def measure(binary, requests, cache, workdir):
         callgrind_control(process.pid, "--zero")
         sent = load(gateway_port, path, requests)
         callgrind_control(process.pid, "--dump")
-        # The dump is written when the process next switches threads, not on return.
+        # callgrind writes the files after the command returns, one thread's
+        # at a time: wait until a second's poll finds the same complete set.
         deadline = time.monotonic() + 120
-        while not per_thread(prefix) and time.monotonic() < deadline:
+        threads, previous = [], None
+        while time.monotonic() < deadline and not (threads and threads == previous):
             time.sleep(1)
-        time.sleep(2)
-        return sent, per_thread(prefix)
+            threads, previous = sorted(per_thread(prefix)), threads
+        if not threads:
+            sys.exit("callgrind wrote no counts")
+        return sent, threads
     finally:
         process.terminate()
         process.wait(timeout=120)
