@@ -282,17 +282,17 @@ impl Cache {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Onto the stack, unless acquires are waiting on the pool (they look
+    /// there, not here) or it is closed: then `conn` drops back into the
+    /// pool, after the lock, since parameters outlive the body's locals.
     fn keep(&self, conn: PoolConnection<Postgres>) {
         let mut state = self.lock();
-        if state.waiting > 0 || self.pool.is_closed() {
-            drop(state);
-            drop(conn);
-            return;
+        if state.waiting == 0 && !self.pool.is_closed() {
+            state.spare.push(Spare {
+                conn,
+                since: Instant::now(),
+            });
         }
-        state.spare.push(Spare {
-            conn,
-            since: Instant::now(),
-        });
     }
 }
 
