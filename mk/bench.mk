@@ -21,4 +21,5 @@ bench-quick: ## Smoke run of every scenario on the debug build (tests the harnes
 
 bench-instructions: ## Release build; user-space instructions per product view under callgrind (bench/README.md)
 	cargo build --release -p gocommerce -p gocommerce-bench
-	scripts/instructions.py $(CARGO_TARGET_DIR)/release/gocommerce
+	$(CARGO_TARGET_DIR)/release/gocommerce-bench --instructions \
+	  --gocommerce $(CARGO_TARGET_DIR)/release/gocommerce

@@ -2,10 +2,13 @@
 //! PostgreSQL and RabbitMQ, seeds it through the REST API, runs every
 //! scenario next to its baseline, and writes `<out>/<date>.json` and
 //! `<out>/<date>.md`. Figures are reported, never judged: the exit status
-//! only says whether every scenario could run.
+//! only says whether every scenario could run. With `--instructions` it
+//! counts what a product view costs in instructions instead (see
+//! `instructions`).
 
 mod baseline;
 mod cpu;
+mod instructions;
 mod load;
 mod mix;
 mod report;
@@ -62,6 +65,16 @@ struct Args {
     /// default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
+    /// Instead of the scenarios, count the user-space instructions a product
+    /// view costs under valgrind's callgrind, by component (bench/README.md).
+    #[arg(long, conflicts_with_all = ["quick", "only"])]
+    instructions: bool,
+    /// With --instructions: the views counted (after a warm-up).
+    #[arg(long, default_value_t = 4000, requires = "instructions")]
+    requests: usize,
+    /// With --instructions: keep callgrind's files in this directory.
+    #[arg(long, requires = "instructions")]
+    keep_dumps: Option<PathBuf>,
 }
 
 impl Args {
@@ -132,6 +145,9 @@ async fn main() -> anyhow::Result<()> {
     let sink = std::sync::Arc::new(smtp::SmtpSink::start().await?);
     let smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
     let launch = Launch::new(&args.gocommerce, &postgres, &run_id, &smtp_url)?;
+    if args.instructions {
+        return instructions::run(launch, args.requests, args.keep_dumps.as_deref()).await;
+    }
     // Scenario 2 asks for the database path: the first phase runs with the
     // product cache off, the second (scenarios 1, 6, 7) as deployed.
     let mut server = Gocommerce::start(&launch, ProductCache::Off).await?;

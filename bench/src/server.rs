@@ -193,6 +193,11 @@ pub struct Launch {
     pub smtp_url: String,
     pub gateway_port: u16,
     pub admin_port: u16,
+    /// A program and its arguments that run the binary (valgrind, for the
+    /// instruction count); empty to run it directly.
+    pub wrapper: Vec<String>,
+    /// How long starting may take until the gateway is ready.
+    pub ready_within: Duration,
 }
 
 impl Launch {
@@ -210,6 +215,8 @@ impl Launch {
             smtp_url: smtp_url.to_owned(),
             gateway_port,
             admin_port: free_port(&[gateway_port])?,
+            wrapper: Vec::new(),
+            ready_within: Duration::from_secs(60),
         })
     }
 }
@@ -246,7 +253,14 @@ impl Gocommerce {
         let postgres = &launch.postgres;
         let log = std::env::temp_dir().join(format!("gocommerce-bench-{run_id}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut command = Command::new(&launch.binary);
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&launch.binary);
+                command
+            }
+            None => Command::new(&launch.binary),
+        };
         command
             .arg("all")
             .env("GATEWAY_ADDR", format!("127.0.0.1:{}", launch.gateway_port))
@@ -278,9 +292,10 @@ impl Gocommerce {
             command.env(format!("{upper}_DATABASE_URL"), postgres.url(&name));
             databases.push((svc.to_owned(), name));
         }
+        let program = command.as_std().get_program().to_owned();
         let child = command
             .spawn()
-            .with_context(|| format!("cannot start {}", launch.binary.display()))?;
+            .with_context(|| format!("cannot start {}", program.display()))?;
         let pid = child.id().context("gocommerce exited at once")?;
         let mut server = Self {
             child,
@@ -306,7 +321,8 @@ impl Gocommerce {
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let url = format!("{}/readyz", self.base);
-        for _ in 0..240 {
+        let deadline = tokio::time::Instant::now() + self.launch.ready_within;
+        while tokio::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "gocommerce exited with {status} before it was ready; log: {}",
@@ -321,7 +337,8 @@ impl Gocommerce {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         bail!(
-            "gocommerce was not ready within 60 s; log: {}",
+            "gocommerce was not ready within {} s; log: {}",
+            self.launch.ready_within.as_secs(),
             self.log.display()
         )
     }
