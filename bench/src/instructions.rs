@@ -1,18 +1,19 @@
-//! `gocommerce-bench --instructions`: the user-space instructions a product
-//! view costs, by component, counted by valgrind's callgrind.
+//! `gocommerce-bench --instructions`: the user-space instructions a request
+//! costs, by component, counted by valgrind's callgrind.
 //!
 //! Wall-clock figures on a shared two-core VM move by 10% between runs; the
 //! instructions a request costs do not. This starts `gocommerce all` under
 //! callgrind the way the benchmark starts it (same environment, seeding and
-//! clean-up), sends the same `GET /v1/products/{id}` a few thousand times
-//! over eight keep-alive connections, with the product cache on and then
-//! off, and prints what each component's thread spent per request. The
-//! kernel's share (system calls, wake-ups) is not counted: pair it with
-//! `make bench` for time.
+//! clean-up) and counts, per request and per component's threads: the same
+//! `GET /v1/products/{id}` a few thousand times over eight keep-alive
+//! connections, with the product cache on and then off, and a couple of
+//! hundred orders of one item until paid and emailed. The kernel's share
+//! (system calls, wake-ups) and PostgreSQL's and RabbitMQ's are not
+//! counted: pair it with `make bench` for time.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -20,11 +21,12 @@ use tokio::process::Command;
 
 use crate::seed::{self, Sizes};
 use crate::server::{Gocommerce, Launch, ProductCache, SERVICES};
+use crate::smtp::SmtpSink;
 
 /// Keep-alive connections the views are sent over.
 const CONNECTIONS: usize = 8;
-/// Views sent before counting, once with instrumentation off (JIT-like
-/// warm-up of pools and caches) and once with it on (callgrind's own).
+/// Views sent before counting, once with instrumentation off (pools,
+/// caches, connections) and once with it on (callgrind's own caches).
 const WARM_UP: usize = 400;
 
 /// One measurement: a thread's component and its instructions.
@@ -34,113 +36,248 @@ struct Thread {
     instructions: u64,
 }
 
-/// Counts both views and writes one Markdown table to standard output. `keep_dumps` keeps
-/// callgrind's files (for `callgrind_annotate`); otherwise they go to a
-/// scratch directory that is removed.
+/// What to count.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    /// Product views of each kind.
+    pub views: usize,
+    /// Orders placed until paid and emailed.
+    pub orders: usize,
+}
+
+/// Counts both views and an order and writes one Markdown table to standard
+/// output. `keep_dumps` keeps callgrind's files (for `callgrind_annotate`);
+/// otherwise they go to a scratch directory that is removed.
 pub async fn run(
     mut launch: Launch,
-    requests: usize,
+    sink: &SmtpSink,
+    counts: Counts,
     keep_dumps: Option<&Path>,
 ) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("gocommerce-instructions-{}", launch.run_id));
     let dir = keep_dumps.map_or_else(|| scratch.clone(), Path::to_path_buf);
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
-    let mut table = format!(
-        "{}: user-space instructions per GET /v1/products/{{id}}\n\
-         | view | component | instructions per request |\n|---|---|---|\n",
-        launch.binary.display()
-    );
     // Under valgrind the services start twenty to fifty times slower.
     launch.ready_within = Duration::from_secs(600);
-    // `%p` is the process id: each view runs in a process of its own, so
-    // one view's dumps hold none of the other's threads.
-    let stem = format!("callgrind-{}", launch.run_id);
+    // `%p` is the process id: the view from the database runs in a process
+    // of its own, whose dumps hold none of the first process's threads.
+    let stem = dir.join(format!("callgrind-{}", launch.run_id));
     launch.wrapper = vec![
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
         "--instr-atstart=no".to_owned(),
         "--separate-threads=yes".to_owned(),
-        format!("--callgrind-out-file={}/{stem}-%p", dir.display()),
+        format!("--callgrind-out-file={}-%p", stem.display()),
     ];
     let mut server = Gocommerce::start(&launch, ProductCache::On).await?;
-    let mut path = None;
-    let mut outcome = Ok(());
-    for (view, cache) in [
-        ("cached", ProductCache::On),
-        ("from the database", ProductCache::Off),
-    ] {
-        if server.cache != cache
-            && let Err(e) = server.restart(cache).await
-        {
-            outcome = Err(e);
-            break;
-        }
-        let prefix = dir.join(format!("{stem}-{}", server.pid));
-        match measure(&server, &mut path, requests, &prefix).await {
-            Ok((sent, threads)) => table.push_str(&rows(view, sent, &threads)),
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-    }
+    let outcome = measure(&mut server, sink, counts, &stem).await;
     let stopped = server.stop().await;
     if keep_dumps.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
-    outcome.and(stopped)?;
-    std::io::stdout().write_all(table.as_bytes())?;
+    let table = outcome?;
+    stopped?;
+    let header = format!(
+        "{}: user-space instructions per request\n\n\
+         | request | component | instructions per request |\n|---|---|---|\n",
+        launch.binary.display()
+    );
+    std::io::stdout().write_all(format!("{header}{table}").as_bytes())?;
     Ok(())
 }
 
-/// Creates the product on the first call (the databases outlive a
-/// restart), warms up, counts `requests` views and reads the dumps.
+/// Seeds one product and one customer, then counts, in the first process
+/// (product cache on) cached views and orders, and in a second (cache off,
+/// the same databases) views from the database. Returns the table's rows.
 async fn measure(
-    server: &Gocommerce,
-    path: &mut Option<String>,
-    requests: usize,
-    prefix: &Path,
-) -> anyhow::Result<(usize, Vec<Thread>)> {
+    server: &mut Gocommerce,
+    sink: &SmtpSink,
+    counts: Counts,
+    stem: &Path,
+) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
-    let path = match path {
-        Some(path) => path.clone(),
-        None => {
-            let sizes = Sizes {
-                categories: 1,
-                products: 1,
-                customers: 0,
-                active: 0,
-            };
-            let seeded = seed::seed(&client, &server.base, sizes).await?;
-            let id = seeded
-                .product_ids
-                .first()
-                .context("seeding created no product")?;
-            path.insert(format!("/v1/products/{id}")).clone()
-        }
+    let sizes = Sizes {
+        categories: 1,
+        products: 1,
+        customers: 1,
+        active: 1,
     };
-    let url = format!("{}{path}", server.base);
-    views(&client, &url, WARM_UP).await?;
-    callgrind_control(server.pid, "--instr=on").await?;
-    views(&client, &url, WARM_UP).await?;
-    callgrind_control(server.pid, "--zero").await?;
-    let sent = views(&client, &url, requests).await?;
-    callgrind_control(server.pid, "--dump").await?;
-    // callgrind writes the files after the command returns, one thread's at
-    // a time: wait until a second's poll finds the same complete set.
-    let mut previous = Vec::new();
-    for _ in 0..120 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let threads = per_thread(prefix)?;
-        if !threads.is_empty() && threads == previous {
-            return Ok((sent, threads));
+    let seeded = seed::seed(&client, &server.base, sizes).await?;
+    let product_id = seeded
+        .product_ids
+        .first()
+        .context("seeding created no product")?;
+    let customer = seeded
+        .customers
+        .first()
+        .context("seeding logged in no customer")?;
+    let view = format!("{}/v1/products/{product_id}", server.base);
+    let mut table = String::new();
+
+    let mut meter = Meter::new(server.pid, stem);
+    let sent = meter.views(&client, &view, counts.views).await?;
+    table.push_str(&rows("cached product view", sent, &meter.dump().await?));
+
+    let order = Order {
+        client: &client,
+        base: &server.base,
+        customer,
+        product_id,
+        sink,
+    };
+    order.place(ORDER_WARM_UP).await?;
+    meter.zero().await?;
+    let placed = order.place(counts.orders).await?;
+    // The email is the saga's last visible step; the notification's own
+    // bookkeeping after it still belongs to the order.
+    crate::server::quiesce(server.pid, Duration::from_secs(60)).await;
+    table.push_str(&rows(
+        "order until paid and emailed",
+        placed,
+        &meter.dump().await?,
+    ));
+
+    server.restart(ProductCache::Off).await?;
+    let mut meter = Meter::new(server.pid, stem);
+    let sent = meter.views(&client, &view, counts.views).await?;
+    table.push_str(&rows(
+        "product view from the database",
+        sent,
+        &meter.dump().await?,
+    ));
+    Ok(table)
+}
+
+/// Orders placed before counting (pools, prepared statements, queues).
+const ORDER_WARM_UP: usize = 20;
+/// Orders in flight at once.
+const ORDER_WORKERS: usize = 4;
+
+/// Places orders of one item for the seeded customer.
+struct Order<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+    customer: &'a seed::Customer,
+    product_id: &'a str,
+    sink: &'a SmtpSink,
+}
+
+impl Order<'_> {
+    /// Places `total` orders, `ORDER_WORKERS` at a time, and waits until
+    /// each one's confirmation email has reached the SMTP sink. Returns how
+    /// many were placed (a multiple of `ORDER_WORKERS`).
+    async fn place(&self, total: usize) -> anyhow::Result<usize> {
+        let each = total / ORDER_WORKERS;
+        let workers = (0..ORDER_WORKERS).map(|_| async move {
+            let mut ids = Vec::with_capacity(each);
+            for _ in 0..each {
+                ids.push(self.place_one().await?);
+            }
+            Ok::<_, anyhow::Error>(ids)
+        });
+        let ids: Vec<String> = futures::future::try_join_all(workers)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        while ids.iter().any(|id| self.sink.arrival(id).is_none()) {
+            if tokio::time::Instant::now() > deadline {
+                let missing = ids.iter().filter(|id| self.sink.arrival(id).is_none());
+                bail!(
+                    "{} of {} confirmation emails did not arrive within five minutes",
+                    missing.count(),
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        previous = threads;
+        Ok(ids.len())
     }
-    bail!("callgrind wrote no complete set of counts within two minutes")
+
+    async fn place_one(&self) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .post(format!("{}/v1/orders", self.base))
+            .bearer_auth(&self.customer.token)
+            .json(&serde_json::json!({
+                "items": [{"product_id": self.product_id, "quantity": 1}],
+                "shipping_address_id": self.customer.address_id,
+                "payment_method": "pm_card_ok",
+            }))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            bail!("POST /v1/orders answered {status}: {body}");
+        }
+        let order: serde_json::Value = serde_json::from_str(&body)?;
+        order["id"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("POST /v1/orders answered no id: {body}"))
+    }
+}
+
+/// callgrind in one process: its switches, and the dumps it writes
+/// (`<stem>-<pid>.<dump>-<thread>`).
+struct Meter {
+    pid: u32,
+    prefix: PathBuf,
+    dumps: u32,
+}
+
+impl Meter {
+    fn new(pid: u32, stem: &Path) -> Self {
+        Self {
+            pid,
+            prefix: PathBuf::from(format!("{}-{pid}", stem.display())),
+            dumps: 0,
+        }
+    }
+
+    /// Warms up uninstrumented, switches instrumentation on, warms up
+    /// again (callgrind's own caches) and counts `total` views of `url`.
+    async fn views(
+        &mut self,
+        client: &reqwest::Client,
+        url: &str,
+        total: usize,
+    ) -> anyhow::Result<usize> {
+        views(client, url, WARM_UP).await?;
+        callgrind_control(self.pid, "--instr=on").await?;
+        views(client, url, WARM_UP).await?;
+        self.zero().await?;
+        views(client, url, total).await
+    }
+
+    async fn zero(&self) -> anyhow::Result<()> {
+        callgrind_control(self.pid, "--zero").await
+    }
+
+    /// Dumps the counts since the last zero and reads them back.
+    async fn dump(&mut self) -> anyhow::Result<Vec<Thread>> {
+        callgrind_control(self.pid, "--dump").await?;
+        self.dumps += 1;
+        let prefix = PathBuf::from(format!("{}.{}-", self.prefix.display(), self.dumps));
+        // callgrind writes the files after the command returns, one
+        // thread's at a time: wait until a second's poll finds the same
+        // complete set.
+        let mut previous = Vec::new();
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let threads = per_thread(&prefix)?;
+            if !threads.is_empty() && threads == previous {
+                return Ok(threads);
+            }
+            previous = threads;
+        }
+        bail!("callgrind wrote no complete set of counts within two minutes")
+    }
 }
 
 /// `total` GETs of `url` over `CONNECTIONS` keep-alive connections; every
@@ -187,16 +324,15 @@ async fn callgrind_control(pid: u32, option: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The threads that ran any instructions in the dumps `<prefix>.*`, sorted.
+/// The threads that ran any instructions in the files whose path starts
+/// with `prefix` (`<stem>-<pid>.<dump>-`), sorted.
 fn per_thread(prefix: &Path) -> anyhow::Result<Vec<Thread>> {
     let dir = prefix.parent().context("dump prefix without a directory")?;
-    let stem = format!(
-        "{}.",
-        prefix
-            .file_name()
-            .context("dump prefix without a name")?
-            .to_string_lossy()
-    );
+    let stem = prefix
+        .file_name()
+        .context("dump prefix without a name")?
+        .to_string_lossy()
+        .into_owned();
     let mut threads = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -319,23 +455,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_explicit_dumps_of_the_measured_process_are_read() {
+    fn only_the_asked_for_dump_of_the_measured_process_is_read() {
         let dir = std::env::temp_dir().join(format!("gcins-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         let product = "fn=(1) gocommerce_product::handler\ntotals: 70000\n";
-        // `.1-NN`: the dump asked for; `-NN`: the one written at exit;
-        // another process id: the other view's run.
+        // `.1-NN`: the first dump asked for; `.2-NN`: the second; `-NN`:
+        // the one written at exit; another process id: the other process.
         for (name, text) in [
             ("callgrind-run-41.1-01", GATEWAY_DUMP),
             ("callgrind-run-41.1-02", product),
             ("callgrind-run-41.1-03", "totals: 0\n"),
+            ("callgrind-run-41.2-01", GATEWAY_DUMP),
             ("callgrind-run-41-01", GATEWAY_DUMP),
             ("callgrind-run-42.1-01", GATEWAY_DUMP),
         ] {
             std::fs::write(dir.join(name), text).expect("dump written");
         }
 
-        let threads = per_thread(&dir.join("callgrind-run-41"));
+        let threads = per_thread(&dir.join("callgrind-run-41.1-"));
         let _ = std::fs::remove_dir_all(&dir);
 
         let components: Vec<_> = threads

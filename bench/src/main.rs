@@ -3,8 +3,8 @@
 //! scenario next to its baseline, and writes `<out>/<date>.json` and
 //! `<out>/<date>.md`. Figures are reported, never judged: the exit status
 //! only says whether every scenario could run. With `--instructions` it
-//! counts what a product view costs in instructions instead (see
-//! `instructions`).
+//! counts what a product view and an order cost in instructions instead
+//! (see `instructions`).
 
 mod baseline;
 mod cpu;
@@ -69,9 +69,13 @@ struct Args {
     /// view costs under valgrind's callgrind, by component (bench/README.md).
     #[arg(long, conflicts_with_all = ["quick", "only"])]
     instructions: bool,
-    /// With --instructions: the views counted (after a warm-up).
+    /// With --instructions: the product views counted of each kind (after a
+    /// warm-up).
     #[arg(long, default_value_t = 4000, requires = "instructions")]
     requests: usize,
+    /// With --instructions: the orders counted (after a warm-up).
+    #[arg(long, default_value_t = 200, requires = "instructions")]
+    orders: usize,
     /// With --instructions: keep callgrind's files in this directory.
     #[arg(long, requires = "instructions")]
     keep_dumps: Option<PathBuf>,
@@ -146,7 +150,11 @@ async fn main() -> anyhow::Result<()> {
     let smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
     let launch = Launch::new(&args.gocommerce, &postgres, &run_id, &smtp_url)?;
     if args.instructions {
-        return instructions::run(launch, args.requests, args.keep_dumps.as_deref()).await;
+        let counts = instructions::Counts {
+            views: args.requests,
+            orders: args.orders,
+        };
+        return instructions::run(launch, &sink, counts, args.keep_dumps.as_deref()).await;
     }
     // Scenario 2 asks for the database path: the first phase runs with the
     // product cache off, the second (scenarios 1, 6, 7) as deployed.
