@@ -19,7 +19,7 @@ bench-quick: ## Smoke run of every scenario on the debug build (tests the harnes
 	$(CARGO_TARGET_DIR)/debug/gocommerce-bench --quick --gocommerce $(CARGO_TARGET_DIR)/debug/gocommerce \
 	  --build debug --out-dir $(BENCH_QUICK_RESULTS)
 
-bench-instructions: ## Release build; user-space instructions per product view under callgrind (bench/README.md)
+bench-instructions: ## Release build; user-space instructions per product view and per order under callgrind (bench/README.md)
 	cargo build --release -p gocommerce -p gocommerce-bench
 	$(CARGO_TARGET_DIR)/release/gocommerce-bench --instructions \
 	  --gocommerce $(CARGO_TARGET_DIR)/release/gocommerce

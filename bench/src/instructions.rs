@@ -54,6 +54,12 @@ pub async fn run(
     counts: Counts,
     keep_dumps: Option<&Path>,
 ) -> anyhow::Result<()> {
+    if counts.views < CONNECTIONS || counts.orders < ORDER_WORKERS {
+        bail!(
+            "--requests must be at least {CONNECTIONS} and --orders at least {ORDER_WORKERS} \
+             (they are spread evenly over that many connections and workers)"
+        );
+    }
     let scratch = std::env::temp_dir().join(format!("gocommerce-instructions-{}", launch.run_id));
     let dir = keep_dumps.map_or_else(|| scratch.clone(), Path::to_path_buf);
     std::fs::create_dir_all(&dir)?;
@@ -117,6 +123,7 @@ async fn measure(
     let view = format!("{}/v1/products/{product_id}", server.base);
     let mut table = String::new();
 
+    crate::progress(&format!("counting {} cached product views", counts.views));
     let mut meter = Meter::new(server.pid, stem);
     let sent = meter.views(&client, &view, counts.views).await?;
     table.push_str(&rows("cached product view", sent, &meter.dump().await?));
@@ -128,6 +135,7 @@ async fn measure(
         product_id,
         sink,
     };
+    crate::progress(&format!("counting {} orders", counts.orders));
     order.place(ORDER_WARM_UP).await?;
     meter.zero().await?;
     let placed = order.place(counts.orders).await?;
@@ -140,7 +148,12 @@ async fn measure(
         &meter.dump().await?,
     ));
 
+    crate::progress("restarting with the product cache off");
     server.restart(ProductCache::Off).await?;
+    crate::progress(&format!(
+        "counting {} product views from the database",
+        counts.views
+    ));
     let mut meter = Meter::new(server.pid, stem);
     let sent = meter.views(&client, &view, counts.views).await?;
     table.push_str(&rows(

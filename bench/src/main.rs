@@ -66,7 +66,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// Instead of the scenarios, count the user-space instructions a product
-    /// view costs under valgrind's callgrind, by component (bench/README.md).
+    /// view and an order cost under valgrind's callgrind, by component
+    /// (bench/README.md).
     #[arg(long, conflicts_with_all = ["quick", "only"])]
     instructions: bool,
     /// With --instructions: the product views counted of each kind (after a
