@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -184,16 +184,7 @@ impl Pgbench {
             command.args(["-D", &format!("{name}={value}")]);
         }
         command.arg(&self.database);
-        let output = command
-            .output()
-            .await
-            .context("pgbench could not be started")?;
-        if !output.status.success() {
-            bail!(
-                "pgbench failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let output = crate::server::checked_output(&mut command, "pgbench").await?;
         let mut recorder = Recorder::new();
         let mut entries = tokio::fs::read_dir(dir).await?;
         while let Some(entry) = entries.next_entry().await? {

@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
 use crate::seed::{self, Sizes};
-use crate::server::{Gocommerce, Launch, ProductCache, SERVICES};
+use crate::server::{Gocommerce, Launch, ProductCache, SERVICES, checked_output};
 use crate::smtp::SmtpSink;
 
 /// Keep-alive connections the views are sent over.
@@ -216,23 +216,14 @@ impl Order<'_> {
             .client
             .post(format!("{}/v1/orders", self.base))
             .bearer_auth(&self.customer.token)
-            .json(&serde_json::json!({
-                "items": [{"product_id": self.product_id, "quantity": 1}],
-                "shipping_address_id": self.customer.address_id,
-                "payment_method": "pm_card_ok",
-            }))
+            .json(&seed::order_body(self.customer, self.product_id))
             .send()
             .await?;
-        let status = response.status();
-        let body = response.text().await?;
-        if !status.is_success() {
-            bail!("POST /v1/orders answered {status}: {body}");
-        }
-        let order: serde_json::Value = serde_json::from_str(&body)?;
+        let order = seed::json_ok(response, "POST /v1/orders").await?;
         order["id"]
             .as_str()
             .map(str::to_owned)
-            .with_context(|| format!("POST /v1/orders answered no id: {body}"))
+            .with_context(|| format!("POST /v1/orders answered no id: {order}"))
     }
 }
 
@@ -322,19 +313,11 @@ async fn views(client: &reqwest::Client, url: &str, total: usize) -> anyhow::Res
 }
 
 async fn callgrind_control(pid: u32, option: &str) -> anyhow::Result<()> {
-    let output = Command::new("callgrind_control")
-        .arg(option)
-        .arg(pid.to_string())
-        .output()
+    let mut command = Command::new("callgrind_control");
+    command.arg(option).arg(pid.to_string());
+    checked_output(&mut command, &format!("callgrind_control {option}"))
         .await
-        .context("callgrind_control could not be started (is valgrind installed?)")?;
-    if !output.status.success() {
-        bail!(
-            "callgrind_control {option} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+        .map(drop)
 }
 
 /// The threads that ran any instructions in the files whose path starts

@@ -13,7 +13,7 @@ use crate::baseline::{self, BareServer, Pgbench};
 use crate::cpu::{Cpu, Meter};
 use crate::load::{self, Op, Request};
 use crate::mix::{Kind, Mix};
-use crate::seed::{CUSTOMER_PASSWORD, NOUNS, Seeded};
+use crate::seed::{self, CUSTOMER_PASSWORD, NOUNS, Seeded};
 use crate::server::{Gocommerce, Memory, Postgres};
 use crate::smtp::{Arrivals, SmtpSink};
 use crate::stats::Recorder;
@@ -416,11 +416,7 @@ impl Context {
                 let placed = client
                     .post(format!("{base}/v1/orders"))
                     .bearer_auth(&customer.token)
-                    .json(&json!({
-                        "items": [{"product_id": product_id, "quantity": 1}],
-                        "shipping_address_id": customer.address_id,
-                        "payment_method": "pm_card_ok",
-                    }))
+                    .json(&seed::order_body(&customer, &product_id))
                     .send()
                     .await;
                 let Ok(placed) = placed else { return false };

@@ -51,7 +51,7 @@ pub fn email(index: usize) -> String {
     format!("customer-{index}@bench.test")
 }
 
-async fn json_ok(response: reqwest::Response, what: &str) -> anyhow::Result<Value> {
+pub async fn json_ok(response: reqwest::Response, what: &str) -> anyhow::Result<Value> {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -76,6 +76,16 @@ pub async fn login(
         .as_str()
         .map(str::to_owned)
         .context("login answered no access_token")
+}
+
+/// The body of `POST /v1/orders`: one `product_id` to the customer's
+/// address, paid with the simulated card that succeeds.
+pub fn order_body(customer: &Customer, product_id: &str) -> Value {
+    json!({
+        "items": [{"product_id": product_id, "quantity": 1}],
+        "shipping_address_id": customer.address_id,
+        "payment_method": "pm_card_ok",
+    })
 }
 
 /// The NDJSON import body: `count` products spread over the categories,

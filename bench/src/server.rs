@@ -73,15 +73,9 @@ impl Postgres {
         let file =
             std::env::temp_dir().join(format!("gocommerce-bench-{}.sql", uuid::Uuid::new_v4()));
         tokio::fs::write(&file, sql).await?;
-        let output = command.arg("-f").arg(&file).output().await;
+        let output = checked_output(command.arg("-f").arg(&file), "psql").await;
         let _ = tokio::fs::remove_file(&file).await;
-        let output = output.context("psql could not be started")?;
-        if !output.status.success() {
-            bail!(
-                "psql failed in {database}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let output = output.with_context(|| format!("in database {database}"))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
@@ -106,6 +100,26 @@ impl Postgres {
         .await
         .map(|_| ())
     }
+}
+
+/// Runs `command` to its end; an error if it cannot start or exits
+/// unsuccessfully, carrying its standard error. `what` names it there.
+pub async fn checked_output(
+    command: &mut Command,
+    what: &str,
+) -> anyhow::Result<std::process::Output> {
+    let output = command
+        .output()
+        .await
+        .with_context(|| format!("{what} could not be started"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
 }
 
 /// A port nobody uses right now, from below the kernel's ephemeral range.
