@@ -6,13 +6,11 @@
 use std::time::Duration;
 
 use gocommerce_platform::Role;
-use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
+use gocommerce_platform::grpc::{self, GrpcError, Traced};
 use gocommerce_proto::auth::v1 as auth_pb;
 use gocommerce_proto::user::v1 as pb;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// The first wait between attempts; it doubles up to `MAX_BACKOFF`.
@@ -32,17 +30,14 @@ pub enum ProfileError {
 /// A client of the user service for the calls auth makes.
 #[derive(Debug, Clone)]
 pub struct Profiles {
-    client: UserServiceClient<InterceptedService<Channel, TraceContext>>,
+    client: UserServiceClient<Traced>,
 }
 
 impl Profiles {
     /// A lazily connected client: auth starts even while the user service does not.
     pub fn connect(url: &str) -> Result<Self, GrpcError> {
         Ok(Self {
-            client: UserServiceClient::new(InterceptedService::new(
-                grpc::channel(url)?,
-                TraceContext,
-            )),
+            client: UserServiceClient::new(grpc::traced(url)?),
         })
     }
 

@@ -6,17 +6,15 @@
 use std::time::Duration;
 
 use gocommerce_platform::Caller;
-use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
+use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_proto::auth::v1::auth_service_client::AuthServiceClient;
 use gocommerce_proto::notification::v1::notification_service_client::NotificationServiceClient;
 use gocommerce_proto::order::v1::order_service_client::OrderServiceClient;
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-pub type Traced = InterceptedService<Channel, TraceContext>;
+pub use gocommerce_platform::grpc::Traced;
 
 /// One lazily connected client per backend service.
 #[derive(Debug, Clone)]
@@ -32,9 +30,7 @@ pub struct Backends {
 
 impl Backends {
     pub fn connect(config: &crate::config::GatewayConfig) -> Result<Self, GrpcError> {
-        let traced = |url: &str| -> Result<Traced, GrpcError> {
-            Ok(InterceptedService::new(grpc::channel(url)?, TraceContext))
-        };
+        let traced = grpc::traced;
         Ok(Self {
             auth: AuthServiceClient::new(traced(&config.auth_url)?),
             user: UserServiceClient::new(traced(&config.user_url)?),

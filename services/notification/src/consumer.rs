@@ -20,12 +20,7 @@ use crate::channels::{ChannelError, Channels};
 use crate::db::{self, Claims, Event, NewNotification, NotificationRow};
 use crate::templates::{self, Rendered};
 
-pub type UserClient = UserServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        gocommerce_platform::grpc::TraceContext,
-    >,
->;
+pub type UserClient = UserServiceClient<gocommerce_platform::grpc::Traced>;
 
 /// The events some template renders: the queue's bindings. They are the
 /// mandatory ones (`events::mandatory`), so the outbox keeps one that is

@@ -4,14 +4,13 @@
 use gocommerce_platform::Readiness;
 use gocommerce_platform::broker::{self, Broker};
 use gocommerce_platform::db::{Db, DbError};
-use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
+use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_proto::notification::v1::notification_service_server::{
     NotificationServiceServer, SERVICE_NAME,
 };
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::channels::{ChannelError, Channels};
 use crate::config::NotificationConfig;
@@ -59,10 +58,7 @@ impl Application {
         tracing::info!(?channels, "notification channels");
         let handler = Handler {
             db: db.clone(),
-            user: UserServiceClient::new(InterceptedService::new(
-                grpc::channel(&config.user_url)?,
-                TraceContext,
-            )),
+            user: UserServiceClient::new(grpc::traced(&config.user_url)?),
             channels,
             max_attempts: config.max_attempts,
         };

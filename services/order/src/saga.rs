@@ -16,15 +16,12 @@
 use std::time::Duration;
 
 use gocommerce_platform::db::Db;
-use gocommerce_platform::grpc::TraceContext;
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use gocommerce_proto::product::v1 as product_pb;
 use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::convert;
@@ -32,7 +29,7 @@ use crate::db::{self, Changes, ItemRow, OrderRow};
 use crate::domain::Status;
 use crate::error::OrderError;
 
-pub type Traced = InterceptedService<Channel, TraceContext>;
+pub use gocommerce_platform::grpc::Traced;
 
 /// The actor of the saga's own transitions in the order history.
 pub const SYSTEM: &str = "system";

@@ -4,7 +4,7 @@
 
 use gocommerce_platform::broker::{Broker, Publisher};
 use gocommerce_platform::db::{Db, DbError};
-use gocommerce_platform::grpc::{self, GrpcError, TraceContext};
+use gocommerce_platform::grpc::{self, GrpcError};
 use gocommerce_platform::{Readiness, outbox};
 use gocommerce_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
@@ -12,7 +12,6 @@ use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::config::OrderConfig;
 use crate::saga::{self, Saga};
@@ -52,9 +51,7 @@ impl Application {
         readiness.add_postgres("order-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);
-        let traced = |url: &str| -> Result<_, GrpcError> {
-            Ok(InterceptedService::new(grpc::channel(url)?, TraceContext))
-        };
+        let traced = grpc::traced;
         let saga = Saga {
             db: db.clone(),
             product: ProductServiceClient::new(traced(&config.product_url)?),

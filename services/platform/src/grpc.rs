@@ -7,10 +7,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+mod channel;
+
+pub use channel::{H2Channel, ResponseBody};
 
 use crate::Readiness;
 use crate::metrics::GrpcServerLayer;
@@ -26,12 +31,8 @@ pub enum GrpcError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("invalid service URL {url:?}: {source}")]
-    Url {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("invalid service URL {url:?}: {reason}")]
+    Url { url: String, reason: &'static str },
 }
 
 /// Serves `routes` plus health and reflection on `listener` until the
@@ -95,17 +96,16 @@ pub async fn serve(
 }
 
 /// A lazily connecting channel to another service.
-pub fn channel(url: &str) -> Result<Channel, GrpcError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| GrpcError::Url {
-        url: url.to_owned(),
-        source,
-    })?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+pub fn channel(url: &str) -> Result<H2Channel, GrpcError> {
+    H2Channel::new(url)
+}
+
+/// A channel whose calls carry the caller's trace context.
+pub type Traced = InterceptedService<H2Channel, TraceContext>;
+
+/// A lazily connecting, traced channel to another service.
+pub fn traced(url: &str) -> Result<Traced, GrpcError> {
+    Ok(InterceptedService::new(channel(url)?, TraceContext))
 }
 
 /// Client interceptor: writes the current trace context into the outgoing
@@ -147,7 +147,11 @@ impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
 /// The deadline a gRPC client sent (`grpc-timeout`), as the time left when
 /// the request arrived.
 pub fn timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value (digits and a unit) as a duration.
+fn parse_timeout(raw: &str) -> Option<Duration> {
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
     let value: u64 = digits.parse().ok()?;
     Some(match unit {

@@ -1,0 +1,487 @@
+//! A gRPC client channel that opens each call's stream on a shared h2
+//! connection from the caller's own task.
+//!
+//! tonic's `Channel` hands every call to a buffer's worker task, which hands
+//! it to hyper's HTTP/2 client task over a second queue, which spawns a third
+//! task to wait for the response and send it back: three task hops and as
+//! many queues for a call whose request is one small frame. Here the caller
+//! writes its headers and message into the h2 connection's send buffer and
+//! waits for the response itself; only the connection's task, which reads
+//! and writes the socket, is shared.
+//!
+//! What tonic's channel did and this keeps: connecting lazily and again on
+//! the first call after the connection ended (a server's GOAWAY included,
+//! without failing that call), a connect timeout, TCP_NODELAY, keep-alive
+//! pings while idle, the `grpc-timeout` deadline enforced on this side too,
+//! and the origin and user agent on every request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{HeaderValue, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http_body::{Body as _, Frame};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tonic::Status;
+use tonic::body::Body;
+
+use super::GrpcError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keep-alive ping may go unanswered before the connection is
+/// given up (hyper's default).
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// hyper's windows: large enough that a response of a few MiB does not wait
+/// for window updates.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const USER_AGENT_VALUE: &str = concat!("gocommerce/", env!("CARGO_PKG_VERSION"));
+
+/// A lazily connecting gRPC channel to one service; clones share the
+/// connection.
+#[derive(Clone)]
+pub struct H2Channel {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    scheme: Scheme,
+    authority: Authority,
+    /// `host:port` for the TCP connect.
+    address: String,
+    user_agent: HeaderValue,
+    current: Mutex<Current>,
+    /// Held while connecting, so that the calls waiting for a connection
+    /// share one attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Current {
+    /// The open connection, if any; its task clears it when it ends.
+    connection: Option<(u64, SendRequest<Bytes>)>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for H2Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Channel")
+            .field("authority", &self.shared.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl H2Channel {
+    /// A channel to `url` (`http://host:port`); nothing connects until the
+    /// first call.
+    pub fn new(url: &str) -> Result<Self, GrpcError> {
+        let invalid = |reason: &'static str| GrpcError::Url {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(invalid(
+                "the scheme must be http (the services speak plain HTTP/2)",
+            ));
+        }
+        let authority = uri.authority().ok_or(invalid("no host"))?.clone();
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(invalid("a service URL has no path"));
+        }
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                scheme: Scheme::HTTP,
+                authority,
+                address,
+                user_agent: HeaderValue::from_static(USER_AGENT_VALUE),
+                current: Mutex::new(Current::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    async fn call(
+        self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = self.origin(parts.uri)?;
+        if !parts.headers.contains_key(USER_AGENT) {
+            parts
+                .headers
+                .insert(USER_AGENT, self.shared.user_agent.clone());
+        }
+        let end_of_stream = body.is_end_stream();
+        let mut sender = self.ready_sender().await?;
+        let (response, stream) = sender
+            .send_request(http::Request::from_parts(parts, ()), end_of_stream)
+            .map_err(|error| self.status(&error))?;
+        if !end_of_stream {
+            let mut pump = BodyPump {
+                body,
+                stream,
+                chunk: None,
+            };
+            // A unary request's message is ready and the stream has window
+            // for it, so this usually finishes here; a body that has to
+            // wait gets a task of its own, as hyper does it.
+            if (&mut pump).now_or_never().is_none() {
+                tokio::spawn(pump);
+            }
+        }
+        let response = response.await.map_err(|error| self.status(&error))?;
+        Ok(response.map(ResponseBody::new))
+    }
+
+    /// The request's path on this channel's scheme and authority.
+    fn origin(&self, uri: Uri) -> Result<Uri, Status> {
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.shared.scheme.clone())
+            .authority(self.shared.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|error| Status::internal(format!("cannot build the request URI: {error}")))
+    }
+
+    /// A sender that may open a stream now: the current connection's, or a
+    /// new connection's when there is none or it is going away.
+    async fn ready_sender(&self) -> Result<SendRequest<Bytes>, Status> {
+        if let Some((id, sender)) = self.current() {
+            match sender.ready().await {
+                Ok(sender) => return Ok(sender),
+                // A GOAWAY or a broken connection: nothing was sent, so the
+                // call can go on a new connection.
+                Err(error) => {
+                    tracing::debug!(authority = %self.shared.authority, %error, "grpc connection unusable, reconnecting");
+                    self.forget(id);
+                }
+            }
+        }
+        let _connecting = self.shared.connecting.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some((_, sender)) = self.current() {
+            return sender.ready().await.map_err(|error| self.status(&error));
+        }
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "connecting to {} took over {CONNECT_TIMEOUT:?}",
+                    self.shared.authority
+                ))
+            })??;
+        sender.ready().await.map_err(|error| self.status(&error))
+    }
+
+    fn current(&self) -> Option<(u64, SendRequest<Bytes>)> {
+        self.lock().connection.clone()
+    }
+
+    /// Drops connection `id` unless it was already replaced.
+    fn forget(&self, id: u64) {
+        forget(&self.shared, id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.shared
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[tracing::instrument(skip_all, fields(authority = %self.shared.authority), err)]
+    async fn connect(&self) -> Result<SendRequest<Bytes>, Status> {
+        let unavailable = |what: &str, error: &dyn std::fmt::Display| {
+            Status::unavailable(format!("{what} {}: {error}", self.shared.authority))
+        };
+        let socket = TcpStream::connect(&self.shared.address)
+            .await
+            .map_err(|error| unavailable("cannot connect to", &error))?;
+        // HTTP/2 writes a frame's pieces separately, and Nagle would hold
+        // them for the peer's delayed ACK (40 ms).
+        socket
+            .set_nodelay(true)
+            .map_err(|error| unavailable("cannot configure the socket to", &error))?;
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<_, Bytes>(socket)
+            .await
+            .map_err(|error| unavailable("no HTTP/2 handshake with", &error))?;
+        let mut ping_pong = connection
+            .ping_pong()
+            .ok_or_else(|| Status::internal("the h2 connection's pings were taken"))?;
+        let id = {
+            let mut current = self.lock();
+            current.next_id += 1;
+            current.next_id
+        };
+        let (answered, first_pong) = oneshot::channel();
+        let shared = Arc::downgrade(&self.shared);
+        let authority = self.shared.authority.clone();
+        tokio::spawn(async move {
+            let ended = tokio::select! {
+                result = &mut connection => result.map_err(|error| error.to_string()),
+                reason = async {
+                    // h2's handshake only writes the preface: a first ping
+                    // answered is what shows the peer speaks HTTP/2.
+                    if let Err(error) = ping_pong.ping(h2::Ping::opaque()).await {
+                        return format!("the first ping failed: {error}");
+                    }
+                    let _ = answered.send(());
+                    keep_alive(ping_pong).await
+                } => Err(reason),
+            };
+            match ended {
+                Ok(()) => tracing::debug!(%authority, "grpc connection closed"),
+                Err(error) => tracing::debug!(%authority, %error, "grpc connection ended"),
+            }
+            if let Some(shared) = Weak::upgrade(&shared) {
+                forget(&shared, id);
+            }
+        });
+        first_pong
+            .await
+            .map_err(|_| unavailable("no HTTP/2 answer from", &"the connection ended"))?;
+        self.lock().connection = Some((id, sender.clone()));
+        Ok(sender)
+    }
+
+    fn status(&self, error: &h2::Error) -> Status {
+        status_from_h2(
+            error,
+            format!(
+                "the connection to {} failed: {error}",
+                self.shared.authority
+            ),
+        )
+    }
+}
+
+fn forget(shared: &Shared, id: u64) {
+    let mut current = shared
+        .current
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if current
+        .connection
+        .as_ref()
+        .is_some_and(|(current_id, _)| *current_id == id)
+    {
+        current.connection = None;
+    }
+}
+
+/// Pings the peer every interval, idle or not; returns why the connection
+/// should be given up. Without it a peer that vanished (a node lost, a
+/// half-open TCP connection) would keep every call waiting for its deadline
+/// for as long as the kernel keeps the socket.
+async fn keep_alive(mut ping_pong: h2::PingPong) -> String {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return format!("keep-alive ping failed: {error}"),
+            Err(_) => return format!("keep-alive ping unanswered for {KEEP_ALIVE_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// The gRPC status for an h2 error, after the gRPC HTTP/2 mapping
+/// (<https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md#errors>);
+/// a lost or closing connection is `UNAVAILABLE`, so that callers treat it as
+/// transient.
+fn status_from_h2(error: &h2::Error, message: String) -> Status {
+    if error.is_io() || error.is_go_away() {
+        return Status::unavailable(message);
+    }
+    match error.reason() {
+        Some(Reason::REFUSED_STREAM) => Status::unavailable(message),
+        Some(Reason::CANCEL) => Status::cancelled(message),
+        Some(Reason::ENHANCE_YOUR_CALM) => Status::resource_exhausted(message),
+        Some(Reason::INADEQUATE_SECURITY) => Status::permission_denied(message),
+        _ => Status::internal(message),
+    }
+}
+
+impl tower::Service<http::Request<Body>> for H2Channel {
+    type Response = http::Response<ResponseBody>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // Streams are opened per call; waiting for one (the server's
+        // concurrent-stream limit) happens inside the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|raw| raw.to_str().ok())
+            .and_then(super::parse_timeout);
+        let call = self.clone().call(request);
+        Box::pin(async move {
+            match deadline {
+                // The server stops at the same deadline; this side must not
+                // wait longer when the server or the connection hangs.
+                Some(deadline) => tokio::time::timeout(deadline, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "no response within the {deadline:?} deadline"
+                        )))
+                    }),
+                None => call.await,
+            }
+        })
+    }
+}
+
+/// Writes a request body into its stream, waiting for window before each
+/// chunk so that no more than one chunk sits in h2's send buffer.
+struct BodyPump {
+    body: Body,
+    stream: SendStream<Bytes>,
+    /// A chunk waiting for window.
+    chunk: Option<Bytes>,
+}
+
+impl Future for BodyPump {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            if let Some(chunk) = this.chunk.take() {
+                this.stream.reserve_capacity(chunk.len());
+                match this.stream.poll_capacity(cx) {
+                    Poll::Pending => {
+                        this.chunk = Some(chunk);
+                        // The peer resetting the stream ends the wait too.
+                        return match this.stream.poll_reset(cx) {
+                            Poll::Ready(_) => Poll::Ready(()),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
+                    Poll::Ready(Some(Ok(_))) => {
+                        let end = this.body.is_end_stream();
+                        if this.stream.send_data(chunk, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                }
+            }
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => this.chunk = Some(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = this.stream.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "grpc request body failed, resetting the stream");
+                    this.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                None => {
+                    let _ = this.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+}
+
+/// A response's body: its DATA frames, with their window given back as they
+/// are read, then its trailers (where gRPC puts the status).
+#[derive(Debug)]
+pub struct ResponseBody {
+    stream: RecvStream,
+    state: BodyState,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BodyState {
+    Data,
+    Trailers,
+    Done,
+}
+
+impl ResponseBody {
+    fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            state: BodyState::Data,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        if this.state == BodyState::Data {
+            match ready!(this.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Reading it is what frees the window for more.
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => {
+                    this.state = BodyState::Done;
+                    return Poll::Ready(Some(Err(response_status(&error))));
+                }
+                None => this.state = BodyState::Trailers,
+            }
+        }
+        if this.state == BodyState::Trailers {
+            let trailers = ready!(this.stream.poll_trailers(cx));
+            this.state = BodyState::Done;
+            return Poll::Ready(match trailers {
+                Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+                Ok(None) => None,
+                Err(error) => Some(Err(response_status(&error))),
+            });
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+}
+
+fn response_status(error: &h2::Error) -> Status {
+    status_from_h2(error, format!("the response stream failed: {error}"))
+}

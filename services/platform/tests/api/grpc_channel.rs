@@ -1,0 +1,314 @@
+//! The gRPC client channel against real servers on loopback: tonic's own
+//! (the health service) and raw h2 servers that hang, or that take and give
+//! more than a flow-control window.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gocommerce_platform::grpc::H2Channel;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus as Reported;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::HealthReporter;
+use tower::Service;
+
+/// How long a test waits for what should take milliseconds.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct HealthServer {
+    reporter: HealthReporter,
+    stop: oneshot::Sender<()>,
+    served: JoinHandle<()>,
+}
+
+impl HealthServer {
+    async fn start(listener: TcpListener) -> Self {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("served");
+        });
+        Self {
+            reporter,
+            stop,
+            served,
+        }
+    }
+
+    /// Shuts down gracefully (GOAWAY) and waits until it has.
+    async fn stop(self) {
+        self.stop.send(()).expect("server running");
+        self.served.await.expect("server task");
+    }
+}
+
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    (listener, url)
+}
+
+fn client(url: &str) -> HealthClient<H2Channel> {
+    HealthClient::new(H2Channel::new(url).expect("valid URL"))
+}
+
+async fn check(client: &mut HealthClient<H2Channel>) -> Result<i32, tonic::Status> {
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    Ok(client.check(request).await?.into_inner().status)
+}
+
+#[tokio::test]
+async fn a_unary_call_reaches_the_service_and_returns_its_answer() {
+    let (listener, url) = listener().await;
+    let server = HealthServer::start(listener).await;
+    let mut client = client(&url);
+
+    let status = check(&mut client).await.expect("answered");
+
+    assert_eq!(status, Reported::Serving as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_stream_delivers_each_message_as_the_service_sends_it() {
+    let (listener, url) = listener().await;
+    let server = HealthServer::start(listener).await;
+    server
+        .reporter
+        .set_service_status("shop", ServingStatus::Serving)
+        .await;
+    let mut client = client(&url);
+
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "shop".to_owned(),
+        })
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let first: HealthCheckResponse = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("ok");
+    server
+        .reporter
+        .set_service_status("shop", ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("ok");
+
+    assert_eq!(first.status, Reported::Serving as i32);
+    assert_eq!(second.status, Reported::NotServing as i32);
+    drop(stream);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn calls_reach_a_restarted_service_on_a_new_connection() {
+    let (listener, url) = listener().await;
+    let address: SocketAddr = listener.local_addr().expect("address");
+    let mut client = client(&url);
+    let first = HealthServer::start(listener).await;
+    check(&mut client).await.expect("first server answered");
+
+    first.stop().await;
+    let second = HealthServer::start(TcpListener::bind(address).await.expect("rebind")).await;
+    // The first call may still find the old connection before its task
+    // has read the server's GOAWAY; it then fails as UNAVAILABLE, which
+    // callers retry, and the connection is replaced.
+    let retried = match check(&mut client).await {
+        Ok(status) => status,
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            check(&mut client).await.expect("second server answered")
+        }
+    };
+
+    assert_eq!(retried, Reported::Serving as i32);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_nobody_listens_on_is_unavailable() {
+    let (listener, url) = listener().await;
+    drop(listener);
+    let mut client = client(&url);
+
+    let status = check(&mut client).await.expect_err("nothing listens");
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+/// An h2 server on loopback whose requests go to `handle`, each in a task
+/// of its own.
+async fn h2_server<F, Fut>(handle: F) -> String
+where
+    F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut
+        + Clone
+        + Send
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (listener, url) = listener().await;
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.expect("accepted");
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(socket).await.expect("handshake");
+                while let Some(accepted) = connection.accept().await {
+                    let (request, respond) = accepted.expect("request");
+                    tokio::spawn(handle.clone()(request, respond));
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_fails_as_deadline_exceeded_while_the_service_hangs() {
+    let (hold, held) = tokio::sync::mpsc::unbounded_channel();
+    let url = h2_server(move |_request, respond| {
+        let hold = hold.clone();
+        async move {
+            // Never answers, but keeps the stream open.
+            let _ = hold.send(respond);
+        }
+    })
+    .await;
+    let mut client = client(&url);
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_millis(200));
+
+    let status = tokio::time::timeout(PATIENCE, client.check(request))
+        .await
+        .expect("the deadline ends the call")
+        .expect_err("no answer");
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_service_that_accepts_but_never_speaks_http2_is_unavailable_after_the_connect_timeout() {
+    let (listener, url) = listener().await;
+    let silent = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.expect("accepted");
+            sockets.push(socket);
+        }
+    });
+    let mut client = client(&url);
+
+    let status = tokio::time::timeout(PATIENCE, check(&mut client))
+        .await
+        .expect("the connect timeout ends the call")
+        .expect_err("no handshake");
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("handshake") || status.message().contains("took over"));
+    silent.abort();
+}
+
+/// Echoes the request's body and ends with an OK gRPC status in the trailers.
+async fn echo(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let mut body = request.into_body();
+    let mut received = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("request chunk");
+        body.flow_control()
+            .release_capacity(chunk.len())
+            .expect("released");
+        received.extend_from_slice(&chunk);
+    }
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("response");
+    let mut stream = respond
+        .send_response(response, false)
+        .expect("sent headers");
+    stream
+        .send_data(received.freeze(), false)
+        .expect("sent data");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    stream.send_trailers(trailers).expect("sent trailers");
+}
+
+#[tokio::test]
+async fn bodies_larger_than_the_flow_control_windows_go_through_in_both_directions() {
+    let url = h2_server(echo).await;
+    let mut channel = H2Channel::new(&url).expect("valid URL");
+    // 48 chunks of 64 KiB: 3 MiB, past h2's default window of 64 KiB on
+    // the server's side and the channel's 2 MiB stream window.
+    let chunks: Vec<Bytes> = (0..48u8).map(|i| Bytes::from(vec![i; 64 * 1024])).collect();
+    let expected: Vec<u8> = chunks.iter().flat_map(|chunk| chunk.to_vec()).collect();
+    let frames = tokio_stream::iter(
+        chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, Infallible>(http_body::Frame::data(chunk))),
+    );
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/echo.Echo/Echo")
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::new(StreamBody::new(frames)))
+        .expect("request");
+
+    let response = tokio::time::timeout(PATIENCE, async {
+        let response = channel.call(request).await.expect("response");
+        response.into_body().collect().await.expect("body")
+    })
+    .await
+    .expect("no stall on flow control");
+
+    let trailers = response.trailers().cloned().expect("trailers");
+    assert_eq!(response.to_bytes(), Bytes::from(expected));
+    assert_eq!(trailers["grpc-status"], "0");
+}
+
+#[test]
+fn only_plain_http_service_urls_are_accepted() {
+    for url in [
+        "https://product:50051",
+        "product:50051",
+        "http://product:50051/v1",
+        "not a url",
+    ] {
+        let error = H2Channel::new(url).expect_err(url);
+        assert!(error.to_string().contains(url), "{error}");
+    }
+    H2Channel::new("http://product:50051").expect("plain http");
+    H2Channel::new("http://[::1]:50051/").expect("IPv6 with a root path");
+}
