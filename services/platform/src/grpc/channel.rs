@@ -3,17 +3,20 @@
 //!
 //! tonic's `Channel` hands every call to a buffer's worker task, which hands
 //! it to hyper's HTTP/2 client task over a second queue, which spawns a third
-//! task to wait for the response and send it back: three task hops and as
-//! many queues for a call whose request is one small frame. Here the caller
-//! writes its headers and message into the h2 connection's send buffer and
-//! waits for the response itself; only the connection's task, which reads
-//! and writes the socket, is shared.
+//! task to wait for the response and send it back: three tasks and as many
+//! handovers (two queues and a oneshot) for a call whose request is one
+//! small frame. Here the caller writes its headers and message into the h2
+//! connection's send buffer and waits for the response itself; only the
+//! connection's task, which reads and writes the socket, is shared.
 //!
-//! What tonic's channel did and this keeps: connecting lazily and again on
-//! the first call after the connection ended (a server's GOAWAY included,
-//! without failing that call), a connect timeout, TCP_NODELAY, keep-alive
-//! pings while idle, the `grpc-timeout` deadline enforced on this side too,
-//! and the origin and user agent on every request.
+//! What tonic's channel did and this keeps: connecting lazily, and again
+//! once the connection has ended or is going away (a call that finds it so
+//! goes on the new one), a connect timeout, TCP_NODELAY, keep-alive pings
+//! (idle or not), the `grpc-timeout` deadline enforced on this side too, and the
+//! origin and user agent on every request. Added: a connection counts as
+//! made once the peer has answered a first PING, so a listener that never
+//! speaks HTTP/2 fails the connect timeout instead of holding calls until
+//! their deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -208,7 +211,13 @@ impl H2Channel {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    #[tracing::instrument(skip_all, fields(authority = %self.shared.authority), err)]
+    // A warning, not an error: the caller's failure is what gets reported,
+    // and a service that is down fails every call that tries it.
+    #[tracing::instrument(
+        skip_all,
+        fields(authority = %self.shared.authority),
+        err(level = tracing::Level::WARN)
+    )]
     async fn connect(&self) -> Result<SendRequest<Bytes>, Status> {
         let unavailable = |what: &str, error: &dyn std::fmt::Display| {
             Status::unavailable(format!("{what} {}: {error}", self.shared.authority))
