@@ -6,8 +6,8 @@
 //! callgrind the way the benchmark starts it (same environment, seeding and
 //! clean-up) and counts, per request and per component's threads: the same
 //! `GET /v1/products/{id}` a few thousand times over eight keep-alive
-//! connections, with the product cache on and then off, and a couple of
-//! hundred orders of one item until paid and emailed. The kernel's share
+//! connections, with the product cache on (also with a bearer token, as in
+//! scenario 5) and then off, and a couple of hundred orders of one item until paid and emailed. The kernel's share
 //! (system calls, wake-ups) and PostgreSQL's and RabbitMQ's are not
 //! counted: pair it with `make bench` for time.
 
@@ -94,8 +94,9 @@ pub async fn run(
 }
 
 /// Seeds one product and one customer, then counts, in the first process
-/// (product cache on) cached views and orders, and in a second (cache off,
-/// the same databases) views from the database. Returns the table's rows.
+/// (product cache on) cached views without and with the customer's token
+/// and orders, and in a second (cache off, the same databases) views from
+/// the database. Returns the table's rows.
 async fn measure(
     server: &mut Gocommerce,
     sink: &SmtpSink,
@@ -125,8 +126,22 @@ async fn measure(
 
     crate::progress(&format!("counting {} cached product views", counts.views));
     let mut meter = Meter::new(server.pid, stem);
-    let sent = meter.views(&client, &view, counts.views).await?;
+    let sent = meter.views(&client, &view, None, counts.views).await?;
     table.push_str(&rows("cached product view", sent, &meter.dump().await?));
+
+    // Scenario 5's difference: the same view with the customer's token.
+    crate::progress(&format!(
+        "counting {} cached product views with a token",
+        counts.views
+    ));
+    let sent = meter
+        .views(&client, &view, Some(&customer.token), counts.views)
+        .await?;
+    table.push_str(&rows(
+        "cached product view with a token",
+        sent,
+        &meter.dump().await?,
+    ));
 
     let order = Order {
         client: &client,
@@ -155,7 +170,7 @@ async fn measure(
         counts.views
     ));
     let mut meter = Meter::new(server.pid, stem);
-    let sent = meter.views(&client, &view, counts.views).await?;
+    let sent = meter.views(&client, &view, None, counts.views).await?;
     table.push_str(&rows(
         "product view from the database",
         sent,
@@ -250,13 +265,14 @@ impl Meter {
         &mut self,
         client: &reqwest::Client,
         url: &str,
+        token: Option<&str>,
         total: usize,
     ) -> anyhow::Result<usize> {
-        views(client, url, WARM_UP).await?;
+        views(client, url, token, WARM_UP).await?;
         callgrind_control(self.pid, "--instr=on").await?;
-        views(client, url, WARM_UP).await?;
+        views(client, url, token, WARM_UP).await?;
         self.zero().await?;
-        views(client, url, total).await
+        views(client, url, token, total).await
     }
 
     async fn zero(&self) -> anyhow::Result<()> {
@@ -284,18 +300,28 @@ impl Meter {
     }
 }
 
-/// `total` GETs of `url` over `CONNECTIONS` keep-alive connections; every
-/// one must answer 200. Returns how many were sent (a multiple of
-/// `CONNECTIONS`).
-async fn views(client: &reqwest::Client, url: &str, total: usize) -> anyhow::Result<usize> {
+/// `total` GETs of `url` over `CONNECTIONS` keep-alive connections, with
+/// `token` as the bearer if given; every one must answer 200. Returns how
+/// many were sent (a multiple of `CONNECTIONS`).
+async fn views(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    total: usize,
+) -> anyhow::Result<usize> {
     let each = total / CONNECTIONS;
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let client = client.clone();
             let url = url.to_owned();
+            let token = token.map(str::to_owned);
             tokio::spawn(async move {
                 for _ in 0..each {
-                    let response = client.get(&url).send().await?;
+                    let mut request = client.get(&url);
+                    if let Some(token) = &token {
+                        request = request.bearer_auth(token);
+                    }
+                    let response = request.send().await?;
                     let status = response.status();
                     response.bytes().await?;
                     if status != reqwest::StatusCode::OK {
