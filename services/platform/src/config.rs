@@ -194,11 +194,8 @@ impl ServiceName {
             &name,
             &format!("http://127.0.0.1:{}", self.default_port()),
         );
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError::new(
-                &name,
-                format!("expected an http:// or https:// URL, got {url:?}"),
-            ));
+        if let Err(reason) = crate::grpc::service_authority(&url) {
+            return Err(ConfigError::new(&name, format!("{reason}, got {url:?}")));
         }
         Ok(url)
     }
@@ -263,6 +260,17 @@ mod tests {
             .grpc_addr(&env(&[("AUTH_GRPC_ADDR", "localhost")]))
             .expect_err("no port");
         assert!(err.to_string().contains("AUTH_GRPC_ADDR"), "{err}");
+
+        for url in [
+            "https://product:50053",
+            "product:50053",
+            "http://product:50053/v1",
+        ] {
+            let err = ServiceName::Product
+                .url(&env(&[("PRODUCT_URL", url)]))
+                .expect_err("not a plain http:// service URL");
+            assert!(err.to_string().contains("PRODUCT_URL"), "{err}");
+        }
 
         let err = ServiceName::User
             .database_url(&env(&[("USER_DATABASE_URL", "mysql://x")]))

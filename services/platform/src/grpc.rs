@@ -15,6 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 mod channel;
 
+pub(crate) use channel::service_authority;
 pub use channel::{H2Channel, ResponseBody};
 
 use crate::Readiness;

@@ -87,20 +87,10 @@ impl H2Channel {
     /// A channel to `url` (`http://host:port`); nothing connects until the
     /// first call.
     pub fn new(url: &str) -> Result<Self, GrpcError> {
-        let invalid = |reason: &'static str| GrpcError::Url {
+        let authority = service_authority(url).map_err(|reason| GrpcError::Url {
             url: url.to_owned(),
             reason,
-        };
-        let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid(
-                "the scheme must be http (the services speak plain HTTP/2)",
-            ));
-        }
-        let authority = uri.authority().ok_or(invalid("no host"))?.clone();
-        if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(invalid("a service URL has no path"));
-        }
+        })?;
         let address = format!(
             "{}:{}",
             authority.host(),
@@ -284,6 +274,19 @@ impl H2Channel {
             ),
         )
     }
+}
+
+/// The host and port of a service URL (`http://host:port`), or why it is
+/// not one.
+pub(crate) fn service_authority(url: &str) -> Result<Authority, &'static str> {
+    let uri: Uri = url.parse().map_err(|_| "not a URL")?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err("the scheme must be http:// (the services speak plain HTTP/2 to each other)");
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err("a service URL has no path");
+    }
+    uri.authority().cloned().ok_or("no host")
 }
 
 fn forget(shared: &Shared, id: u64) {
