@@ -16,7 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 mod channel;
 
 pub(crate) use channel::service_authority;
-pub use channel::{H2Channel, ResponseBody};
+pub use channel::{H2Channel, KeepAlive, ResponseBody};
 
 use crate::Readiness;
 use crate::metrics::GrpcServerLayer;

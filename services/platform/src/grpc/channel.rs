@@ -61,11 +61,19 @@ struct Shared {
     authority: Authority,
     /// `host:port` for the TCP connect.
     address: String,
+    keep_alive: KeepAlive,
     user_agent: HeaderValue,
     current: Mutex<Current>,
     /// Held while connecting, so that the calls waiting for a connection
     /// share one attempt.
     connecting: tokio::sync::Mutex<()>,
+}
+
+/// How a connection checks that its server is still there.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Default)]
@@ -87,6 +95,19 @@ impl H2Channel {
     /// A channel to `url` (`http://host:port`); nothing connects until the
     /// first call.
     pub fn new(url: &str) -> Result<Self, GrpcError> {
+        Self::with_keep_alive(
+            url,
+            KeepAlive {
+                interval: KEEP_ALIVE_INTERVAL,
+                timeout: KEEP_ALIVE_TIMEOUT,
+            },
+        )
+    }
+
+    /// A channel whose connections ping the server every
+    /// `keep_alive.interval` and are given up when a ping goes unanswered
+    /// for `keep_alive.timeout`.
+    pub fn with_keep_alive(url: &str, keep_alive: KeepAlive) -> Result<Self, GrpcError> {
         let authority = service_authority(url).map_err(|reason| GrpcError::Url {
             url: url.to_owned(),
             reason,
@@ -101,6 +122,7 @@ impl H2Channel {
                 scheme: Scheme::HTTP,
                 authority,
                 address,
+                keep_alive,
                 user_agent: HeaderValue::from_static(USER_AGENT_VALUE),
                 current: Mutex::new(Current::default()),
                 connecting: tokio::sync::Mutex::new(()),
@@ -236,6 +258,7 @@ impl H2Channel {
         };
         let (answered, first_pong) = oneshot::channel();
         let shared = Arc::downgrade(&self.shared);
+        let settings = self.shared.keep_alive;
         let authority = self.shared.authority.clone();
         tokio::spawn(async move {
             let ended = tokio::select! {
@@ -247,7 +270,7 @@ impl H2Channel {
                         return format!("the first ping failed: {error}");
                     }
                     let _ = answered.send(());
-                    keep_alive(ping_pong).await
+                    keep_alive(ping_pong, settings).await
                 } => Err(reason),
             };
             match ended {
@@ -307,13 +330,13 @@ fn forget(shared: &Shared, id: u64) {
 /// should be given up. Without it a peer that vanished (a node lost, a
 /// half-open TCP connection) would keep every call waiting for its deadline
 /// for as long as the kernel keeps the socket.
-async fn keep_alive(mut ping_pong: h2::PingPong) -> String {
+async fn keep_alive(mut ping_pong: h2::PingPong, settings: KeepAlive) -> String {
     loop {
-        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
-        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+        tokio::time::sleep(settings.interval).await;
+        match tokio::time::timeout(settings.timeout, ping_pong.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(error)) => return format!("keep-alive ping failed: {error}"),
-            Err(_) => return format!("keep-alive ping unanswered for {KEEP_ALIVE_TIMEOUT:?}"),
+            Err(_) => return format!("keep-alive ping unanswered for {:?}", settings.timeout),
         }
     }
 }

@@ -1,16 +1,18 @@
 //! The gRPC client channel against real servers on loopback: tonic's own
-//! (the health service) and raw h2 servers that hang, or that take and give
-//! more than a flow-control window.
+//! (the health service) and raw h2 servers that hang, stop answering pings,
+//! or take and give more than a flow-control window.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use gocommerce_platform::grpc::H2Channel;
+use gocommerce_platform::grpc::{H2Channel, KeepAlive};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -311,4 +313,73 @@ fn only_plain_http_service_urls_are_accepted() {
     }
     H2Channel::new("http://product:50051").expect("plain http");
     H2Channel::new("http://[::1]:50051/").expect("IPv6 with a root path");
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_pings_is_given_up_and_the_next_call_reconnects() {
+    let (listener, url) = listener().await;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (freeze, frozen) = watch::channel(false);
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.expect("accepted");
+            let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
+            let mut frozen = frozen.clone();
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(socket).await.expect("handshake");
+                loop {
+                    tokio::select! {
+                        accepted = connection.accept() => match accepted {
+                            Some(Ok((request, respond))) => {
+                                tokio::spawn(echo(request, respond));
+                            }
+                            _ => return,
+                        },
+                        // The first connection stops being served (pings
+                        // included) but stays open, like a peer that
+                        // vanished without closing.
+                        _ = frozen.wait_for(|frozen| *frozen), if first => break,
+                    }
+                }
+                let _held_open = connection;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let keep_alive = KeepAlive {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(200),
+    };
+    let mut channel = H2Channel::with_keep_alive(&url, keep_alive).expect("valid URL");
+    let call = |channel: &mut H2Channel| {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/echo.Echo/Echo")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from_static(b"ping"),
+            )))
+            .expect("request");
+        let response = channel.call(request);
+        async move {
+            let response = response.await.expect("response");
+            response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+        }
+    };
+    assert_eq!(call(&mut channel).await, "ping");
+
+    freeze.send(true).expect("server running");
+    // Several pings' worth: the unanswered one is given up after 300 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answer = tokio::time::timeout(PATIENCE, call(&mut channel))
+        .await
+        .expect("not stuck on the frozen connection");
+
+    assert_eq!(answer, "ping");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
