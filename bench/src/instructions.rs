@@ -7,9 +7,10 @@
 //! clean-up) and counts, per request and per component's threads: the same
 //! `GET /v1/products/{id}` a few thousand times over eight keep-alive
 //! connections, with the product cache on (also with a bearer token, as in
-//! scenario 5) and then off, and a couple of hundred orders of one item until paid and emailed. The kernel's share
-//! (system calls, wake-ups) and PostgreSQL's and RabbitMQ's are not
-//! counted: pair it with `make bench` for time.
+//! scenario 5) and then off, and a couple of hundred orders of one item
+//! until paid and emailed. The kernel's share (system calls, wake-ups) and
+//! PostgreSQL's and RabbitMQ's are not counted: pair it with `make bench`
+//! for time.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -45,7 +46,7 @@ pub struct Counts {
     pub orders: usize,
 }
 
-/// Counts both views and an order and writes one Markdown table to standard
+/// Counts the views and an order and writes one Markdown table to standard
 /// output. `keep_dumps` keeps callgrind's files (for `callgrind_annotate`);
 /// otherwise they go to a scratch directory that is removed.
 pub async fn run(

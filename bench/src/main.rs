@@ -3,8 +3,8 @@
 //! scenario next to its baseline, and writes `<out>/<date>.json` and
 //! `<out>/<date>.md`. Figures are reported, never judged: the exit status
 //! only says whether every scenario could run. With `--instructions` it
-//! counts what a product view and an order cost in instructions instead
-//! (see `instructions`).
+//! counts what a product view (with and without a token) and an order cost
+//! in instructions instead (see `instructions`).
 
 mod baseline;
 mod cpu;
@@ -66,8 +66,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// Instead of the scenarios, count the user-space instructions a product
-    /// view and an order cost under valgrind's callgrind, by component
-    /// (bench/README.md).
+    /// view (with and without a token) and an order cost under valgrind's
+    /// callgrind, by component (bench/README.md).
     #[arg(long, conflicts_with_all = ["quick", "only"])]
     instructions: bool,
     /// With --instructions: the product views counted of each kind (after a

@@ -14,7 +14,7 @@ use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 
-pub use gocommerce_platform::grpc::Traced;
+use gocommerce_platform::grpc::Traced;
 
 /// One lazily connected client per backend service.
 #[derive(Debug, Clone)]

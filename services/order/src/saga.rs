@@ -29,7 +29,7 @@ use crate::db::{self, Changes, ItemRow, OrderRow};
 use crate::domain::Status;
 use crate::error::OrderError;
 
-pub use gocommerce_platform::grpc::Traced;
+use gocommerce_platform::grpc::Traced;
 
 /// The actor of the saga's own transitions in the order history.
 pub const SYSTEM: &str = "system";

@@ -8,7 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::db::Db;
-use gocommerce_platform::{Caller, Shutdown, grpc};
+use gocommerce_platform::grpc::{self, Traced};
+use gocommerce_platform::{Caller, Shutdown};
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::product::v1 as product_pb;
@@ -23,7 +24,7 @@ use crate::convert;
 use crate::db::{self, Changes, ItemRow, NewOrder, OrderRow};
 use crate::domain::{PAYMENT_METHODS, Status};
 use crate::error::OrderError;
-use crate::saga::{Saga, Traced};
+use crate::saga::Saga;
 use crate::watch::Watchers;
 
 const MAX_ITEMS: usize = 50;

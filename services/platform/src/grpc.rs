@@ -96,17 +96,12 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// A lazily connecting channel to another service.
-pub fn channel(url: &str) -> Result<H2Channel, GrpcError> {
-    H2Channel::new(url)
-}
-
 /// A channel whose calls carry the caller's trace context.
 pub type Traced = InterceptedService<H2Channel, TraceContext>;
 
 /// A lazily connecting, traced channel to another service.
 pub fn traced(url: &str) -> Result<Traced, GrpcError> {
-    Ok(InterceptedService::new(channel(url)?, TraceContext))
+    Ok(InterceptedService::new(H2Channel::new(url)?, TraceContext))
 }
 
 /// Client interceptor: writes the current trace context into the outgoing

@@ -39,10 +39,6 @@ use tonic::body::Body;
 use super::GrpcError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a keep-alive ping may go unanswered before the connection is
-/// given up (hyper's default).
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// hyper's windows: large enough that a response of a few MiB does not wait
 /// for window updates.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -73,7 +69,18 @@ struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct KeepAlive {
     pub interval: Duration,
+    /// How long a ping may go unanswered before the connection is given up.
     pub timeout: Duration,
+}
+
+impl Default for KeepAlive {
+    /// A ping every 30 s, given up after hyper's default of 20 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,13 +102,7 @@ impl H2Channel {
     /// A channel to `url` (`http://host:port`); nothing connects until the
     /// first call.
     pub fn new(url: &str) -> Result<Self, GrpcError> {
-        Self::with_keep_alive(
-            url,
-            KeepAlive {
-                interval: KEEP_ALIVE_INTERVAL,
-                timeout: KEEP_ALIVE_TIMEOUT,
-            },
-        )
+        Self::with_keep_alive(url, KeepAlive::default())
     }
 
     /// A channel whose connections ping the server every

@@ -166,7 +166,17 @@ async fn a_service_nobody_listens_on_is_unavailable() {
 
 /// An h2 server on loopback whose requests go to `handle`, each in a task
 /// of its own.
-async fn h2_server<F, Fut>(handle: F) -> String
+struct H2Server {
+    url: String,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
+    /// Stops serving the connections open now (pings included) but keeps
+    /// them open, like a peer that vanished without closing; later
+    /// connections are served.
+    freeze: watch::Sender<bool>,
+}
+
+async fn h2_server<F, Fut>(handle: F) -> H2Server
 where
     F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut
         + Clone
@@ -175,26 +185,47 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (listener, url) = listener().await;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (freeze, frozen) = watch::channel(false);
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let (socket, _) = listener.accept().await.expect("accepted");
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handle = handle.clone();
+            let mut frozen = frozen.clone();
+            let born_frozen = *frozen.borrow_and_update();
             tokio::spawn(async move {
                 let mut connection = h2::server::handshake(socket).await.expect("handshake");
-                while let Some(accepted) = connection.accept().await {
-                    let (request, respond) = accepted.expect("request");
-                    tokio::spawn(handle.clone()(request, respond));
+                loop {
+                    tokio::select! {
+                        accepted = connection.accept() => match accepted {
+                            Some(accepted) => {
+                                let (request, respond) = accepted.expect("request");
+                                tokio::spawn(handle.clone()(request, respond));
+                            }
+                            None => return,
+                        },
+                        // A dropped sender disables this branch.
+                        Ok(_) = frozen.wait_for(|frozen| *frozen), if !born_frozen => break,
+                    }
                 }
+                let _held_open = connection;
+                std::future::pending::<()>().await;
             });
         }
     });
-    url
+    H2Server {
+        url,
+        connections,
+        freeze,
+    }
 }
 
 #[tokio::test]
 async fn a_call_past_its_deadline_fails_as_deadline_exceeded_while_the_service_hangs() {
     let (hold, held) = tokio::sync::mpsc::unbounded_channel();
-    let url = h2_server(move |_request, respond| {
+    let server = h2_server(move |_request, respond| {
         let hold = hold.clone();
         async move {
             // Never answers, but keeps the stream open.
@@ -202,7 +233,7 @@ async fn a_call_past_its_deadline_fails_as_deadline_exceeded_while_the_service_h
         }
     })
     .await;
-    let mut client = client(&url);
+    let mut client = client(&server.url);
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
     });
@@ -270,8 +301,8 @@ async fn echo(
 
 #[tokio::test]
 async fn bodies_larger_than_the_flow_control_windows_go_through_in_both_directions() {
-    let url = h2_server(echo).await;
-    let mut channel = H2Channel::new(&url).expect("valid URL");
+    let server = h2_server(echo).await;
+    let mut channel = H2Channel::new(&server.url).expect("valid URL");
     // 48 chunks of 64 KiB: 3 MiB, past h2's default window of 64 KiB on
     // the server's side and the channel's 2 MiB stream window.
     let chunks: Vec<Bytes> = (0..48u8).map(|i| Bytes::from(vec![i; 64 * 1024])).collect();
@@ -317,41 +348,12 @@ fn only_plain_http_service_urls_are_accepted() {
 
 #[tokio::test]
 async fn a_server_that_stops_answering_pings_is_given_up_and_the_next_call_reconnects() {
-    let (listener, url) = listener().await;
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (freeze, frozen) = watch::channel(false);
-    let accepted = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let (socket, _) = listener.accept().await.expect("accepted");
-            let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
-            let mut frozen = frozen.clone();
-            tokio::spawn(async move {
-                let mut connection = h2::server::handshake(socket).await.expect("handshake");
-                loop {
-                    tokio::select! {
-                        accepted = connection.accept() => match accepted {
-                            Some(Ok((request, respond))) => {
-                                tokio::spawn(echo(request, respond));
-                            }
-                            _ => return,
-                        },
-                        // The first connection stops being served (pings
-                        // included) but stays open, like a peer that
-                        // vanished without closing.
-                        _ = frozen.wait_for(|frozen| *frozen), if first => break,
-                    }
-                }
-                let _held_open = connection;
-                std::future::pending::<()>().await;
-            });
-        }
-    });
+    let server = h2_server(echo).await;
     let keep_alive = KeepAlive {
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(200),
     };
-    let mut channel = H2Channel::with_keep_alive(&url, keep_alive).expect("valid URL");
+    let mut channel = H2Channel::with_keep_alive(&server.url, keep_alive).expect("valid URL");
     let call = |channel: &mut H2Channel| {
         let request = http::Request::builder()
             .method("POST")
@@ -373,7 +375,7 @@ async fn a_server_that_stops_answering_pings_is_given_up_and_the_next_call_recon
     };
     assert_eq!(call(&mut channel).await, "ping");
 
-    freeze.send(true).expect("server running");
+    server.freeze.send(true).expect("server running");
     // Several pings' worth: the unanswered one is given up after 300 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let answer = tokio::time::timeout(PATIENCE, call(&mut channel))
@@ -381,5 +383,5 @@ async fn a_server_that_stops_answering_pings_is_given_up_and_the_next_call_recon
         .expect("not stuck on the frozen connection");
 
     assert_eq!(answer, "ping");
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
 }
