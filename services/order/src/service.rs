@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::db::Db;
 use gocommerce_platform::grpc::{self, Traced};
-use gocommerce_platform::{Caller, Shutdown};
+use gocommerce_platform::{Caller, Shutdown, validate};
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::product::v1 as product_pb;
@@ -440,11 +440,10 @@ impl OrderService {
             .map_or(DEFAULT_BUDGET, |d| d.saturating_sub(DEADLINE_MARGIN));
         let request = request.into_inner();
         let id = parse_uuid("order_id", &request.order_id)?;
+        validate::text(&request.reason, 500, false, false)
+            .map_err(|message| invalid(format!("reason: {message}")))?;
         let reason = match request.reason.trim() {
             "" => format!("cancelled by the {}", caller.role),
-            reason if reason.chars().count() > 500 => {
-                return Err(invalid("reason: at most 500 characters"));
-            }
             reason => reason.to_owned(),
         };
         let order = self.visible(&caller, id).await?;
@@ -476,10 +475,8 @@ impl OrderService {
             ("carrier", &request.carrier),
             ("tracking_number", &request.tracking_number),
         ] {
-            let value = value.trim();
-            if value.is_empty() || value.chars().count() > 100 {
-                return Err(invalid(format!("{field}: must be 1 to 100 characters")));
-            }
+            validate::text(value, 100, true, false)
+                .map_err(|message| invalid(format!("{field}: {message}")))?;
         }
         self.change_status(
             &caller,
@@ -552,10 +549,9 @@ impl OrderService {
         if amount.amount <= 0 {
             return Err(invalid("amount: must be a positive number of minor units"));
         }
+        validate::text(&request.reason, 500, true, false)
+            .map_err(|message| invalid(format!("reason: {message}")))?;
         let reason = request.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(invalid("reason: must be 1 to 500 characters"));
-        }
         // The lock serialises refunds of one order: each sees the last one's total.
         let mut tx = self.db().begin().await?;
         let order = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;

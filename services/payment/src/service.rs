@@ -199,12 +199,9 @@ impl PaymentService {
                 "amount: must be positive".to_owned(),
             ));
         }
+        validate::text(&request.reason, 500, true, false)
+            .map_err(|message| PaymentError::InvalidArgument(format!("reason: {message}")))?;
         let reason = request.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(PaymentError::InvalidArgument(
-                "reason: must be 1 to 500 characters".to_owned(),
-            ));
-        }
 
         let mut tx = self.db.begin().await?;
         let payment = db::lock_by_order(&mut tx, order_id)

@@ -13,6 +13,10 @@ pub const NAME_MAX_CHARS: usize = 100;
 pub const NAME_PATTERN: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 
+/// The OpenAPI `pattern` equivalent of an optional single line of [`text`]:
+/// no control characters.
+pub const LINE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
 /// Active ISO 4217 currency codes (alphabetic, upper case).
 pub const CURRENCIES: &[&str] = &[
     "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
@@ -94,6 +98,26 @@ pub fn name(raw: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Free text of at most `max` characters without control characters (but
+/// tabs and line breaks when `multiline`); when `required`, not blank either.
+/// PostgreSQL's `text` cannot hold a NUL at all, so a NUL that got past this
+/// would fail the statement.
+pub fn text(raw: &str, max: usize, required: bool, multiline: bool) -> Result<(), String> {
+    if raw.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+    {
+        return Err("must not contain control characters".to_owned());
+    }
+    if required && raw.trim().is_empty() {
+        return Err("must not be blank".to_owned());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +176,19 @@ mod tests {
         assert!(name("   ").is_err());
         assert!(name("Ada\u{0}").is_err());
         assert_eq!(name(" Ada Lovelace ").as_deref(), Ok("Ada Lovelace"));
+    }
+
+    #[test]
+    fn text_refuses_control_characters_and_keeps_line_breaks_only_when_multiline() {
+        assert!(text("UPS", 100, true, false).is_ok());
+        assert!(text("", 100, false, false).is_ok());
+        assert!(text(" ", 100, true, false).is_err());
+        assert!(text("1Z\u{0}99", 100, true, false).is_err());
+        assert!(text("a\u{85}b", 100, false, true).is_err());
+        assert!(text("two\nlines", 100, false, false).is_err());
+        assert!(text("two\r\nlines\tand a tab", 100, false, true).is_ok());
+        assert!(text("\u{0}", 100, false, true).is_err());
+        assert!(text(&"é".repeat(100), 100, true, false).is_ok());
+        assert!(text(&"é".repeat(101), 100, true, false).is_err());
     }
 }

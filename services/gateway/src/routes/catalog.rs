@@ -14,7 +14,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use futures::StreamExt as _;
-use gocommerce_platform::{Caller, ErrorCode, Role, validate};
+use gocommerce_platform::validate::{self, text};
+use gocommerce_platform::{Caller, ErrorCode, Role};
 use gocommerce_proto::common::v1::{Money as MoneyPb, PageRequest};
 use gocommerce_proto::product::v1 as pb;
 use gocommerce_proto::product::v1::import_products_request::Item;
@@ -105,24 +106,6 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
-}
-
-/// Free text of at most `max` characters without control characters (but
-/// tabs and line breaks when `multiline`); when `required`, not blank either.
-fn text(raw: &str, max: usize, required: bool, multiline: bool) -> Result<(), String> {
-    if raw.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    if raw
-        .chars()
-        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
-    {
-        return Err("must not contain control characters".to_owned());
-    }
-    if required && raw.trim().is_empty() {
-        return Err("must not be blank".to_owned());
-    }
-    Ok(())
 }
 
 /// Lower-case letters and digits in groups joined by single hyphens, at most 100.

@@ -13,10 +13,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::{Stream, StreamExt as _};
+use gocommerce_platform::validate;
 use gocommerce_proto::common::v1::PageRequest;
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
@@ -531,20 +535,22 @@ pub async fn get_order(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
-    /// Why; at most 500 characters.
-    #[schema(max_length = 500)]
+    /// Why; one line of at most 500 characters.
+    #[schema(max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub reason: Option<String>,
 }
 
 impl Validate for CancelBody {
     fn validate(&self) -> Vec<FieldError> {
-        match &self.reason {
-            Some(reason) if reason.chars().count() > 500 => vec![FieldError {
+        self.reason
+            .as_deref()
+            .and_then(|reason| validate::text(reason, 500, false, false).err())
+            .map(|message| FieldError {
                 field: "reason".to_owned(),
-                message: "must be at most 500 characters".to_owned(),
-            }],
-            _ => Vec::new(),
-        }
+                message,
+            })
+            .into_iter()
+            .collect()
     }
 }
 
@@ -610,14 +616,14 @@ pub struct ShipBody {
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"[^\s\x85]",
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
         example = "UPS"
     )]
     pub carrier: String,
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"[^\s\x85]",
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
         example = "1Z999AA10123456784"
     )]
     pub tracking_number: String,
@@ -630,10 +636,13 @@ impl Validate for ShipBody {
             ("tracking_number", &self.tracking_number),
         ]
         .into_iter()
-        .filter(|(_, value)| value.trim().is_empty() || value.chars().count() > 100)
-        .map(|(field, _)| FieldError {
-            field: field.to_owned(),
-            message: "must be 1 to 100 characters, not blank".to_owned(),
+        .filter_map(|(field, value)| {
+            validate::text(value, 100, true, false)
+                .err()
+                .map(|message| FieldError {
+                    field: field.to_owned(),
+                    message,
+                })
         })
         .collect()
     }
@@ -728,7 +737,7 @@ pub struct RefundBody {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"[^\s\x85]",
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
         example = "damaged in transit"
     )]
     pub reason: String,
@@ -743,10 +752,10 @@ impl Validate for RefundBody {
                 message: "must be a positive number of minor units".to_owned(),
             });
         }
-        if self.reason.trim().is_empty() || self.reason.chars().count() > 500 {
+        if let Err(message) = validate::text(&self.reason, 500, true, false) {
             errors.push(FieldError {
                 field: "reason".to_owned(),
-                message: "must be 1 to 500 characters, not blank".to_owned(),
+                message,
             });
         }
         errors

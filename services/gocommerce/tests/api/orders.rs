@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_with, test_env};
+use crate::helpers::{TestApp, assert_problem, problem_fields, spawn_app, spawn_with, test_env};
 
 /// A catalog with one product and a customer with an address.
 struct Shop {
@@ -108,6 +108,18 @@ async fn get(app: &TestApp, token: &str, path: &str) -> Value {
 }
 
 /// Polls until the order is in `status`, for at most five seconds.
+/// The id of a one-item order paid with a good card, once it is PAID.
+async fn paid_order(app: &TestApp, shop: &Shop) -> String {
+    let order: Value = place(app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = order["id"].as_str().expect("id").to_owned();
+    wait_for(app, &shop.customer, &id, "PAID").await;
+    id
+}
+
 async fn wait_for(app: &TestApp, token: &str, order_id: &str, status: &str) -> Value {
     for _ in 0..100 {
         let order = get(app, token, &format!("/v1/orders/{order_id}")).await;
@@ -515,13 +527,7 @@ async fn another_customers_order_is_not_found() {
 async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_total() {
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 1000).await;
-    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
-        .await
-        .json()
-        .await
-        .expect("json");
-    let id = order["id"].as_str().expect("id").to_owned();
-    wait_for(&app, &shop.customer, &id, "PAID").await;
+    let id = paid_order(&app, &shop).await;
     let post = |path: String, body: Value| {
         let app = &app;
         let admin = shop.admin.clone();
@@ -608,13 +614,7 @@ async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_t
 async fn illegal_transitions_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 1000).await;
-    let order: Value = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None)
-        .await
-        .json()
-        .await
-        .expect("json");
-    let id = order["id"].as_str().expect("id").to_owned();
-    wait_for(&app, &shop.customer, &id, "PAID").await;
+    let id = paid_order(&app, &shop).await;
     let admin_post = |path: String, body: Option<Value>| {
         let app = &app;
         let admin = shop.admin.clone();
@@ -681,6 +681,140 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
         after["refunded_amount"],
         json!({"amount": 1000, "currency": "USD"}),
         "cancelling a paid order refunds it"
+    );
+}
+
+#[tokio::test]
+async fn control_characters_in_a_carrier_tracking_number_or_reason_are_refused_and_change_nothing()
+{
+    // PostgreSQL's text cannot hold a NUL: these were 500s once an order existed.
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let before = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    let send = |token: String, path: String, body: Value| {
+        let app = &app;
+        async move {
+            app.request(Method::POST, &path)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+
+    let ship = send(
+        shop.admin.clone(),
+        format!("/v1/orders/{id}/ship"),
+        json!({"carrier": "UPS", "tracking_number": "1Z\u{0}999"}),
+    )
+    .await;
+    let ship_on_two_lines = send(
+        shop.admin.clone(),
+        format!("/v1/orders/{id}/ship"),
+        json!({"carrier": "UPS\nDHL", "tracking_number": "1Z999"}),
+    )
+    .await;
+    let refund = send(
+        shop.admin.clone(),
+        format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 100, "reason": "broken\u{0}"}),
+    )
+    .await;
+    let cancel = send(
+        shop.customer.clone(),
+        format!("/v1/orders/{id}/cancel"),
+        json!({"reason": "\u{0}changed my mind"}),
+    )
+    .await;
+
+    for (response, field) in [
+        (ship, "tracking_number"),
+        (ship_on_two_lines, "carrier"),
+        (refund, "reason"),
+        (cancel, "reason"),
+    ] {
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(problem_fields(&problem), vec![field]);
+        assert_eq!(
+            problem["errors"][0]["message"],
+            "must not contain control characters"
+        );
+    }
+    let after = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(after["status"], "PAID");
+    assert_eq!(before["history"], after["history"]);
+    assert_eq!(
+        after["refunded_amount"],
+        json!({"amount": 0, "currency": "USD"})
+    );
+}
+
+#[tokio::test]
+async fn the_order_and_payment_services_refuse_control_characters_from_any_caller() {
+    // The gateway checks first; a peer calling the services directly must not
+    // reach PostgreSQL with a NUL either.
+    use gocommerce_platform::config::ServiceName;
+    use gocommerce_platform::{Caller, Role};
+    use gocommerce_proto::order::v1 as order_pb;
+    use gocommerce_proto::payment::v1 as payment_pb;
+
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let ports = &app.running.as_ref().expect("running").ports;
+    let url = |service| format!("http://127.0.0.1:{}", ports[&service]);
+    let mut orders =
+        order_pb::order_service_client::OrderServiceClient::connect(url(ServiceName::Order))
+            .await
+            .expect("order service");
+    let mut payments = payment_pb::payment_service_client::PaymentServiceClient::connect(url(
+        ServiceName::Payment,
+    ))
+    .await
+    .expect("payment service");
+    let mut ship = tonic::Request::new(order_pb::ShipOrderRequest {
+        order_id: id.clone(),
+        carrier: "UPS".to_owned(),
+        tracking_number: "1Z\u{0}999".to_owned(),
+    });
+    Caller {
+        user_id: Uuid::now_v7(),
+        role: Role::Admin,
+    }
+    .write_to(ship.metadata_mut());
+
+    let ship = orders.ship_order(ship).await.expect_err("refused");
+    let refund = payments
+        .refund_payment(payment_pb::RefundPaymentRequest {
+            order_id: id.clone(),
+            amount: Some(gocommerce_proto::common::v1::Money {
+                amount: 100,
+                currency: "USD".to_owned(),
+            }),
+            reason: "broken\u{0}".to_owned(),
+            refund_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("refused");
+
+    assert_eq!(ship.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        ship.message(),
+        "tracking_number: must not contain control characters"
+    );
+    assert_eq!(refund.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refund.message(),
+        "reason: must not contain control characters"
+    );
+    let after = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(after["status"], "PAID");
+    let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+    assert_eq!(
+        payment["refunded_amount"],
+        json!({"amount": 0, "currency": "USD"})
     );
 }
 
