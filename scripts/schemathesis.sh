@@ -50,6 +50,13 @@ export GOCOMMERCE_ADMIN_EMAIL="admin@schemathesis.test" GOCOMMERCE_ADMIN_PASSWOR
 # Schemathesis sends thousands of requests from one address; the limits are
 # tested elsewhere and would only turn its requests into 429s here.
 export GATEWAY_AUTH_RATE_PER_MINUTE=1000000 RUST_LOG="${RUST_LOG:-warn}"
+# Orders are real here (see the fixtures below), and a pm_card_slow charge
+# answers only after the saga step's deadline: 2 s by default, for every
+# such order the fuzzer places. The deadline path is the same at 300 ms.
+export ORDER_STEP_TIMEOUT_MS=300
+# A placed order's status stream stays open until the order is final, which
+# a fuzzed order seldom is; schemathesis reads a stream to its end.
+export GATEWAY_EVENT_STREAM_MAX_SECONDS=2
 
 "$bin" all >"$log" 2>&1 &
 pid=$!
@@ -57,6 +64,7 @@ cleanup() {
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   "$here/scripts/drop-test-databases.sh" "gct_%_${run_id}" >/dev/null || true
+  rm -f "${fixtures:-}"
 }
 trap cleanup EXIT
 
@@ -79,6 +87,40 @@ token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/js
 admin_token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/json' \
   -d "{\"email\":\"$GOCOMMERCE_ADMIN_EMAIL\",\"password\":\"$GOCOMMERCE_ADMIN_PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
+# Real ids for the bodies of orders and products (scripts/schemathesis_hooks.py
+# swaps them in): a category, products in stock, and an address for each of
+# the two callers, as an address must be the caller's.
+fixtures=$(mktemp -t gocommerce-schemathesis.XXXXXX.json)
+python3 - "$base" "$admin_token" "$token" >"$fixtures" <<'PY'
+import json, sys, urllib.request
+base, admin, customer = sys.argv[1:4]
+def post(path, token, body):
+    request = urllib.request.Request(
+        base + path, method="POST", data=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)["id"]
+category = post("/v1/categories", admin, {"name": "Fuzzing", "slug": "fuzzing"})
+products = [
+    post("/v1/products", admin, {
+        "sku": f"FUZZ-{i:04}", "name": f"Fuzzing product {i}",
+        "description": "seeded for schemathesis",
+        "price": {"amount": 100 + i, "currency": "USD"},
+        "category_id": category, "stock": 1_000_000_000})
+    for i in range(50)  # an order's most lines
+]
+address = {"line1": "1 Fuzz Lane", "city": "London", "postal_code": "SW1A 1AA", "country": "GB"}
+json.dump({
+    "category": category,
+    "products": products,
+    "addresses": {
+        "customer": post("/v1/users/me/addresses", customer, address),
+        "admin": post("/v1/users/me/addresses", admin, address),
+    },
+}, sys.stdout)
+PY
+export GOCOMMERCE_ST_FIXTURES="$fixtures"
+
 # A fixed seed keeps `make test` reproducible; SCHEMATHESIS_SEED=random (or
 # any number) explores further. One worker, because the pinned Hypothesis
 # (see scripts/python-tools.txt) is not thread-safe: two workers drew from it
@@ -88,7 +130,9 @@ admin_token=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: applicat
 # depend on thread timing.
 if [[ "${SCHEMATHESIS_SEED:-}" == random ]]; then unset SCHEMATHESIS_SEED; SCHEMATHESIS_SEED=$RANDOM$RANDOM; fi
 status=0
-for bearer in "$token" "$admin_token"; do
+for caller in customer admin; do
+  if [[ $caller == customer ]]; then bearer=$token; else bearer=$admin_token; fi
+  export GOCOMMERCE_ST_CALLER=$caller
   "$schemathesis" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
     --checks all \
     --header "Authorization: Bearer $bearer" \

@@ -15,6 +15,8 @@ pub struct GatewayConfig {
     pub payment_url: String,
     pub notification_url: String,
     pub backend_timeout: Duration,
+    /// How long an order's status stream stays open; the client reconnects.
+    pub event_stream_max: Duration,
     pub body_limit: usize,
     pub auth_rate_per_minute: u32,
     pub trust_forwarded_for: bool,
@@ -28,6 +30,13 @@ impl GatewayConfig {
         if timeout_ms == 0 {
             return Err(ConfigError::new(
                 "GATEWAY_BACKEND_TIMEOUT_MS",
+                "must be at least 1",
+            ));
+        }
+        let event_stream_seconds = config::parse(env, "GATEWAY_EVENT_STREAM_MAX_SECONDS", 300u64)?;
+        if event_stream_seconds == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_EVENT_STREAM_MAX_SECONDS",
                 "must be at least 1",
             ));
         }
@@ -54,6 +63,7 @@ impl GatewayConfig {
             payment_url: ServiceName::Payment.url(env)?,
             notification_url: ServiceName::Notification.url(env)?,
             backend_timeout: Duration::from_millis(timeout_ms),
+            event_stream_max: Duration::from_secs(event_stream_seconds),
             body_limit,
             auth_rate_per_minute,
             trust_forwarded_for: config::boolean(env, "GATEWAY_TRUST_FORWARDED_FOR", false)?,

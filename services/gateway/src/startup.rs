@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -35,6 +36,7 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     pub auth_limiter: Arc<KeyedLimiter>,
     pub trust_forwarded_for: bool,
+    pub event_stream_max: Duration,
     pub readiness: Readiness,
     openapi: Arc<String>,
 }
@@ -92,6 +94,7 @@ impl Application {
             verifier,
             auth_limiter,
             trust_forwarded_for: config.trust_forwarded_for,
+            event_stream_max: config.event_stream_max,
             readiness: readiness.clone(),
             openapi: Arc::new(crate::openapi::document().to_json()?),
         };

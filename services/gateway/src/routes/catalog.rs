@@ -503,9 +503,12 @@ fn check_price(errors: &mut Vec<FieldError>, field: &str, price: &Price) {
 /// literals: nothing a product image needs).
 const IMAGE_URL_PATTERN: &str = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][!-~]*)?$";
 
+/// Images as every body takes them: `null`, like an absent field, is no
+/// images on a new product and no change on an update.
 fn images_schema() -> utoipa::openapi::schema::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
     ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
         .items(
             ObjectBuilder::new()
                 .schema_type(Type::String)

@@ -52,7 +52,7 @@ pub fn router() -> Router<AppState> {
     components(schemas(
         PlaceOrderBody, PlaceItemBody, OrderView, OrderItemView, OrderStatusView, HistoryView,
         AddressView, ShipmentView, OrderList, ShipBody, RefundBody, RefundView, PaymentView,
-        PaymentRefundView, StatusEventView, CancelBody, Money
+        PaymentRefundView, StatusEventView, StatusEvent, CancelBody, Money
     )),
     tags((name = "orders", description = "Placing and following orders"))
 )]
@@ -558,7 +558,7 @@ impl Validate for CancelBody {
 #[utoipa::path(
     post, path = "/v1/orders/{id}/cancel", tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
-    request_body(content = CancelBody, description = "Optional"),
+    request_body(content = Option<CancelBody>, description = "Optional: why"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The order, CANCELLED or on its way there", body = OrderView),
@@ -573,16 +573,18 @@ pub async fn cancel_order(
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> Result<Json<OrderView>, Problem> {
-    // The body is optional: none, or a JSON object with a reason.
+    // The body is optional: none, JSON null, or a JSON object with a reason.
     let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
         CancelBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::new(
-                gocommerce_platform::ErrorCode::InvalidArgument,
-                format!("the body does not match the schema: {e}"),
-            )
-        })?
+        serde_json::from_slice::<Option<CancelBody>>(&body)
+            .map_err(|e| {
+                Problem::new(
+                    gocommerce_platform::ErrorCode::InvalidArgument,
+                    format!("the body does not match the schema: {e}"),
+                )
+            })?
+            .unwrap_or_default()
     };
     let errors = body.validate();
     if !errors.is_empty() {
@@ -938,14 +940,58 @@ pub struct StatusEventView {
     pub is_final: bool,
 }
 
+/// One event of the status stream, described the way OpenAPI 3.2 and
+/// schemathesis read a `text/event-stream` item: the event's fields, with a
+/// `status` event's `data` holding a [`StatusEventView`] as JSON. An `error`
+/// event (the backend failed mid-stream) carries the problem's detail as text.
+pub struct StatusEvent;
+
+impl utoipa::PartialSchema for StatusEvent {
+    fn schema() -> RefOr<Schema> {
+        let event = |name: &str, data: Object| {
+            ObjectBuilder::new()
+                .property(
+                    "event",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([name])),
+                )
+                .property("data", data)
+                .required("event")
+                .required("data")
+                .build()
+        };
+        let mut view = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .build();
+        // contentSchema is JSON Schema's keyword for what the string holds;
+        // utoipa has no builder for it.
+        view.extensions = Some(Extensions::from_iter([(
+            "contentSchema",
+            serde_json::json!({"$ref": "#/components/schemas/StatusEventView"}),
+        )]));
+        let detail = ObjectBuilder::new().schema_type(Type::String).build();
+        OneOfBuilder::new()
+            .item(event("status", view))
+            .item(event("error", detail))
+            .into()
+    }
+}
+
+impl ToSchema for StatusEvent {}
+
 /// Live status of an order as Server-Sent Events: first the current status,
-/// then every change, each as a `status` event, until a final status.
+/// then every change, each as a `status` event, until a final status. The
+/// server closes a stream after `GATEWAY_EVENT_STREAM_MAX_SECONDS` (five
+/// minutes by default), so no watcher holds a connection forever; an
+/// EventSource reconnects by itself and is sent the current status first.
 #[utoipa::path(
     get, path = "/v1/orders/{id}/events", tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A text/event-stream of `status` events", content_type = "text/event-stream", body = StatusEventView),
+        (status = 200, description = "A text/event-stream of `status` events", content_type = "text/event-stream", body = StatusEvent),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order of the caller's", body = Problem, content_type = "application/problem+json"),
@@ -995,5 +1041,6 @@ pub async fn order_events(
         };
         Ok(event)
     });
+    let events = events.take_until(tokio::time::sleep(state.event_stream_max));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_with, test_env};
+use crate::helpers::{assert_problem, json_ok, spawn_app, spawn_with, test_env};
 
 #[tokio::test]
 async fn malformed_bodies_get_400_problems_that_say_what_is_wrong() {
@@ -150,14 +150,7 @@ async fn an_unreachable_backend_is_503() {
 async fn the_openapi_document_describes_every_route() {
     let app = spawn_app().await;
 
-    let doc: Value = app
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let doc = openapi_document(&app).await;
 
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
     for (path, method) in [
@@ -183,4 +176,43 @@ async fn the_openapi_document_describes_every_route() {
         json!(false),
         "unknown fields are refused, and the document says so"
     );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_each_order_event_and_an_optional_cancel_body() {
+    let app = spawn_app().await;
+
+    let doc = openapi_document(&app).await;
+
+    // A text/event-stream schema describes one event (its `event` and `data`
+    // fields), as OpenAPI 3.2 and schemathesis read it; a `status` event's data
+    // is a StatusEventView as JSON.
+    let stream = &doc["paths"]["/v1/orders/{id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+        ["schema"];
+    assert_eq!(stream["$ref"], "#/components/schemas/StatusEvent");
+    let kinds = doc["components"]["schemas"]["StatusEvent"]["oneOf"]
+        .as_array()
+        .expect("one schema per kind of event");
+    assert_eq!(kinds[0]["properties"]["event"]["enum"], json!(["status"]));
+    assert_eq!(
+        kinds[0]["properties"]["data"]["contentMediaType"],
+        "application/json"
+    );
+    assert_eq!(
+        kinds[0]["properties"]["data"]["contentSchema"]["$ref"],
+        "#/components/schemas/StatusEventView"
+    );
+    assert_eq!(kinds[1]["properties"]["event"]["enum"], json!(["error"]));
+    let cancel = &doc["paths"]["/v1/orders/{id}/cancel"]["post"]["requestBody"];
+    assert!(cancel["content"]["application/json"].is_object());
+    assert_ne!(cancel["required"], json!(true), "the reason is optional");
+}
+
+async fn openapi_document(app: &crate::helpers::TestApp) -> Value {
+    let response = app
+        .request(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .expect("sent");
+    json_ok(response, StatusCode::OK).await
 }

@@ -974,6 +974,39 @@ async fn order_events_stream_status_changes_until_the_end() {
 }
 
 #[tokio::test]
+async fn an_order_events_stream_is_closed_after_its_longest_life_for_the_client_to_reconnect() {
+    let mut env = test_env();
+    env.insert(
+        "GATEWAY_EVENT_STREAM_MAX_SECONDS".to_owned(),
+        "1".to_owned(),
+    );
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = &paid_order(&app, &shop).await;
+
+    let opened = tokio::time::Instant::now();
+    let mut response = app
+        .get_with_token(&format!("/v1/orders/{id}/events"), &shop.customer)
+        .await;
+    let mut text = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = response.chunk().await.expect("chunk") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+
+    assert!(
+        ended.is_ok(),
+        "a PAID order's stream ends without a final status"
+    );
+    assert!(opened.elapsed() >= Duration::from_millis(900));
+    assert!(text.starts_with("event: status"), "{text}");
+    assert!(text.contains("\"status\":\"PAID\""), "{text}");
+    assert!(text.contains("\"final\":false"), "{text}");
+}
+
+#[tokio::test]
 async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
     let mut env = test_env();
     env.insert("ORDER_RECOVERY_INTERVAL_MS".to_owned(), "100".to_owned());
