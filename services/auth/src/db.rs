@@ -29,7 +29,9 @@ impl AccountRow {
 
 const ACCOUNT_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
 
-#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+// A taken email is the client's mistake: INFO, not ERROR (what is internal
+// is logged at ERROR where the gRPC answer is made).
+#[tracing::instrument(skip_all, fields(account_id = %id), err(level = "info"))]
 pub async fn insert_account(
     conn: &mut PgConnection,
     id: Uuid,

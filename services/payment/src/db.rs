@@ -199,7 +199,10 @@ pub async fn find_refund(
 /// Records a pending refund and reserves its amount on the payment. The
 /// CHECK on the payment refuses any refund beyond the capture, even when two
 /// requests race.
-#[tracing::instrument(skip_all, fields(refund_id = %id, payment_id = %payment.id), err)]
+///
+/// A reused refund id is the caller's mistake, recorded at INFO (what is
+/// internal is logged at ERROR where the gRPC answer is made).
+#[tracing::instrument(skip_all, fields(refund_id = %id, payment_id = %payment.id), err(level = "info"))]
 pub async fn insert_refund(
     conn: &mut PgConnection,
     id: Uuid,

@@ -11,6 +11,9 @@ use crate::input::{CategoryRef, NewProduct};
 use crate::search::{Cursor, SearchQuery, Sort};
 
 /// Maps the database errors a request can cause to what the client did wrong.
+/// The functions that use it record their errors at INFO: a duplicate SKU is
+/// the client's mistake, and what is internal is logged at ERROR where the
+/// gRPC answer is made (`platform::error::internal`).
 fn map_error(error: sqlx::Error) -> ProductError {
     let state = sqlstate(&error);
     match (state.as_deref(), constraint(&error)) {
@@ -52,7 +55,7 @@ pub struct CategoryRow {
 
 const CATEGORY: &str = "id, name, slug, parent_id, created_at, updated_at";
 
-#[tracing::instrument(skip_all, fields(category_id = %id), err)]
+#[tracing::instrument(skip_all, fields(category_id = %id), err(level = "info"))]
 pub async fn insert_category(
     conn: &mut PgConnection,
     id: Uuid,
@@ -135,7 +138,7 @@ pub async fn is_in_subtree(
     .await?)
 }
 
-#[tracing::instrument(skip_all, fields(category_id = %id), err)]
+#[tracing::instrument(skip_all, fields(category_id = %id), err(level = "info"))]
 pub async fn update_category(
     conn: &mut PgConnection,
     id: Uuid,
@@ -251,7 +254,7 @@ const PRODUCT: &str = "p.id, p.sku, p.name, p.description, p.price, p.currency, 
      p.created_at, p.updated_at";
 
 /// Inserts a product with its stock and the initial movement.
-#[tracing::instrument(skip_all, fields(sku = %new.sku), err)]
+#[tracing::instrument(skip_all, fields(sku = %new.sku), err(level = "info"))]
 pub async fn insert_product(
     conn: &mut PgConnection,
     id: Uuid,
@@ -301,7 +304,7 @@ pub async fn insert_product(
 
 /// Creates the product, or updates the one with its SKU (leaving its stock
 /// alone), in one statement. True when it was created.
-#[tracing::instrument(skip_all, fields(sku = %new.sku), err)]
+#[tracing::instrument(skip_all, fields(sku = %new.sku), err(level = "info"))]
 pub async fn upsert_product(
     conn: &mut PgConnection,
     new: &NewProduct,
@@ -406,7 +409,7 @@ pub struct ProductPatch {
 }
 
 /// Applies the patch; false when there is no such product.
-#[tracing::instrument(skip_all, fields(product_id = %id), err)]
+#[tracing::instrument(skip_all, fields(product_id = %id), err(level = "info"))]
 pub async fn update_product(
     conn: &mut PgConnection,
     id: Uuid,
@@ -599,7 +602,7 @@ pub async fn find_stock(
 
 /// Adds `delta` to on-hand unless available stock would go below zero; None
 /// when refused (or there is no such product).
-#[tracing::instrument(skip_all, fields(product_id = %product_id, delta), err)]
+#[tracing::instrument(skip_all, fields(product_id = %product_id, delta), err(level = "info"))]
 pub async fn adjust_stock(
     conn: &mut PgConnection,
     product_id: Uuid,
@@ -869,7 +872,7 @@ pub async fn record_reservation(
 /// condition and the increment are one statement, so concurrent reservations
 /// never oversell: the second waits for the first's row lock, then re-checks.
 /// Returns the stock still available afterwards, or None if nothing was reserved.
-#[tracing::instrument(skip_all, fields(product_id = %product_id, quantity), err)]
+#[tracing::instrument(skip_all, fields(product_id = %product_id, quantity), err(level = "info"))]
 pub async fn reserve(
     conn: &mut PgConnection,
     product_id: Uuid,
@@ -906,7 +909,7 @@ pub async fn availability(
 
 /// Moves reserved quantities out: back to available stock (release), or out
 /// of on-hand stock for good (commit). Returns the stock available afterwards.
-#[tracing::instrument(skip_all, fields(product_id = %product_id, quantity, commit), err)]
+#[tracing::instrument(skip_all, fields(product_id = %product_id, quantity, commit), err(level = "info"))]
 pub async fn unreserve(
     conn: &mut PgConnection,
     product_id: Uuid,
