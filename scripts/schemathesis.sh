@@ -46,6 +46,10 @@ for svc in AUTH USER PRODUCT ORDER PAYMENT NOTIFICATION; do
   export "${svc}_GRPC_ADDR=127.0.0.1:0"
   export "${svc}_DATABASE_URL=postgres://postgres@127.0.0.1:5432/gct_${lower}_${run_id}"
 done
+# Exchanges and queues of this run only, which RabbitMQ drops a minute after
+# it: a task left in a shared queue (a refund) reached the next run's
+# services, whose databases never heard of it, and was dead-lettered.
+export AMQP_NAMESPACE="$run_id" AMQP_QUEUE_EXPIRES_SECONDS=60
 export GOCOMMERCE_ADMIN_EMAIL="admin@schemathesis.test" GOCOMMERCE_ADMIN_PASSWORD="schemathesis-admin-pw"
 # Schemathesis sends thousands of requests from one address; the limits are
 # tested elsewhere and would only turn its requests into 429s here.

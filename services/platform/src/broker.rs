@@ -271,6 +271,10 @@ impl Publisher {
             Some(channel) if channel.status().connected() => Ok(channel.clone()),
             _ => {
                 let channel = self.broker.channel().await?;
+                // Consumers declare the exchange too, but a service can publish
+                // before any consumer of a fresh namespace has started, and a
+                // publish to a missing exchange closes the channel.
+                declare_events_exchange(&self.broker, &channel).await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;

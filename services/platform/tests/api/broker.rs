@@ -9,7 +9,8 @@ use gocommerce_platform::broker::{
 };
 
 use crate::helpers::{
-    AMQP_URL, declare, events_exchange, finish, next, silent_broker, spawn_consumer, unique_spec,
+    AMQP_URL, declare, events_exchange, finish, namespaced_broker, next, silent_broker,
+    spawn_consumer, unique_spec,
 };
 
 fn event(routing_key: &str, body: &str) -> Outgoing {
@@ -95,6 +96,31 @@ async fn a_message_that_need_not_be_taken_is_confirmed_when_no_queue_takes_it() 
 
     // Assert
     assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_publisher_publishes_in_a_namespace_where_no_consumer_has_declared_anything() {
+    // Arrange: a service's first event after a fresh start, before any consumer ran.
+    let (broker, _) = namespaced_broker();
+    let first = Outgoing {
+        exchange: broker.events_exchange(),
+        mandatory: false,
+        ..event("user.registered", "first")
+    };
+
+    // Act
+    let result = Publisher::new(broker.clone()).publish(&first).await;
+
+    // Assert
+    assert!(result.is_ok(), "{result:?}");
+    let channel = broker.channel().await.expect("channel");
+    channel
+        .exchange_delete(
+            broker.events_exchange().as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("the exchange was declared");
 }
 
 #[tokio::test]

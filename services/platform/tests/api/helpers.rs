@@ -1,10 +1,12 @@
 //! Unique queue names, a message collector, fresh databases.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gocommerce_platform::Shutdown;
 use gocommerce_platform::broker::{self, Broker, HandlerError, Incoming, QueueSpec};
+use gocommerce_platform::config::CommonConfig;
 use gocommerce_platform::testing::{ADMIN_URL, DropDatabase};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -77,6 +79,20 @@ pub async fn events_exchange() -> Broker {
         .await
         .expect("exchange");
     broker
+}
+
+/// A broker in a namespace of its own, so its connection can be told apart
+/// from every other test's (its name is `gocommerce/<namespace>`) and nothing
+/// in it exists yet.
+pub fn namespaced_broker() -> (Broker, String) {
+    let namespace = format!("test-{}", Uuid::new_v4().simple());
+    let env: HashMap<String, String> = HashMap::from([
+        ("AMQP_URL".to_owned(), AMQP_URL.to_owned()),
+        ("AMQP_NAMESPACE".to_owned(), namespace.clone()),
+        ("AMQP_QUEUE_EXPIRES_SECONDS".to_owned(), "120".to_owned()),
+    ]);
+    let config = CommonConfig::from_env(&env).expect("config");
+    (Broker::from_config(&config), namespace)
 }
 
 /// A fresh database with an outbox table, and the guard that drops it.

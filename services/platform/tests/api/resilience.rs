@@ -10,25 +10,13 @@ use std::time::Duration;
 use gocommerce_platform::broker::{
     self, Broker, HandlerError, Incoming, Outgoing, Publisher, QueueSpec,
 };
-use gocommerce_platform::config::CommonConfig;
 use gocommerce_platform::{Readiness, Shutdown};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::helpers::{AMQP_URL, declare, finish, next, spawn_consumer, unique_spec};
-
-/// A broker in a namespace of its own, so its connection can be told apart
-/// from every other test's (its name is `gocommerce/<namespace>`).
-fn namespaced_broker() -> (Broker, String) {
-    let namespace = format!("test-{}", Uuid::new_v4().simple());
-    let env: HashMap<String, String> = HashMap::from([
-        ("AMQP_URL".to_owned(), AMQP_URL.to_owned()),
-        ("AMQP_NAMESPACE".to_owned(), namespace.clone()),
-        ("AMQP_QUEUE_EXPIRES_SECONDS".to_owned(), "120".to_owned()),
-    ]);
-    let config = CommonConfig::from_env(&env).expect("config");
-    (Broker::from_config(&config), namespace)
-}
+use crate::helpers::{
+    AMQP_URL, declare, finish, namespaced_broker, next, spawn_consumer, unique_spec,
+};
 
 fn event(broker: &Broker, routing_key: &str, body: &str) -> Outgoing {
     Outgoing {
