@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts `gocommerce all` on free loopback ports with fresh databases, then
-# runs schemathesis with every check against the live /openapi.json, as a
-# customer and without credentials. Exits with schemathesis' status.
+# Starts `gocommerce all` on free loopback ports with fresh databases and a
+# RabbitMQ namespace of its own, seeds ids for the hooks to name, then runs
+# schemathesis with every check against the live /openapi.json, once as a
+# customer and once as the admin. Exits with schemathesis' status.
 # Usage: scripts/schemathesis.sh PATH/TO/gocommerce PATH/TO/schemathesis
 set -euo pipefail
 
