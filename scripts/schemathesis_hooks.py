@@ -69,7 +69,8 @@ def before_call(ctx, case, kwargs):
     if isinstance(items, list):
         products = FIXTURES["products"]
         # The i-th line gets the i-th product: as many products as an order
-        # may have lines, so each is named at most once.
+        # may have lines, so each is named at most once (a longer list, a
+        # negative case, wraps around).
         for index, item in enumerate(items):
             if isinstance(item, dict) and _is_uuid(item.get("product_id")):
                 item["product_id"] = products[index % len(products)]

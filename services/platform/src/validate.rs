@@ -13,10 +13,6 @@ pub const NAME_MAX_CHARS: usize = 100;
 pub const NAME_PATTERN: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 
-/// The OpenAPI `pattern` equivalent of an optional single line of [`text`]:
-/// no control characters.
-pub const LINE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
-
 /// Active ISO 4217 currency codes (alphabetic, upper case).
 pub const CURRENCIES: &[&str] = &[
     "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
@@ -85,17 +81,8 @@ pub fn password(raw: &str) -> Result<(), String> {
 /// A display name: at most 100 characters, not blank, no control characters;
 /// returned trimmed.
 pub fn name(raw: &str) -> Result<String, String> {
-    if raw.chars().count() > NAME_MAX_CHARS {
-        return Err(format!("must be at most {NAME_MAX_CHARS} characters"));
-    }
-    if raw.chars().any(char::is_control) {
-        return Err("must not contain control characters".to_owned());
-    }
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err("must not be blank".to_owned());
-    }
-    Ok(name.to_owned())
+    text(raw, NAME_MAX_CHARS, true, false)?;
+    Ok(raw.trim().to_owned())
 }
 
 /// Free text of at most `max` characters without control characters (but

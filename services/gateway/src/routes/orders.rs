@@ -944,6 +944,7 @@ pub struct StatusEventView {
 /// schemathesis read a `text/event-stream` item: the event's fields, with a
 /// `status` event's `data` holding a [`StatusEventView`] as JSON. An `error`
 /// event (the backend failed mid-stream) carries the problem's detail as text.
+#[derive(Debug)]
 pub struct StatusEvent;
 
 impl utoipa::PartialSchema for StatusEvent {
@@ -969,7 +970,9 @@ impl utoipa::PartialSchema for StatusEvent {
         // utoipa has no builder for it.
         view.extensions = Some(Extensions::from_iter([(
             "contentSchema",
-            serde_json::json!({"$ref": "#/components/schemas/StatusEventView"}),
+            serde_json::json!({
+                "$ref": format!("#/components/schemas/{}", StatusEventView::name())
+            }),
         )]));
         let detail = ObjectBuilder::new().schema_type(Type::String).build();
         OneOfBuilder::new()
