@@ -16,7 +16,10 @@
 //! origin and user agent on every request. Added: a connection counts as
 //! made once the peer has answered a first PING, so a listener that never
 //! speaks HTTP/2 fails the connect timeout instead of holding calls until
-//! their deadline.
+//! their deadline; and a call the server did not process (a stream it
+//! refused, or one past the last stream its GOAWAY let through) is sent once
+//! more, as gRPC's transparent retry does, so that a service stopping for a
+//! rolling update fails none of the calls that meet its GOAWAY.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -142,17 +145,68 @@ impl H2Channel {
                 .headers
                 .insert(USER_AGENT, self.shared.user_agent.clone());
         }
-        let end_of_stream = body.is_end_stream();
-        let mut sender = self.ready_sender().await?;
+        let body = match read_ahead(body)? {
+            Outgoing::Whole(data) => data,
+            streaming @ Outgoing::Streaming { .. } => {
+                return self
+                    .attempt(http::Request::from_parts(parts, ()), streaming)
+                    .await
+                    .map_err(Failure::into_status);
+            }
+        };
+        // h2 takes the head by value, so a copy is kept for a second attempt.
+        let again = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+            parts.headers.clone(),
+        );
+        let first = self
+            .attempt(
+                http::Request::from_parts(parts, ()),
+                Outgoing::Whole(body.clone()),
+            )
+            .await;
+        match first {
+            // gRPC's transparent retry: the server did not process the call
+            // (it was going away, or refused the stream), so sending it once
+            // more, where `ready_sender` finds or opens a usable connection,
+            // cannot run it twice. A service restarting in a rolling update
+            // answers the calls that meet its GOAWAY this way.
+            Err(Failure::Unprocessed(status)) => {
+                tracing::debug!(
+                    authority = %self.shared.authority,
+                    message = status.message(),
+                    "grpc call not processed, sending it again"
+                );
+                let (method, uri, version, headers) = again;
+                let mut head = http::Request::new(());
+                *head.method_mut() = method;
+                *head.uri_mut() = uri;
+                *head.version_mut() = version;
+                *head.headers_mut() = headers;
+                self.attempt(head, Outgoing::Whole(body))
+                    .await
+                    .map_err(Failure::into_status)
+            }
+            other => other.map_err(Failure::into_status),
+        }
+    }
+
+    /// Sends the call once and waits for the response's head.
+    async fn attempt(
+        &self,
+        head: http::Request<()>,
+        body: Outgoing,
+    ) -> Result<http::Response<ResponseBody>, Failure> {
+        let end_of_stream = body.is_empty();
+        let mut sender = self.ready_sender().await.map_err(Failure::Failed)?;
+        // A stream that could not be opened was not sent.
         let (response, stream) = sender
-            .send_request(http::Request::from_parts(parts, ()), end_of_stream)
-            .map_err(|error| self.status(&error))?;
+            .send_request(head, end_of_stream)
+            .map_err(|error| Failure::Unprocessed(self.status(&error)))?;
         if !end_of_stream {
-            let mut pump = BodyPump {
-                body,
-                stream,
-                chunk: None,
-            };
+            let mut pump = BodyPump::new(body, stream);
             // A unary request's message is ready and the stream has window
             // for it, so this usually finishes here; a body that has to
             // wait gets a task of its own, as hyper does it.
@@ -160,8 +214,11 @@ impl H2Channel {
                 tokio::spawn(pump);
             }
         }
-        let response = response.await.map_err(|error| self.status(&error))?;
-        Ok(response.map(ResponseBody::new))
+        match response.await {
+            Ok(response) => Ok(response.map(ResponseBody::new)),
+            Err(error) if unprocessed(&error) => Err(Failure::Unprocessed(self.status(&error))),
+            Err(error) => Err(Failure::Failed(self.status(&error))),
+        }
     }
 
     /// The request's path on this channel's scheme and authority.
@@ -359,6 +416,96 @@ fn status_from_h2(error: &h2::Error, message: String) -> Status {
     }
 }
 
+/// Why an attempt failed: whether the server can have processed the call
+/// decides whether it may be sent again.
+enum Failure {
+    /// The server saw none of it: its stream was never opened, was refused
+    /// (`REFUSED_STREAM`), or was above the last stream a GOAWAY let through
+    /// (RFC 9113, section 8.7).
+    Unprocessed(Status),
+    Failed(Status),
+}
+
+impl Failure {
+    fn into_status(self) -> Status {
+        match self {
+            Self::Unprocessed(status) | Self::Failed(status) => status,
+        }
+    }
+}
+
+/// Whether a stream's error says that the server did not process it. h2
+/// gives a stream the GOAWAY's error only when its id is above the GOAWAY's
+/// last stream id; the streams below it that the connection's end cuts off
+/// get an I/O error instead.
+fn unprocessed(error: &h2::Error) -> bool {
+    error.is_remote() && (error.is_go_away() || error.reason() == Some(Reason::REFUSED_STREAM))
+}
+
+/// The most of a request body read ahead to be sent again: a unary call's
+/// message is far smaller, and a client stream (a catalog import) is not
+/// held in memory.
+const REPLAYABLE_BYTES: usize = 64 * 1024;
+
+/// A request body, read ahead as far as it is ready.
+enum Outgoing {
+    /// All of it, which a second attempt can send again: a unary or
+    /// server-streaming call's one message.
+    Whole(Bytes),
+    /// A body still being produced (or too large to keep), after what was
+    /// read of it.
+    Streaming { read: Bytes, rest: Body },
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Whole(data) if data.is_empty())
+    }
+}
+
+/// Reads the frames of `body` that are ready now, without waiting.
+fn read_ahead(mut body: Body) -> Result<Outgoing, Status> {
+    let mut read = Bytes::new();
+    // More than one chunk is copied into one buffer; a unary message is one.
+    let mut joined: Option<bytes::BytesMut> = None;
+    let streaming = |joined: Option<bytes::BytesMut>, read: Bytes, rest: Body| {
+        Ok(Outgoing::Streaming {
+            read: joined.map_or(read, bytes::BytesMut::freeze),
+            rest,
+        })
+    };
+    loop {
+        let length = joined.as_ref().map_or(read.len(), |joined| joined.len());
+        if length > REPLAYABLE_BYTES {
+            return streaming(joined, read, body);
+        }
+        let polled = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).now_or_never();
+        match polled {
+            None => return streaming(joined, read, body),
+            Some(None) => {
+                return Ok(Outgoing::Whole(
+                    joined.map_or(read, bytes::BytesMut::freeze),
+                ));
+            }
+            Some(Some(Err(status))) => return Err(status),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if read.is_empty() && joined.is_none() => read = data,
+                Ok(data) => joined
+                    .get_or_insert_with(|| bytes::BytesMut::from(std::mem::take(&mut read)))
+                    .extend_from_slice(&data),
+                // gRPC requests end with their last message, never with
+                // trailers (the status travels in the response's).
+                Err(_) => {
+                    return Err(Status::internal(
+                        "a gRPC request body cannot carry trailers",
+                    ));
+                }
+            },
+        }
+    }
+}
+
 impl tower::Service<http::Request<Body>> for H2Channel {
     type Response = http::Response<ResponseBody>;
     type Error = Status;
@@ -397,10 +544,25 @@ impl tower::Service<http::Request<Body>> for H2Channel {
 /// Writes a request body into its stream, waiting for window before each
 /// chunk so that no more than one chunk sits in h2's send buffer.
 struct BodyPump {
-    body: Body,
+    /// What is left to read, if anything.
+    rest: Option<Body>,
     stream: SendStream<Bytes>,
     /// A chunk waiting for window.
     chunk: Option<Bytes>,
+}
+
+impl BodyPump {
+    fn new(body: Outgoing, stream: SendStream<Bytes>) -> Self {
+        let (read, rest) = match body {
+            Outgoing::Whole(data) => (data, None),
+            Outgoing::Streaming { read, rest } => (read, Some(rest)),
+        };
+        Self {
+            rest,
+            stream,
+            chunk: (!read.is_empty()).then_some(read),
+        }
+    }
 }
 
 impl Future for BodyPump {
@@ -421,7 +583,7 @@ impl Future for BodyPump {
                         };
                     }
                     Poll::Ready(Some(Ok(_))) => {
-                        let end = this.body.is_end_stream();
+                        let end = this.rest.as_ref().is_none_or(Body::is_end_stream);
                         if this.stream.send_data(chunk, end).is_err() || end {
                             return Poll::Ready(());
                         }
@@ -429,7 +591,12 @@ impl Future for BodyPump {
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
                 }
             }
-            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+            let Some(rest) = this.rest.as_mut() else {
+                // Only a whole body that was empty gets here, and it is sent
+                // with the request's head.
+                return Poll::Ready(());
+            };
+            match ready!(Pin::new(rest).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => this.chunk = Some(data),
