@@ -139,6 +139,15 @@ k patch gocommerce shop --type merge -p '{"spec":{"services":{"product":{"replic
 eventually 300 "product runs two ready replicas" \
   bash -c "[[ \$(\"$KUBECTL\" -n $NS get deploy shop-product -o jsonpath='{.status.readyReplicas}') == 2 ]]"
 eventually 60 "product has a PodDisruptionBudget" k get pdb shop-product
+# Callers resolve the headless Service to every ready pod and spread their
+# calls over them (a ClusterIP would pin each caller's connection to one).
+eventually 60 "the headless Service lists both product pods" \
+  bash -c "[[ \$(\"$KUBECTL\" -n $NS get endpointslices -l kubernetes.io/service-name=shop-product-pods -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{\"\\n\"}{end}' | sort -u | grep -c .) == 2 ]]"
+for _ in $(seq 20); do
+  status=$(curl -sS -o /dev/null -w '%{http_code}' "$GATEWAY_URL/v1/products?page_size=5")
+  [[ $status == 200 ]] || fail "a catalog page answered $status with two product pods"
+done
+ok "catalog pages answered with two product pods"
 k patch gocommerce shop --type merge -p '{"spec":{"services":{"product":{"replicas":1}}}}'
 eventually 60 "the PodDisruptionBudget goes with the second replica" bash -c "! \"$KUBECTL\" -n $NS get pdb shop-product"
 

@@ -25,11 +25,12 @@ pub fn drain_seconds(grace: i64, pre_stop: i64) -> i64 {
     (grace - pre_stop - 2).max(1)
 }
 
-/// The URL other pods reach a service at.
+/// The URL other pods reach a gRPC service at: its headless Service, whose
+/// name resolves to every ready pod.
 pub fn service_url(v: &Validated<'_>, service: Service) -> String {
     format!(
         "http://{}.{}.svc:{}",
-        Component::Service(service).object_name(&v.owner.name),
+        super::workloads::pods_service_name(&v.owner.name, service),
         v.owner.namespace,
         service.port()
     )

@@ -195,6 +195,9 @@ pub fn build(v: &Validated<'_>) -> Desired {
 
     for service in Service::ALL {
         objects.push(Object::Service(workloads::service(v, service)));
+        if service.is_grpc() {
+            objects.push(Object::Service(workloads::pods_service(v, service)));
+        }
         objects.push(Object::Deployment(workloads::deployment(
             v,
             service,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
 use crate::crd::GoCommerce;
@@ -91,6 +92,14 @@ fn stateful_set<'a>(d: &'a Desired, name: &str) -> &'a StatefulSet {
     }
 }
 
+/// The settings of the instance's ConfigMap.
+fn config_data(d: &Desired) -> &BTreeMap<String, String> {
+    let Some(Object::ConfigMap(cm)) = d.find("ConfigMap", "shop-config") else {
+        panic!("no config map");
+    };
+    cm.data.as_ref().unwrap()
+}
+
 fn service<'a>(d: &'a Desired, name: &str) -> &'a KubeService {
     match d.find("Service", name) {
         Some(Object::Service(o)) => o,
@@ -128,18 +137,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The metadata of a Deployment's pods.
+fn pod_meta(d: &Deployment) -> &ObjectMeta {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap()
+}
+
 fn hash(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .annotations
-        .as_ref()
-        .unwrap()[CONFIG_HASH_ANNOTATION]
-        .clone()
+    pod_meta(d).annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
 }
 
 /// The components whose pods a policy's ingress admits on `port`.
@@ -200,6 +204,7 @@ fn minimal_resource_builds_every_object_of_per_service_mode() {
     assert_eq!(names(&d, "StatefulSet"), sts);
     let mut svcs: BTreeSet<String> = sts.clone();
     svcs.extend(deployments.iter().cloned());
+    svcs.extend(dbs.iter().map(|s| format!("shop-{s}-pods")));
     assert_eq!(names(&d, "Service"), svcs);
     assert_eq!(names(&d, "ConfigMap"), set(&["shop-config"]));
     assert!(
@@ -383,6 +388,36 @@ fn services_expose_grpc_and_admin_ports_and_the_gateway_a_node_port() {
 }
 
 #[test]
+fn callers_reach_each_grpc_service_through_a_headless_service_listing_its_ready_pods() {
+    let d = desired(MINIMAL);
+    let data = config_data(&d);
+
+    for backend in Service::BACKENDS {
+        let name = format!("shop-{}-pods", backend.name());
+        let pods = service(&d, &name);
+        let spec = pods.spec.as_ref().unwrap();
+        let deployment = deployment(&d, &format!("shop-{}", backend.name()));
+        let pod_labels = pod_meta(deployment).labels.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "{name}");
+        assert_ne!(spec.publish_not_ready_addresses, Some(true), "{name}");
+        let selector = spec.selector.as_ref().unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{name} selects the pods of its Deployment"
+        );
+        let ports = spec.ports.as_ref().unwrap();
+        assert_eq!(ports.len(), 1, "{name}");
+        assert_eq!(ports[0].port, backend.port());
+        assert_eq!(ports[0].app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+        assert_eq!(
+            data[&format!("{}_URL", backend.env_prefix())],
+            format!("http://{name}.store.svc:{}", backend.port())
+        );
+    }
+    assert!(d.find("Service", "shop-gateway-pods").is_none());
+}
+
+#[test]
 fn per_service_databases_have_volumes_credentials_and_urls() {
     let d = desired(MINIMAL);
     let sts = stateful_set(&d, "shop-pg-order").spec.as_ref().unwrap();
@@ -482,11 +517,11 @@ fn per_service_databases_have_volumes_credentials_and_urls() {
 #[test]
 fn config_map_wires_every_service_by_cluster_dns() {
     let d = desired(MINIMAL);
-    let Some(Object::ConfigMap(cm)) = d.find("ConfigMap", "shop-config") else {
-        panic!("no config map");
-    };
-    let data = cm.data.as_ref().unwrap();
-    assert_eq!(data["PAYMENT_URL"], "http://shop-payment.store.svc:50055");
+    let data = config_data(&d);
+    assert_eq!(
+        data["PAYMENT_URL"],
+        "http://shop-payment-pods.store.svc:50055"
+    );
     assert_eq!(data["PAYMENT_GRPC_ADDR"], "0.0.0.0:50055");
     assert_eq!(data["ADMIN_ADDR"], "0.0.0.0:9090");
     assert_eq!(data["GATEWAY_ADDR"], "0.0.0.0:8080");
@@ -669,10 +704,7 @@ fn external_mode_reads_urls_from_secrets_and_runs_no_datastore() {
     );
     assert!(env_var(notification, "PUSH_WEBHOOK_URL").is_none());
 
-    let Some(Object::ConfigMap(cm)) = d.find("ConfigMap", "shop-config") else {
-        panic!("no config map");
-    };
-    let data = cm.data.as_ref().unwrap();
+    let data = config_data(&d);
     assert_eq!(
         data["OTEL_EXPORTER_OTLP_ENDPOINT"],
         "http://otel-collector.observability:4317"

@@ -448,6 +448,42 @@ pub fn service(v: &Validated<'_>, service: Service) -> KubeService {
     }
 }
 
+/// The name of a gRPC service's headless Service.
+pub fn pods_service_name(instance: &str, service: Service) -> String {
+    format!("{}-pods", Component::Service(service).object_name(instance))
+}
+
+/// A headless Service for a gRPC service's callers: its DNS name answers
+/// with the address of every ready pod, and the callers spread their calls
+/// over them (`platform::grpc::endpoints`). Through the ClusterIP Service
+/// each caller's one long-lived HTTP/2 connection would pin all its calls to
+/// one pod, whatever the replicas. It is a Service of its own because a
+/// Service's clusterIP cannot change once set.
+pub fn pods_service(v: &Validated<'_>, service: Service) -> KubeService {
+    let instance = v.owner.name.as_str();
+    let component = Component::Service(service);
+    KubeService {
+        metadata: v.owner.meta(
+            pods_service_name(instance, service),
+            component_labels(instance, component),
+        ),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(instance, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".to_owned()),
+                port: service.port(),
+                target_port: Some(IntOrString::Int(service.port())),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("kubernetes.io/h2c".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..KubeService::default()
+    }
+}
+
 /// A PodDisruptionBudget for services with more than one replica: voluntary
 /// evictions take one pod at a time.
 pub fn disruption_budget(v: &Validated<'_>, service: Service) -> Option<PodDisruptionBudget> {

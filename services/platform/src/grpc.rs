@@ -14,9 +14,11 @@ use tonic_health::ServingStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 mod channel;
+mod endpoints;
 
 pub(crate) use channel::service_authority;
-pub use channel::{H2Channel, KeepAlive, ResponseBody};
+pub use channel::{H2Channel, ResponseBody};
+pub use endpoints::{ChannelOptions, Dns, KeepAlive, Resolve, Resolving};
 
 use crate::Readiness;
 use crate::metrics::GrpcServerLayer;

@@ -13,43 +13,34 @@
 //! once the connection has ended or is going away (a call that finds it so
 //! goes on the new one), a connect timeout, TCP_NODELAY, keep-alive pings
 //! (idle or not), the `grpc-timeout` deadline enforced on this side too, and the
-//! origin and user agent on every request. Added: a connection counts as
-//! made once the peer has answered a first PING, so a listener that never
-//! speaks HTTP/2 fails the connect timeout instead of holding calls until
-//! their deadline; and a call the server did not process (a stream it
-//! refused, or one past the last stream its GOAWAY let through) is sent once
-//! more, as gRPC's transparent retry does, so that a service stopping for a
-//! rolling update fails none of the calls that meet its GOAWAY.
+//! origin and user agent on every request. Added: a call the server did not
+//! process (a stream it refused, or one past the last stream its GOAWAY let
+//! through) is sent once more, as gRPC's transparent retry does, so that a
+//! service stopping for a rolling update fails none of the calls that meet
+//! its GOAWAY. The connections, one per address the service's name resolves
+//! to, and the round robin over them are in [`super::endpoints`].
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderValue, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body::{Body as _, Frame};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tonic::Status;
 use tonic::body::Body;
 
 use super::GrpcError;
+use super::endpoints::{ChannelOptions, Endpoints};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// hyper's windows: large enough that a response of a few MiB does not wait
-/// for window updates.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const USER_AGENT_VALUE: &str = concat!("gocommerce/", env!("CARGO_PKG_VERSION"));
 
-/// A lazily connecting gRPC channel to one service; clones share the
-/// connection.
+/// A lazily connecting gRPC channel to one service; clones share its
+/// connections.
 #[derive(Clone)]
 pub struct H2Channel {
     shared: Arc<Shared>,
@@ -58,39 +49,8 @@ pub struct H2Channel {
 struct Shared {
     scheme: Scheme,
     authority: Authority,
-    /// `host:port` for the TCP connect.
-    address: String,
-    keep_alive: KeepAlive,
     user_agent: HeaderValue,
-    current: Mutex<Current>,
-    /// Held while connecting, so that the calls waiting for a connection
-    /// share one attempt.
-    connecting: tokio::sync::Mutex<()>,
-}
-
-/// How a connection checks that its server is still there.
-#[derive(Debug, Clone, Copy)]
-pub struct KeepAlive {
-    pub interval: Duration,
-    /// How long a ping may go unanswered before the connection is given up.
-    pub timeout: Duration,
-}
-
-impl Default for KeepAlive {
-    /// A ping every 30 s, given up after hyper's default of 20 s.
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(20),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Current {
-    /// The open connection, if any; its task clears it when it ends.
-    connection: Option<(u64, SendRequest<Bytes>)>,
-    next_id: u64,
+    endpoints: Arc<Endpoints>,
 }
 
 impl std::fmt::Debug for H2Channel {
@@ -105,31 +65,28 @@ impl H2Channel {
     /// A channel to `url` (`http://host:port`); nothing connects until the
     /// first call.
     pub fn new(url: &str) -> Result<Self, GrpcError> {
-        Self::with_keep_alive(url, KeepAlive::default())
+        Self::with_options(url, ChannelOptions::default())
     }
 
-    /// A channel whose connections ping the server every
-    /// `keep_alive.interval` and are given up when a ping goes unanswered
-    /// for `keep_alive.timeout`.
-    pub fn with_keep_alive(url: &str, keep_alive: KeepAlive) -> Result<Self, GrpcError> {
+    /// A channel that resolves, connects and checks its connections as
+    /// `options` say.
+    pub fn with_options(url: &str, options: ChannelOptions) -> Result<Self, GrpcError> {
         let authority = service_authority(url).map_err(|reason| GrpcError::Url {
             url: url.to_owned(),
             reason,
         })?;
-        let address = format!(
-            "{}:{}",
+        let endpoints = Endpoints::new(
+            authority.as_str(),
             authority.host(),
-            authority.port_u16().unwrap_or(80)
+            authority.port_u16().unwrap_or(80),
+            options,
         );
         Ok(Self {
             shared: Arc::new(Shared {
                 scheme: Scheme::HTTP,
                 authority,
-                address,
-                keep_alive,
                 user_agent: HeaderValue::from_static(USER_AGENT_VALUE),
-                current: Mutex::new(Current::default()),
-                connecting: tokio::sync::Mutex::new(()),
+                endpoints: Arc::new(endpoints),
             }),
         })
     }
@@ -147,9 +104,9 @@ impl H2Channel {
         }
         let body = match read_ahead(body)? {
             Outgoing::Whole(data) => data,
+            // A client stream (a catalog import), boxed as rare.
             streaming @ Outgoing::Streaming { .. } => {
-                return self
-                    .attempt(http::Request::from_parts(parts, ()), streaming)
+                return Box::pin(self.attempt(http::Request::from_parts(parts, ()), streaming))
                     .await
                     .map_err(Failure::into_status);
             }
@@ -185,7 +142,9 @@ impl H2Channel {
                 *head.uri_mut() = uri;
                 *head.version_mut() = version;
                 *head.headers_mut() = headers;
-                self.attempt(head, Outgoing::Whole(body))
+                // Boxed: a future holds room for all its awaits, and every
+                // call moves this one.
+                Box::pin(self.attempt(head, Outgoing::Whole(body)))
                     .await
                     .map_err(Failure::into_status)
             }
@@ -200,7 +159,12 @@ impl H2Channel {
         body: Outgoing,
     ) -> Result<http::Response<ResponseBody>, Failure> {
         let end_of_stream = body.is_empty();
-        let mut sender = self.ready_sender().await.map_err(Failure::Failed)?;
+        let mut sender = self
+            .shared
+            .endpoints
+            .ready_sender()
+            .await
+            .map_err(Failure::Failed)?;
         // A stream that could not be opened was not sent.
         let (response, stream) = sender
             .send_request(head, end_of_stream)
@@ -235,117 +199,6 @@ impl H2Channel {
             .map_err(|error| Status::internal(format!("cannot build the request URI: {error}")))
     }
 
-    /// A sender that may open a stream now: the current connection's, or a
-    /// new connection's when there is none or it is going away.
-    async fn ready_sender(&self) -> Result<SendRequest<Bytes>, Status> {
-        if let Some((id, sender)) = self.current() {
-            match sender.ready().await {
-                Ok(sender) => return Ok(sender),
-                // A GOAWAY or a broken connection: nothing was sent, so the
-                // call can go on a new connection.
-                Err(error) => {
-                    tracing::debug!(authority = %self.shared.authority, %error, "grpc connection unusable, reconnecting");
-                    self.forget(id);
-                }
-            }
-        }
-        let _connecting = self.shared.connecting.lock().await;
-        // Another call may have connected while this one waited.
-        if let Some((_, sender)) = self.current() {
-            return sender.ready().await.map_err(|error| self.status(&error));
-        }
-        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
-            .await
-            .map_err(|_| {
-                Status::unavailable(format!(
-                    "connecting to {} took over {CONNECT_TIMEOUT:?}",
-                    self.shared.authority
-                ))
-            })??;
-        sender.ready().await.map_err(|error| self.status(&error))
-    }
-
-    fn current(&self) -> Option<(u64, SendRequest<Bytes>)> {
-        self.lock().connection.clone()
-    }
-
-    /// Drops connection `id` unless it was already replaced.
-    fn forget(&self, id: u64) {
-        forget(&self.shared, id);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
-        self.shared
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    // A warning, not an error: the caller's failure is what gets reported,
-    // and a service that is down fails every call that tries it.
-    #[tracing::instrument(
-        skip_all,
-        fields(authority = %self.shared.authority),
-        err(level = tracing::Level::WARN)
-    )]
-    async fn connect(&self) -> Result<SendRequest<Bytes>, Status> {
-        let unavailable = |what: &str, error: &dyn std::fmt::Display| {
-            Status::unavailable(format!("{what} {}: {error}", self.shared.authority))
-        };
-        let socket = TcpStream::connect(&self.shared.address)
-            .await
-            .map_err(|error| unavailable("cannot connect to", &error))?;
-        // HTTP/2 writes a frame's pieces separately, and Nagle would hold
-        // them for the peer's delayed ACK (40 ms).
-        socket
-            .set_nodelay(true)
-            .map_err(|error| unavailable("cannot configure the socket to", &error))?;
-        let (sender, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(socket)
-            .await
-            .map_err(|error| unavailable("no HTTP/2 handshake with", &error))?;
-        let mut ping_pong = connection
-            .ping_pong()
-            .ok_or_else(|| Status::internal("the h2 connection's pings were taken"))?;
-        let id = {
-            let mut current = self.lock();
-            current.next_id += 1;
-            current.next_id
-        };
-        let (answered, first_pong) = oneshot::channel();
-        let shared = Arc::downgrade(&self.shared);
-        let settings = self.shared.keep_alive;
-        let authority = self.shared.authority.clone();
-        tokio::spawn(async move {
-            let ended = tokio::select! {
-                result = &mut connection => result.map_err(|error| error.to_string()),
-                reason = async {
-                    // h2's handshake only writes the preface: a first ping
-                    // answered is what shows the peer speaks HTTP/2.
-                    if let Err(error) = ping_pong.ping(h2::Ping::opaque()).await {
-                        return format!("the first ping failed: {error}");
-                    }
-                    let _ = answered.send(());
-                    keep_alive(ping_pong, settings).await
-                } => Err(reason),
-            };
-            match ended {
-                Ok(()) => tracing::debug!(%authority, "grpc connection closed"),
-                Err(error) => tracing::debug!(%authority, %error, "grpc connection ended"),
-            }
-            if let Some(shared) = Weak::upgrade(&shared) {
-                forget(&shared, id);
-            }
-        });
-        first_pong
-            .await
-            .map_err(|_| unavailable("no HTTP/2 answer from", &"the connection ended"))?;
-        self.lock().connection = Some((id, sender.clone()));
-        Ok(sender)
-    }
-
     fn status(&self, error: &h2::Error) -> Status {
         status_from_h2(
             error,
@@ -370,40 +223,11 @@ pub(crate) fn service_authority(url: &str) -> Result<Authority, &'static str> {
     uri.authority().cloned().ok_or("no host")
 }
 
-fn forget(shared: &Shared, id: u64) {
-    let mut current = shared
-        .current
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if current
-        .connection
-        .as_ref()
-        .is_some_and(|(current_id, _)| *current_id == id)
-    {
-        current.connection = None;
-    }
-}
-
-/// Pings the peer every interval, idle or not; returns why the connection
-/// should be given up. Without it a peer that vanished (a node lost, a
-/// half-open TCP connection) would keep every call waiting for its deadline
-/// for as long as the kernel keeps the socket.
-async fn keep_alive(mut ping_pong: h2::PingPong, settings: KeepAlive) -> String {
-    loop {
-        tokio::time::sleep(settings.interval).await;
-        match tokio::time::timeout(settings.timeout, ping_pong.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(error)) => return format!("keep-alive ping failed: {error}"),
-            Err(_) => return format!("keep-alive ping unanswered for {:?}", settings.timeout),
-        }
-    }
-}
-
 /// The gRPC status for an h2 error, after the gRPC HTTP/2 mapping
 /// (<https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md#errors>);
 /// a lost or closing connection is `UNAVAILABLE`, so that callers treat it as
 /// transient.
-fn status_from_h2(error: &h2::Error, message: String) -> Status {
+pub(super) fn status_from_h2(error: &h2::Error, message: String) -> Status {
     if error.is_io() || error.is_go_away() {
         return Status::unavailable(message);
     }

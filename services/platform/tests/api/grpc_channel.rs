@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use gocommerce_platform::grpc::{H2Channel, KeepAlive};
+use gocommerce_platform::grpc::{ChannelOptions, H2Channel, KeepAlive, Resolve, Resolving};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -346,7 +346,11 @@ async fn a_server_that_stops_answering_pings_is_given_up_and_the_next_call_recon
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(200),
     };
-    let mut channel = H2Channel::with_keep_alive(&server.url, keep_alive).expect("valid URL");
+    let options = ChannelOptions {
+        keep_alive,
+        ..ChannelOptions::default()
+    };
+    let mut channel = H2Channel::with_options(&server.url, options).expect("valid URL");
     let call = |channel: &mut H2Channel| {
         let request = http::Request::builder()
             .method("POST")
@@ -521,4 +525,149 @@ async fn a_call_that_meets_the_servers_goaway_is_sent_again_on_a_new_connection(
 
     assert_eq!(answer, "ping");
     assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// A resolver whose answer the test sets, counting its lookups.
+#[derive(Clone, Default)]
+struct Names {
+    addresses: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    lookups: Arc<AtomicUsize>,
+}
+
+impl Names {
+    fn answer(&self, addresses: &[SocketAddr]) {
+        *self.addresses.lock().expect("not poisoned") = addresses.to_vec();
+    }
+
+    async fn wait_for_lookups(&self, count: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            while self.lookups.load(Ordering::SeqCst) < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("resolved again");
+    }
+}
+
+impl Resolve for Names {
+    fn resolve(&self, host: &str, port: u16) -> Resolving {
+        assert_eq!((host, port), ("product.shop", 50052));
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let addresses = self.addresses.lock().expect("not poisoned").clone();
+        Box::pin(async move { Ok(addresses) })
+    }
+}
+
+/// A channel to `http://product.shop:50052`, resolved by `names`.
+fn named_channel(names: &Names, refresh: Duration) -> H2Channel {
+    let options = ChannelOptions {
+        refresh,
+        resolver: Arc::new(names.clone()),
+        ..ChannelOptions::default()
+    };
+    H2Channel::with_options("http://product.shop:50052", options).expect("valid URL")
+}
+
+/// An echo server counting the requests it answers.
+async fn counting_echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let server = h2_server(move |request, respond| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        echo(request, respond)
+    })
+    .await;
+    let address = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    (address, requests)
+}
+
+#[tokio::test]
+async fn calls_are_spread_evenly_over_every_address_the_name_resolves_to() {
+    let (first, first_requests) = counting_echo_server().await;
+    let (second, second_requests) = counting_echo_server().await;
+    let names = Names::default();
+    names.answer(&[first, second]);
+    let mut channel = named_channel(&names, Duration::from_secs(60));
+
+    for _ in 0..20 {
+        assert_eq!(echo_call(&mut channel).await.expect("answered"), "ping");
+    }
+
+    assert_eq!(first_requests.load(Ordering::SeqCst), 10);
+    assert_eq!(second_requests.load(Ordering::SeqCst), 10);
+    assert_eq!(names.lookups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_address_nobody_listens_on_is_passed_by_and_every_call_answered() {
+    let (live, live_requests) = counting_echo_server().await;
+    let (listener, _) = listener().await;
+    let dead = listener.local_addr().expect("address");
+    drop(listener);
+    let names = Names::default();
+    names.answer(&[dead, live]);
+    let mut channel = named_channel(&names, Duration::from_secs(60));
+
+    for _ in 0..10 {
+        assert_eq!(echo_call(&mut channel).await.expect("answered"), "ping");
+    }
+
+    assert_eq!(live_requests.load(Ordering::SeqCst), 10);
+    // The failed connect asked for a fresh answer at once.
+    names.wait_for_lookups(2).await;
+}
+
+#[tokio::test]
+async fn calls_follow_the_addresses_when_the_name_resolves_differently() {
+    let (old, old_requests) = counting_echo_server().await;
+    let (new, new_requests) = counting_echo_server().await;
+    let names = Names::default();
+    names.answer(&[old]);
+    let mut channel = named_channel(&names, Duration::from_millis(100));
+    echo_call(&mut channel)
+        .await
+        .expect("answered by the old address");
+
+    names.answer(&[new]);
+    // The lookup after the one that saw the change: that one's answer is
+    // in place by then.
+    names.wait_for_lookups(3).await;
+    for _ in 0..5 {
+        echo_call(&mut channel).await.expect("answered");
+    }
+
+    assert_eq!(old_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(new_requests.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_no_address_is_unavailable_and_says_so() {
+    let names = Names::default();
+    let mut channel = named_channel(&names, Duration::from_secs(60));
+
+    let status = echo_call(&mut channel).await.expect_err("nowhere to go");
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("product.shop:50052"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_name_is_resolved_by_the_system() {
+    let server = h2_server(echo).await;
+    let port = server.url.rsplit(':').next().expect("port");
+    // `localhost` is in every /etc/hosts; where it also names ::1, nothing
+    // listens there and that address is passed by.
+    let mut channel = H2Channel::new(&format!("http://localhost:{port}")).expect("valid URL");
+
+    let answer = echo_call(&mut channel).await.expect("answered");
+
+    assert_eq!(answer, "ping");
 }
