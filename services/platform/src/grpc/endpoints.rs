@@ -209,8 +209,9 @@ impl Endpoints {
             .clone()
     }
 
-    /// The addresses, resolved now unless a call waited for it did it
-    /// first; the first resolution starts the task that keeps them fresh.
+    /// The addresses, resolved now unless a call that waited here before
+    /// this one has done it; the first resolution that finds any starts the
+    /// task that keeps them fresh.
     async fn first_list(self: &Arc<Self>) -> Result<Arc<[Arc<Endpoint>]>, Status> {
         let _resolving = self.resolving.lock().await;
         let list = self.current();
