@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -317,6 +317,10 @@ struct Endpoint {
     connecting: tokio::sync::Mutex<()>,
     /// Whether connecting failed since the last resolution.
     down: AtomicBool,
+    /// Failed connects so far: a call that waited for another's attempt
+    /// and saw it fail gives up at once instead of trying in turn, each
+    /// waiting out the connect timeout of an address that does not answer.
+    failed_connects: AtomicU64,
 }
 
 #[derive(Default)]
@@ -333,6 +337,7 @@ impl Endpoint {
             current: Mutex::new(Current::default()),
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
+            failed_connects: AtomicU64::new(0),
         }
     }
 
@@ -364,6 +369,7 @@ impl Endpoint {
         name: &str,
         keep_alive: KeepAlive,
     ) -> Result<SendRequest<Bytes>, Status> {
+        let failed_before = self.failed_connects.load(Ordering::Acquire);
         let _connecting = self.connecting.lock().await;
         // Another call may have connected while this one waited.
         if let Some((_, sender)) = self.connection() {
@@ -372,14 +378,24 @@ impl Endpoint {
                 .await
                 .map_err(|error| connection_failed(name, self.address, &error));
         }
-        let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(name, keep_alive))
+        if self.failed_connects.load(Ordering::Acquire) != failed_before {
+            return Err(Status::unavailable(format!(
+                "connecting to {name} ({}) failed just now",
+                self.address
+            )));
+        }
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(name, keep_alive))
             .await
-            .map_err(|_| {
-                Status::unavailable(format!(
+            .unwrap_or_else(|_| {
+                Err(Status::unavailable(format!(
                     "connecting to {name} ({}) took over {CONNECT_TIMEOUT:?}",
                     self.address
-                ))
-            })??;
+                )))
+            });
+        let sender = connected.inspect_err(|_| {
+            // Counted before the lock goes, for the calls waiting on it.
+            self.failed_connects.fetch_add(1, Ordering::Release);
+        })?;
         self.down.store(false, Ordering::Relaxed);
         sender
             .ready()

@@ -671,3 +671,40 @@ async fn a_host_name_is_resolved_by_the_system() {
 
     assert_eq!(answer, "ping");
 }
+
+#[tokio::test]
+async fn calls_waiting_on_a_connect_that_fails_go_to_the_next_address_without_trying_it_again() {
+    // An address that accepts and never speaks HTTP/2: a connect to it
+    // fails only at the connect timeout.
+    let (listener, _) = listener().await;
+    let silent = listener.local_addr().expect("address");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let accepted = attempts.clone();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        loop {
+            let (socket, _) = listener.accept().await.expect("accepted");
+            accepted.fetch_add(1, Ordering::SeqCst);
+            sockets.push(socket);
+        }
+    });
+    let (live, live_requests) = counting_echo_server().await;
+    let names = Names::default();
+    names.answer(&[silent, live]);
+    let channel = named_channel(&names, Duration::from_secs(60));
+
+    // Six at once: the round robin starts three of them at the silent
+    // address, where one connects and two wait for it.
+    let calls = (0..6).map(|_| {
+        let mut channel = channel.clone();
+        async move { echo_call(&mut channel).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+
+    for answer in answers {
+        assert_eq!(answer.expect("answered"), "ping");
+    }
+    assert_eq!(live_requests.load(Ordering::SeqCst), 6);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    held.abort();
+}
