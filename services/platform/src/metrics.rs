@@ -1,5 +1,7 @@
 //! Prometheus metrics: per-RPC and per-route request counts, error counts and
-//! latency histograms, plus the process collector of the `prometheus` crate.
+//! latency histograms, what the gRPC client channels see of their targets
+//! (addresses, connects, calls sent again), plus the process collector of the
+//! `prometheus` crate.
 //! The gRPC layer and the HTTP middleware here also open the server span of
 //! every request, as a child of the caller's trace context.
 
@@ -13,8 +15,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramVec, IntCounterVec, TextEncoder, register_histogram_vec,
-    register_int_counter_vec,
+    Encoder, HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 use tracing::Instrument;
 
@@ -86,6 +88,57 @@ static HTTP_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+#[allow(clippy::expect_used)]
+static GRPC_CLIENT_ENDPOINTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "grpc_client_endpoints",
+        "Addresses a gRPC client spreads its calls over, by target (host:port)",
+        &["target"]
+    )
+    .expect("metric registers once")
+});
+
+#[allow(clippy::expect_used)]
+static GRPC_CLIENT_CONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "grpc_client_connects_total",
+        "Connections a gRPC client opened (ok) or failed to open (failed), by target",
+        &["target", "result"]
+    )
+    .expect("metric registers once")
+});
+
+#[allow(clippy::expect_used)]
+static GRPC_CLIENT_RESENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "grpc_client_resent_total",
+        "Calls a gRPC client sent again because the server had not processed them \
+         (a refused stream, or a GOAWAY before it), by target",
+        &["target"]
+    )
+    .expect("metric registers once")
+});
+
+/// How many addresses the channels to `target` spread their calls over.
+pub(crate) fn client_endpoints(target: &str, count: usize) {
+    GRPC_CLIENT_ENDPOINTS
+        .with_label_values(&[target])
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
+/// A connect to one of `target`'s addresses, made or failed.
+pub(crate) fn client_connect(target: &str, made: bool) {
+    let result = if made { "ok" } else { "failed" };
+    GRPC_CLIENT_CONNECTS
+        .with_label_values(&[target, result])
+        .inc();
+}
+
+/// A call to `target` sent again.
+pub(crate) fn client_resent(target: &str) {
+    GRPC_CLIENT_RESENT.with_label_values(&[target]).inc();
+}
 
 /// Every registered metric in the Prometheus text format.
 pub fn encode() -> String {

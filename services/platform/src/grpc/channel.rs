@@ -136,6 +136,7 @@ impl H2Channel {
                     message = status.message(),
                     "grpc call not processed, sending it again"
                 );
+                crate::metrics::client_resent(self.shared.authority.as_str());
                 let (method, uri, version, headers) = again;
                 let mut head = http::Request::new(());
                 *head.method_mut() = method;

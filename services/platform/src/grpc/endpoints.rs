@@ -136,6 +136,7 @@ impl Endpoints {
             Ok(ip) => Arc::new([Arc::new(Endpoint::new(SocketAddr::new(ip, port)))]),
             Err(_) => Arc::new([]),
         };
+        crate::metrics::client_endpoints(name, list.len());
         Self {
             name: name.to_owned(),
             host: host.to_owned(),
@@ -279,6 +280,7 @@ impl Endpoints {
                 "grpc addresses changed"
             );
         }
+        crate::metrics::client_endpoints(&self.name, next.len());
         *list = next;
     }
 }
@@ -392,6 +394,7 @@ impl Endpoint {
                     self.address
                 )))
             });
+        crate::metrics::client_connect(name, connected.is_ok());
         let sender = connected.inspect_err(|_| {
             // Counted before the lock goes, for the calls waiting on it.
             self.failed_connects.fetch_add(1, Ordering::Release);

@@ -398,15 +398,15 @@ async fn echo_call(channel: &mut H2Channel) -> Result<Bytes, tonic::Status> {
     Ok(response.into_body().collect().await?.to_bytes())
 }
 
-#[tokio::test]
-async fn a_call_whose_stream_the_server_refuses_is_sent_again_and_answered() {
+/// An echo server that refuses its first stream, as a server at its stream
+/// limit does (the call was not processed); the requests it saw.
+async fn refusing_first_stream() -> (H2Server, Arc<AtomicUsize>) {
     let requests = Arc::new(AtomicUsize::new(0));
     let seen = requests.clone();
     let server = h2_server(move |request, mut respond| {
         let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
         async move {
             if first {
-                // A server at its stream limit: the call was not processed.
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
             } else {
                 echo(request, respond).await;
@@ -414,6 +414,17 @@ async fn a_call_whose_stream_the_server_refuses_is_sent_again_and_answered() {
         }
     })
     .await;
+    (server, requests)
+}
+
+/// The socket address of a test server's `http://` URL.
+fn address_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().expect("address")
+}
+
+#[tokio::test]
+async fn a_call_whose_stream_the_server_refuses_is_sent_again_and_answered() {
+    let (server, requests) = refusing_first_stream().await;
     let mut channel = H2Channel::new(&server.url).expect("valid URL");
 
     let answer = echo_call(&mut channel).await.expect("answered");
@@ -552,7 +563,7 @@ impl Names {
 
 impl Resolve for Names {
     fn resolve(&self, host: &str, port: u16) -> Resolving {
-        assert_eq!((host, port), ("product.shop", 50052));
+        assert!(host.ends_with(".shop") && port == 50052, "{host}:{port}");
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let addresses = self.addresses.lock().expect("not poisoned").clone();
         Box::pin(async move { Ok(addresses) })
@@ -561,12 +572,17 @@ impl Resolve for Names {
 
 /// A channel to `http://product.shop:50052`, resolved by `names`.
 fn named_channel(names: &Names, refresh: Duration) -> H2Channel {
+    channel_to("http://product.shop:50052", names, refresh)
+}
+
+/// A channel to `url` (a `.shop` host, port 50052), resolved by `names`.
+fn channel_to(url: &str, names: &Names, refresh: Duration) -> H2Channel {
     let options = ChannelOptions {
         refresh,
         resolver: Arc::new(names.clone()),
         ..ChannelOptions::default()
     };
-    H2Channel::with_options("http://product.shop:50052", options).expect("valid URL")
+    H2Channel::with_options(url, options).expect("valid URL")
 }
 
 /// An echo server counting the requests it answers.
@@ -578,12 +594,7 @@ async fn counting_echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
         echo(request, respond)
     })
     .await;
-    let address = server
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
-    (address, requests)
+    (address_of(&server.url), requests)
 }
 
 #[tokio::test]
@@ -707,4 +718,27 @@ async fn calls_waiting_on_a_connect_that_fails_go_to_the_next_address_without_tr
     assert_eq!(live_requests.load(Ordering::SeqCst), 6);
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     held.abort();
+}
+
+#[tokio::test]
+async fn a_channel_reports_its_addresses_connects_and_resent_calls_as_metrics() {
+    let (refusing, _) = refusing_first_stream().await;
+    let (other, _) = counting_echo_server().await;
+    let names = Names::default();
+    names.answer(&[address_of(&refusing.url), other]);
+    // A target of its own: the registry is the test process's.
+    let mut channel = channel_to("http://metrics.shop:50052", &names, Duration::from_secs(60));
+
+    for _ in 0..4 {
+        echo_call(&mut channel).await.expect("answered");
+    }
+
+    let text = gocommerce_platform::metrics::encode();
+    for line in [
+        r#"grpc_client_endpoints{target="metrics.shop:50052"} 2"#,
+        r#"grpc_client_connects_total{result="ok",target="metrics.shop:50052"} 2"#,
+        r#"grpc_client_resent_total{target="metrics.shop:50052"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }
