@@ -125,6 +125,8 @@ pub(super) struct Endpoints {
     /// Held while resolving, so that the calls waiting for addresses share
     /// one lookup.
     resolving: tokio::sync::Mutex<()>,
+    /// First lookups that failed or found nothing, so far.
+    failed_lookups: AtomicU64,
     /// Wakes the refresh task before its time.
     refresh_now: Arc<Notify>,
 }
@@ -145,6 +147,7 @@ impl Endpoints {
             list: Mutex::new(list),
             next: AtomicUsize::new(0),
             resolving: tokio::sync::Mutex::new(()),
+            failed_lookups: AtomicU64::new(0),
             refresh_now: Arc::new(Notify::new()),
         }
     }
@@ -214,18 +217,37 @@ impl Endpoints {
     /// this one has done it; the first resolution that finds any starts the
     /// task that keeps them fresh.
     async fn first_list(self: &Arc<Self>) -> Result<Arc<[Arc<Endpoint>]>, Status> {
+        let failed_before = self.failed_lookups.load(Ordering::Acquire);
         let _resolving = self.resolving.lock().await;
         let list = self.current();
         if !list.is_empty() {
             return Ok(list);
         }
-        let addresses = self.resolve().await?;
-        if addresses.is_empty() {
+        // The calls that waited for a lookup that found nothing (a service
+        // none of whose pods is ready yet) share its answer rather than each
+        // asking again in turn.
+        if self.failed_lookups.load(Ordering::Acquire) != failed_before {
             return Err(Status::unavailable(format!(
-                "{} resolves to no address",
+                "{} could not be resolved just now",
                 self.name
             )));
         }
+        let addresses = self
+            .resolve()
+            .await
+            .and_then(|addresses| {
+                if addresses.is_empty() {
+                    Err(Status::unavailable(format!(
+                        "{} resolves to no address",
+                        self.name
+                    )))
+                } else {
+                    Ok(addresses)
+                }
+            })
+            .inspect_err(|_| {
+                self.failed_lookups.fetch_add(1, Ordering::Release);
+            })?;
         self.replace(addresses);
         tokio::spawn(refresh(
             Arc::downgrade(self),

@@ -566,7 +566,11 @@ impl Resolve for Names {
         assert!(host.ends_with(".shop") && port == 50052, "{host}:{port}");
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let addresses = self.addresses.lock().expect("not poisoned").clone();
-        Box::pin(async move { Ok(addresses) })
+        Box::pin(async move {
+            // As long as a DNS round trip, so that calls queue behind it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(addresses)
+        })
     }
 }
 
@@ -668,6 +672,31 @@ async fn a_name_that_resolves_to_no_address_is_unavailable_and_says_so() {
         status.message().contains("product.shop:50052"),
         "{status:?}"
     );
+}
+
+#[tokio::test]
+async fn calls_waiting_on_a_lookup_that_finds_nothing_share_its_answer_and_a_later_call_asks_again()
+{
+    let names = Names::default();
+    let channel = named_channel(&names, Duration::from_secs(60));
+
+    let calls = (0..5).map(|_| {
+        let mut channel = channel.clone();
+        async move { echo_call(&mut channel).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let lookups_together = names.lookups.load(Ordering::SeqCst);
+    let (server, requests) = counting_echo_server().await;
+    names.answer(&[server]);
+    let later = echo_call(&mut channel.clone()).await;
+
+    for answer in answers {
+        let status = answer.expect_err("nowhere to go");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(lookups_together, 1);
+    assert_eq!(later.expect("answered once the name resolves"), "ping");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
