@@ -170,17 +170,20 @@ impl H2Channel {
         let (response, stream) = sender
             .send_request(head, end_of_stream)
             .map_err(|error| Failure::Unprocessed(self.status(&error)))?;
+        let mut pumping = None;
         if !end_of_stream {
             let mut pump = BodyPump::new(body, stream);
             // A unary request's message is ready and the stream has window
             // for it, so this usually finishes here; a body that has to
-            // wait gets a task of its own, as hyper does it.
+            // wait gets a task of its own, as hyper does it, which lives no
+            // longer than the call: given up (a deadline, a caller gone)
+            // before its response, or once its response body is dropped.
             if (&mut pump).now_or_never().is_none() {
-                tokio::spawn(pump);
+                pumping = Some(AbortOnDrop(tokio::spawn(pump).abort_handle()));
             }
         }
         match response.await {
-            Ok(response) => Ok(response.map(ResponseBody::new)),
+            Ok(response) => Ok(response.map(|stream| ResponseBody::new(stream, pumping))),
             Err(error) if unprocessed(&error) => Err(Failure::Unprocessed(self.status(&error))),
             Err(error) => Err(Failure::Failed(self.status(&error))),
         }
@@ -452,6 +455,20 @@ impl Future for BodyPump {
 pub struct ResponseBody {
     stream: RecvStream,
     state: BodyState,
+    /// The task still sending the request's body, if any.
+    _pumping: Option<AbortOnDrop>,
+}
+
+/// Stops a spawned [`BodyPump`] when dropped. Its stream's last handle goes
+/// with it, so h2 resets the stream (CANCEL) and the server stops reading a
+/// request nobody waits for.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -462,10 +479,11 @@ enum BodyState {
 }
 
 impl ResponseBody {
-    fn new(stream: RecvStream) -> Self {
+    fn new(stream: RecvStream, pumping: Option<AbortOnDrop>) -> Self {
         Self {
             stream,
             state: BodyState::Data,
+            _pumping: pumping,
         }
     }
 }

@@ -771,3 +771,55 @@ async fn a_channel_reports_its_addresses_connects_and_resent_calls_as_metrics() 
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_request_stream_still_being_sent_is_cancelled_when_its_call_is_given_up() {
+    // The server reads the request and never answers; it reports how the
+    // request ended.
+    let (ended, mut how) = tokio::sync::mpsc::unbounded_channel();
+    let server = h2_server(move |request, respond| {
+        let ended = ended.clone();
+        async move {
+            let _no_answer = respond;
+            let mut body = request.into_body();
+            let outcome = loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Some(Err(error)) => break format!("reset: {error}"),
+                    None => break "ended".to_owned(),
+                }
+            };
+            let _ = ended.send(outcome);
+        }
+    })
+    .await;
+    let mut channel = H2Channel::new(&server.url).expect("valid URL");
+    // A client stream that never ends: a chunk every 20 ms.
+    let chunks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"row"))),
+            (),
+        ))
+    });
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/echo.Echo/Import")
+        .header("grpc-timeout", "200m")
+        .body(tonic::body::Body::new(StreamBody::new(chunks)))
+        .expect("request");
+
+    let status = tokio::time::timeout(PATIENCE, channel.call(request))
+        .await
+        .expect("the deadline ends the call")
+        .expect_err("no answer");
+    let outcome = tokio::time::timeout(PATIENCE, how.recv())
+        .await
+        .expect("the server's request ended")
+        .expect("reported");
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(outcome.starts_with("reset"), "{outcome}");
+}
