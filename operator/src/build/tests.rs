@@ -204,7 +204,11 @@ fn minimal_resource_builds_every_object_of_per_service_mode() {
     assert_eq!(names(&d, "StatefulSet"), sts);
     let mut svcs: BTreeSet<String> = sts.clone();
     svcs.extend(deployments.iter().cloned());
-    svcs.extend(dbs.iter().map(|s| format!("shop-{s}-pods")));
+    svcs.extend(
+        Service::BACKENDS
+            .iter()
+            .map(|s| format!("shop-{}-pods", s.name())),
+    );
     assert_eq!(names(&d, "Service"), svcs);
     assert_eq!(names(&d, "ConfigMap"), set(&["shop-config"]));
     assert!(
