@@ -6,22 +6,29 @@
 //! a crawler walking the catalog) cannot push out what is in use; the new
 //! entry is simply not kept. The caller owns the clock and the lock: `T` is
 //! whatever instant type it keeps expiries in, and the map is plain data.
+//!
+//! Keys are hashed with foldhash, seeded per process, not SipHash: a token
+//! is some 300 bytes hashed on every request. Only entries the owner chose
+//! to keep (a token whose signature verified, a product that exists) go in,
+//! so nobody outside can fill it with chosen colliding keys.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use foldhash::fast::RandomState;
+
 #[derive(Debug)]
 pub struct ExpiringMap<K, V, T> {
     capacity: usize,
-    entries: HashMap<K, (V, T)>,
+    entries: HashMap<K, (V, T), RandomState>,
 }
 
 impl<K: Eq + Hash, V, T: Ord + Copy> ExpiringMap<K, V, T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
         }
     }
 
