@@ -40,22 +40,35 @@ pub fn headless_service(
     number: i32,
     port_name: &str,
 ) -> KubeService {
+    headless(
+        v,
+        component,
+        component.object_name(&v.owner.name),
+        ServicePort {
+            name: Some(port_name.to_owned()),
+            port: number,
+            target_port: Some(IntOrString::Int(number)),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        },
+    )
+}
+
+/// A Service named `name` without a cluster IP: its DNS name answers with
+/// the addresses of `component`'s ready pods.
+pub fn headless(
+    v: &Validated<'_>,
+    component: Component,
+    name: String,
+    port: ServicePort,
+) -> KubeService {
     let instance = v.owner.name.as_str();
     KubeService {
-        metadata: v.owner.meta(
-            component.object_name(instance),
-            component_labels(instance, component),
-        ),
+        metadata: v.owner.meta(name, component_labels(instance, component)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             selector: Some(selector_labels(instance, component)),
-            ports: Some(vec![ServicePort {
-                name: Some(port_name.to_owned()),
-                port: number,
-                target_port: Some(IntOrString::Int(number)),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![port]),
             ..ServiceSpec::default()
         }),
         ..KubeService::default()

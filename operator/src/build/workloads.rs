@@ -460,28 +460,19 @@ pub fn pods_service_name(instance: &str, service: Service) -> String {
 /// one pod, whatever the replicas. It is a Service of its own because a
 /// Service's clusterIP cannot change once set.
 pub fn pods_service(v: &Validated<'_>, service: Service) -> KubeService {
-    let instance = v.owner.name.as_str();
-    let component = Component::Service(service);
-    KubeService {
-        metadata: v.owner.meta(
-            pods_service_name(instance, service),
-            component_labels(instance, component),
-        ),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            selector: Some(selector_labels(instance, component)),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".to_owned()),
-                port: service.port(),
-                target_port: Some(IntOrString::Int(service.port())),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some("kubernetes.io/h2c".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..KubeService::default()
-    }
+    super::datastores::headless(
+        v,
+        Component::Service(service),
+        pods_service_name(&v.owner.name, service),
+        ServicePort {
+            name: Some("grpc".to_owned()),
+            port: service.port(),
+            target_port: Some(IntOrString::Int(service.port())),
+            protocol: Some("TCP".to_owned()),
+            app_protocol: Some("kubernetes.io/h2c".to_owned()),
+            ..ServicePort::default()
+        },
+    )
 }
 
 /// A PodDisruptionBudget for services with more than one replica: voluntary

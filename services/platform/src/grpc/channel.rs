@@ -293,35 +293,14 @@ impl Outgoing {
 
 /// Reads the frames of `body` that are ready now, without waiting.
 fn read_ahead(mut body: Body) -> Result<Outgoing, Status> {
-    let mut read = Bytes::new();
-    // More than one chunk is copied into one buffer; a unary message is one.
-    let mut joined: Option<bytes::BytesMut> = None;
-    let streaming = |joined: Option<bytes::BytesMut>, read: Bytes, rest: Body| {
-        Ok(Outgoing::Streaming {
-            read: joined.map_or(read, bytes::BytesMut::freeze),
-            rest,
-        })
-    };
-    loop {
-        let length = joined.as_ref().map_or(read.len(), |joined| joined.len());
-        if length > REPLAYABLE_BYTES {
-            return streaming(joined, read, body);
-        }
-        let polled = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).now_or_never();
-        match polled {
-            None => return streaming(joined, read, body),
-            Some(None) => {
-                return Ok(Outgoing::Whole(
-                    joined.map_or(read, bytes::BytesMut::freeze),
-                ));
-            }
+    let mut read = Read::default();
+    while read.len() <= REPLAYABLE_BYTES {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).now_or_never() {
+            None => break,
+            Some(None) => return Ok(Outgoing::Whole(read.freeze())),
             Some(Some(Err(status))) => return Err(status),
             Some(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) if read.is_empty() && joined.is_none() => read = data,
-                Ok(data) => joined
-                    .get_or_insert_with(|| bytes::BytesMut::from(std::mem::take(&mut read)))
-                    .extend_from_slice(&data),
+                Ok(data) => read.push(data),
                 // gRPC requests end with their last message, never with
                 // trailers (the status travels in the response's).
                 Err(_) => {
@@ -331,6 +310,44 @@ fn read_ahead(mut body: Body) -> Result<Outgoing, Status> {
                 }
             },
         }
+    }
+    Ok(Outgoing::Streaming {
+        read: read.freeze(),
+        rest: body,
+    })
+}
+
+/// What was read ahead of a body: its one chunk as it came (a unary
+/// message), or several copied into one buffer.
+#[derive(Default)]
+struct Read {
+    first: Bytes,
+    joined: Option<bytes::BytesMut>,
+}
+
+impl Read {
+    fn len(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or(self.first.len(), |joined| joined.len())
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.first.is_empty() && self.joined.is_none() {
+            self.first = data;
+            return;
+        }
+        let first = std::mem::take(&mut self.first);
+        self.joined
+            .get_or_insert_with(|| bytes::BytesMut::from(first))
+            .extend_from_slice(&data);
+    }
+
+    fn freeze(self) -> Bytes {
+        self.joined.map_or(self.first, bytes::BytesMut::freeze)
     }
 }
 

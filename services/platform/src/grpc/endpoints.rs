@@ -110,6 +110,29 @@ impl std::fmt::Debug for ChannelOptions {
     }
 }
 
+/// Attempts of one kind (a connect, a first lookup) that failed so far. A
+/// call notes the count before it waits for another call's attempt; if the
+/// count moved meanwhile, it shares that failure instead of trying again in
+/// turn, each waiting out a timeout the last one already met.
+#[derive(Default)]
+struct Failures(AtomicU64);
+
+impl Failures {
+    fn seen(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Whether one failed since `seen`.
+    fn since(&self, seen: u64) -> bool {
+        self.seen() != seen
+    }
+
+    /// Counts one; before the lock is released, for the calls waiting on it.
+    fn record(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// The endpoints of one host, shared by a channel's clones.
 pub(super) struct Endpoints {
     /// The host as written in the URL, for messages.
@@ -118,6 +141,8 @@ pub(super) struct Endpoints {
     /// port to connect to.
     host: String,
     port: u16,
+    /// The host is an IP address: one endpoint, never resolved.
+    fixed: bool,
     options: ChannelOptions,
     list: Mutex<Arc<[Arc<Endpoint>]>>,
     /// The round robin's position.
@@ -125,8 +150,8 @@ pub(super) struct Endpoints {
     /// Held while resolving, so that the calls waiting for addresses share
     /// one lookup.
     resolving: tokio::sync::Mutex<()>,
-    /// First lookups that failed or found nothing, so far.
-    failed_lookups: AtomicU64,
+    /// First lookups that failed or found nothing.
+    failed_lookups: Failures,
     /// Wakes the refresh task before its time.
     refresh_now: Arc<Notify>,
 }
@@ -134,20 +159,22 @@ pub(super) struct Endpoints {
 impl Endpoints {
     pub(super) fn new(name: &str, host: &str, port: u16, options: ChannelOptions) -> Self {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let list: Arc<[Arc<Endpoint>]> = match host.parse::<IpAddr>() {
-            Ok(ip) => Arc::new([Arc::new(Endpoint::new(SocketAddr::new(ip, port)))]),
-            Err(_) => Arc::new([]),
+        let ip = host.parse::<IpAddr>().ok();
+        let list: Arc<[Arc<Endpoint>]> = match ip {
+            Some(ip) => Arc::new([Arc::new(Endpoint::new(SocketAddr::new(ip, port)))]),
+            None => Arc::new([]),
         };
         crate::metrics::client_endpoints(name, list.len());
         Self {
             name: name.to_owned(),
             host: host.to_owned(),
             port,
+            fixed: ip.is_some(),
             options,
             list: Mutex::new(list),
             next: AtomicUsize::new(0),
             resolving: tokio::sync::Mutex::new(()),
-            failed_lookups: AtomicU64::new(0),
+            failed_lookups: Failures::default(),
             refresh_now: Arc::new(Notify::new()),
         }
     }
@@ -171,21 +198,15 @@ impl Endpoints {
                 failed_lately.push(endpoint);
                 continue;
             }
-            match endpoint
-                .ready_sender(&self.name, self.options.keep_alive)
-                .await
-            {
+            match self.sender_from(endpoint).await {
                 Ok(sender) => return Ok(sender),
-                Err(status) => last_error = Some(self.failed(endpoint, status)),
+                Err(status) => last_error = Some(status),
             }
         }
         for endpoint in failed_lately {
-            match endpoint
-                .ready_sender(&self.name, self.options.keep_alive)
-                .await
-            {
+            match self.sender_from(endpoint).await {
                 Ok(sender) => return Ok(sender),
-                Err(status) => last_error = Some(self.failed(endpoint, status)),
+                Err(status) => last_error = Some(status),
             }
         }
         Err(last_error.unwrap_or_else(|| {
@@ -193,17 +214,19 @@ impl Endpoints {
         }))
     }
 
-    fn failed(&self, endpoint: &Endpoint, status: Status) -> Status {
-        endpoint.down.store(true, Ordering::Relaxed);
-        // Only a name can learn of other addresses.
-        if self.refreshes() {
-            self.refresh_now.notify_one();
+    /// A sender from `endpoint`, or why not, the endpoint then marked down.
+    async fn sender_from(&self, endpoint: &Arc<Endpoint>) -> Result<SendRequest<Bytes>, Status> {
+        let sender = endpoint
+            .ready_sender(&self.name, self.options.keep_alive)
+            .await;
+        if sender.is_err() {
+            endpoint.down.store(true, Ordering::Relaxed);
+            // Only a name can learn of other addresses.
+            if !self.fixed {
+                self.refresh_now.notify_one();
+            }
         }
-        status
-    }
-
-    fn refreshes(&self) -> bool {
-        self.host.parse::<IpAddr>().is_err()
+        sender
     }
 
     fn current(&self) -> Arc<[Arc<Endpoint>]> {
@@ -217,7 +240,7 @@ impl Endpoints {
     /// this one has done it; the first resolution that finds any starts the
     /// task that keeps them fresh.
     async fn first_list(self: &Arc<Self>) -> Result<Arc<[Arc<Endpoint>]>, Status> {
-        let failed_before = self.failed_lookups.load(Ordering::Acquire);
+        let seen = self.failed_lookups.seen();
         let _resolving = self.resolving.lock().await;
         let list = self.current();
         if !list.is_empty() {
@@ -226,7 +249,7 @@ impl Endpoints {
         // The calls that waited for a lookup that found nothing (a service
         // none of whose pods is ready yet) share its answer rather than each
         // asking again in turn.
-        if self.failed_lookups.load(Ordering::Acquire) != failed_before {
+        if self.failed_lookups.since(seen) {
             return Err(Status::unavailable(format!(
                 "{} could not be resolved just now",
                 self.name
@@ -245,9 +268,7 @@ impl Endpoints {
                     Ok(addresses)
                 }
             })
-            .inspect_err(|_| {
-                self.failed_lookups.fetch_add(1, Ordering::Release);
-            })?;
+            .inspect_err(|_| self.failed_lookups.record())?;
         self.replace(addresses);
         tokio::spawn(refresh(
             Arc::downgrade(self),
@@ -341,10 +362,7 @@ struct Endpoint {
     connecting: tokio::sync::Mutex<()>,
     /// Whether connecting failed since the last resolution.
     down: AtomicBool,
-    /// Failed connects so far: a call that waited for another's attempt
-    /// and saw it fail gives up at once instead of trying in turn, each
-    /// waiting out the connect timeout of an address that does not answer.
-    failed_connects: AtomicU64,
+    failed_connects: Failures,
 }
 
 #[derive(Default)]
@@ -361,7 +379,7 @@ impl Endpoint {
             current: Mutex::new(Current::default()),
             connecting: tokio::sync::Mutex::new(()),
             down: AtomicBool::new(false),
-            failed_connects: AtomicU64::new(0),
+            failed_connects: Failures::default(),
         }
     }
 
@@ -393,7 +411,7 @@ impl Endpoint {
         name: &str,
         keep_alive: KeepAlive,
     ) -> Result<SendRequest<Bytes>, Status> {
-        let failed_before = self.failed_connects.load(Ordering::Acquire);
+        let seen = self.failed_connects.seen();
         let _connecting = self.connecting.lock().await;
         // Another call may have connected while this one waited.
         if let Some((_, sender)) = self.connection() {
@@ -402,7 +420,7 @@ impl Endpoint {
                 .await
                 .map_err(|error| connection_failed(name, self.address, &error));
         }
-        if self.failed_connects.load(Ordering::Acquire) != failed_before {
+        if self.failed_connects.since(seen) {
             return Err(Status::unavailable(format!(
                 "connecting to {name} ({}) failed just now",
                 self.address
@@ -417,10 +435,7 @@ impl Endpoint {
                 )))
             });
         crate::metrics::client_connect(name, connected.is_ok());
-        let sender = connected.inspect_err(|_| {
-            // Counted before the lock goes, for the calls waiting on it.
-            self.failed_connects.fetch_add(1, Ordering::Release);
-        })?;
+        let sender = connected.inspect_err(|_| self.failed_connects.record())?;
         self.down.store(false, Ordering::Relaxed);
         sender
             .ready()

@@ -452,6 +452,18 @@ async fn a_call_the_server_may_have_processed_is_not_sent_again() {
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
+/// `count` echo calls started together; their answers.
+async fn echo_calls_at_once(
+    channel: &H2Channel,
+    count: usize,
+) -> Vec<Result<Bytes, tonic::Status>> {
+    let calls = (0..count).map(|_| {
+        let mut channel = channel.clone();
+        async move { echo_call(&mut channel).await }
+    });
+    futures::future::join_all(calls).await
+}
+
 /// An HTTP/2 frame: length, type, flags, stream id, payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let length = u32::try_from(payload.len()).expect("small frame");
@@ -546,6 +558,12 @@ struct Names {
 }
 
 impl Names {
+    fn answering(addresses: &[SocketAddr]) -> Self {
+        let names = Self::default();
+        names.answer(addresses);
+        names
+    }
+
     fn answer(&self, addresses: &[SocketAddr]) {
         *self.addresses.lock().expect("not poisoned") = addresses.to_vec();
     }
@@ -605,8 +623,7 @@ async fn counting_echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn calls_are_spread_evenly_over_every_address_the_name_resolves_to() {
     let (first, first_requests) = counting_echo_server().await;
     let (second, second_requests) = counting_echo_server().await;
-    let names = Names::default();
-    names.answer(&[first, second]);
+    let names = Names::answering(&[first, second]);
     let mut channel = named_channel(&names, Duration::from_secs(60));
 
     for _ in 0..20 {
@@ -624,8 +641,7 @@ async fn an_address_nobody_listens_on_is_passed_by_and_every_call_answered() {
     let (listener, _) = listener().await;
     let dead = listener.local_addr().expect("address");
     drop(listener);
-    let names = Names::default();
-    names.answer(&[dead, live]);
+    let names = Names::answering(&[dead, live]);
     let mut channel = named_channel(&names, Duration::from_secs(60));
 
     for _ in 0..10 {
@@ -641,8 +657,7 @@ async fn an_address_nobody_listens_on_is_passed_by_and_every_call_answered() {
 async fn calls_follow_the_addresses_when_the_name_resolves_differently() {
     let (old, old_requests) = counting_echo_server().await;
     let (new, new_requests) = counting_echo_server().await;
-    let names = Names::default();
-    names.answer(&[old]);
+    let names = Names::answering(&[old]);
     let mut channel = named_channel(&names, Duration::from_millis(100));
     echo_call(&mut channel)
         .await
@@ -680,11 +695,7 @@ async fn calls_waiting_on_a_lookup_that_finds_nothing_share_its_answer_and_a_lat
     let names = Names::default();
     let channel = named_channel(&names, Duration::from_secs(60));
 
-    let calls = (0..5).map(|_| {
-        let mut channel = channel.clone();
-        async move { echo_call(&mut channel).await }
-    });
-    let answers = futures::future::join_all(calls).await;
+    let answers = echo_calls_at_once(&channel, 5).await;
     let lookups_together = names.lookups.load(Ordering::SeqCst);
     let (server, requests) = counting_echo_server().await;
     names.answer(&[server]);
@@ -729,17 +740,12 @@ async fn calls_waiting_on_a_connect_that_fails_go_to_the_next_address_without_tr
         }
     });
     let (live, live_requests) = counting_echo_server().await;
-    let names = Names::default();
-    names.answer(&[silent, live]);
+    let names = Names::answering(&[silent, live]);
     let channel = named_channel(&names, Duration::from_secs(60));
 
     // Six at once: the round robin starts three of them at the silent
     // address, where one connects and two wait for it.
-    let calls = (0..6).map(|_| {
-        let mut channel = channel.clone();
-        async move { echo_call(&mut channel).await }
-    });
-    let answers = futures::future::join_all(calls).await;
+    let answers = echo_calls_at_once(&channel, 6).await;
 
     for answer in answers {
         assert_eq!(answer.expect("answered"), "ping");
@@ -753,8 +759,7 @@ async fn calls_waiting_on_a_connect_that_fails_go_to_the_next_address_without_tr
 async fn a_channel_reports_its_addresses_connects_and_resent_calls_as_metrics() {
     let (refusing, _) = refusing_first_stream().await;
     let (other, _) = counting_echo_server().await;
-    let names = Names::default();
-    names.answer(&[address_of(&refusing.url), other]);
+    let names = Names::answering(&[address_of(&refusing.url), other]);
     // A target of its own: the registry is the test process's.
     let mut channel = channel_to("http://metrics.shop:50052", &names, Duration::from_secs(60));
 
