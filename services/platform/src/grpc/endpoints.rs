@@ -14,6 +14,12 @@
 //! A connection counts as made once the peer has answered a first PING, so
 //! a listener that never speaks HTTP/2 fails the connect timeout instead of
 //! holding calls until their deadline.
+//!
+//! After a connect to an address, or a first lookup, has failed, the calls
+//! of the next `backoff` fail at once instead of trying again (gRPC's
+//! initial connection backoff is the same second): a service that is down,
+//! or scaled to zero, then costs each caller a quick UNAVAILABLE, not a
+//! connect attempt or a DNS query, and a warning, per call.
 
 use std::future::Future;
 use std::io;
@@ -21,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -87,15 +93,20 @@ pub struct ChannelOptions {
     /// How often the host name is resolved again, to follow instances that
     /// come and go.
     pub refresh: Duration,
+    /// How long after a failed connect to an address (or a failed first
+    /// lookup) calls fail at once rather than try it again.
+    pub backoff: Duration,
     pub resolver: Arc<dyn Resolve>,
 }
 
 impl Default for ChannelOptions {
-    /// Every 10 s: twice the TTL CoreDNS gives a Service's records.
+    /// Resolved every 10 s, twice the TTL CoreDNS gives a Service's
+    /// records; a failure held for 1 s.
     fn default() -> Self {
         Self {
             keep_alive: KeepAlive::default(),
             refresh: Duration::from_secs(10),
+            backoff: Duration::from_secs(1),
             resolver: Arc::new(Dns),
         }
     }
@@ -106,6 +117,7 @@ impl std::fmt::Debug for ChannelOptions {
         f.debug_struct("ChannelOptions")
             .field("keep_alive", &self.keep_alive)
             .field("refresh", &self.refresh)
+            .field("backoff", &self.backoff)
             .finish_non_exhaustive()
     }
 }
@@ -113,13 +125,17 @@ impl std::fmt::Debug for ChannelOptions {
 /// Attempts of one kind (a connect, a first lookup) that failed so far. A
 /// call notes the count before it waits for another call's attempt; if the
 /// count moved meanwhile, it shares that failure instead of trying again in
-/// turn, each waiting out a timeout the last one already met.
+/// turn, each waiting out a timeout the last one already met. A call that
+/// comes within the backoff of the last failure shares it too.
 #[derive(Default)]
-struct Failures(AtomicU64);
+struct Failures {
+    count: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
 
 impl Failures {
     fn seen(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.count.load(Ordering::Acquire)
     }
 
     /// Whether one failed since `seen`.
@@ -127,9 +143,18 @@ impl Failures {
         self.seen() != seen
     }
 
+    /// Whether the last one failed less than `backoff` ago.
+    fn within(&self, backoff: Duration) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|last| last.elapsed() < backoff)
+    }
+
     /// Counts one; before the lock is released, for the calls waiting on it.
     fn record(&self) {
-        self.0.fetch_add(1, Ordering::Release);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.count.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -216,9 +241,7 @@ impl Endpoints {
 
     /// A sender from `endpoint`, or why not, the endpoint then marked down.
     async fn sender_from(&self, endpoint: &Arc<Endpoint>) -> Result<SendRequest<Bytes>, Status> {
-        let sender = endpoint
-            .ready_sender(&self.name, self.options.keep_alive)
-            .await;
+        let sender = endpoint.ready_sender(&self.name, &self.options).await;
         if sender.is_err() {
             endpoint.down.store(true, Ordering::Relaxed);
             // Only a name can learn of other addresses.
@@ -240,7 +263,12 @@ impl Endpoints {
     /// this one has done it; the first resolution that finds any starts the
     /// task that keeps them fresh.
     async fn first_list(self: &Arc<Self>) -> Result<Arc<[Arc<Endpoint>]>, Status> {
+        let resolved_just_now =
+            || Status::unavailable(format!("{} could not be resolved just now", self.name));
         let seen = self.failed_lookups.seen();
+        if self.failed_lookups.within(self.options.backoff) {
+            return Err(resolved_just_now());
+        }
         let _resolving = self.resolving.lock().await;
         let list = self.current();
         if !list.is_empty() {
@@ -250,10 +278,7 @@ impl Endpoints {
         // none of whose pods is ready yet) share its answer rather than each
         // asking again in turn.
         if self.failed_lookups.since(seen) {
-            return Err(Status::unavailable(format!(
-                "{} could not be resolved just now",
-                self.name
-            )));
+            return Err(resolved_just_now());
         }
         let addresses = self
             .resolve()
@@ -388,7 +413,7 @@ impl Endpoint {
     async fn ready_sender(
         self: &Arc<Self>,
         name: &str,
-        keep_alive: KeepAlive,
+        options: &ChannelOptions,
     ) -> Result<SendRequest<Bytes>, Status> {
         if let Some((id, sender)) = self.connection() {
             match sender.ready().await {
@@ -401,7 +426,7 @@ impl Endpoint {
                 }
             }
         }
-        Box::pin(self.reconnect(name, keep_alive)).await
+        Box::pin(self.reconnect(name, options)).await
     }
 
     /// A new connection's sender, or another call's that connected while
@@ -409,9 +434,18 @@ impl Endpoint {
     async fn reconnect(
         self: &Arc<Self>,
         name: &str,
-        keep_alive: KeepAlive,
+        options: &ChannelOptions,
     ) -> Result<SendRequest<Bytes>, Status> {
+        let failed_just_now = || {
+            Status::unavailable(format!(
+                "connecting to {name} ({}) failed just now",
+                self.address
+            ))
+        };
         let seen = self.failed_connects.seen();
+        if self.failed_connects.within(options.backoff) {
+            return Err(failed_just_now());
+        }
         let _connecting = self.connecting.lock().await;
         // Another call may have connected while this one waited.
         if let Some((_, sender)) = self.connection() {
@@ -421,19 +455,17 @@ impl Endpoint {
                 .map_err(|error| connection_failed(name, self.address, &error));
         }
         if self.failed_connects.since(seen) {
-            return Err(Status::unavailable(format!(
-                "connecting to {name} ({}) failed just now",
-                self.address
-            )));
+            return Err(failed_just_now());
         }
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(name, keep_alive))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Status::unavailable(format!(
-                    "connecting to {name} ({}) took over {CONNECT_TIMEOUT:?}",
-                    self.address
-                )))
-            });
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.connect(name, options.keep_alive))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::unavailable(format!(
+                        "connecting to {name} ({}) took over {CONNECT_TIMEOUT:?}",
+                        self.address
+                    )))
+                });
         crate::metrics::client_connect(name, connected.is_ok());
         let sender = connected.inspect_err(|_| self.failed_connects.record())?;
         self.down.store(false, Ordering::Relaxed);

@@ -689,25 +689,116 @@ async fn a_name_that_resolves_to_no_address_is_unavailable_and_says_so() {
     );
 }
 
+/// A channel to `http://product.shop:50052`, resolved by `names`, whose
+/// failures are held for `backoff`.
+fn channel_with_backoff(names: &Names, backoff: Duration) -> H2Channel {
+    let options = ChannelOptions {
+        refresh: Duration::from_secs(60),
+        backoff,
+        resolver: Arc::new(names.clone()),
+        ..ChannelOptions::default()
+    };
+    H2Channel::with_options("http://product.shop:50052", options).expect("valid URL")
+}
+
 #[tokio::test]
-async fn calls_waiting_on_a_lookup_that_finds_nothing_share_its_answer_and_a_later_call_asks_again()
-{
+async fn calls_during_and_soon_after_a_lookup_that_finds_nothing_share_its_answer() {
     let names = Names::default();
-    let channel = named_channel(&names, Duration::from_secs(60));
+    let channel = channel_with_backoff(&names, Duration::from_secs(60));
 
-    let answers = echo_calls_at_once(&channel, 5).await;
-    let lookups_together = names.lookups.load(Ordering::SeqCst);
-    let (server, requests) = counting_echo_server().await;
-    names.answer(&[server]);
-    let later = echo_call(&mut channel.clone()).await;
+    let together = echo_calls_at_once(&channel, 5).await;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.push(echo_call(&mut channel.clone()).await);
+    }
 
-    for answer in answers {
+    for answer in together.into_iter().chain(after) {
         let status = answer.expect_err("nowhere to go");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
-    assert_eq!(lookups_together, 1);
+    assert_eq!(names.lookups.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_call_after_the_backoff_asks_again_and_is_answered_once_the_name_resolves() {
+    let names = Names::default();
+    let backoff = Duration::from_millis(50);
+    let mut channel = channel_with_backoff(&names, backoff);
+    let first = echo_call(&mut channel).await;
+    let (server, requests) = counting_echo_server().await;
+    names.answer(&[server]);
+
+    tokio::time::sleep(backoff).await;
+    let later = echo_call(&mut channel).await;
+
+    assert_eq!(first.expect_err("nowhere to go").code(), Code::Unavailable);
     assert_eq!(later.expect("answered once the name resolves"), "ping");
     assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(names.lookups.load(Ordering::SeqCst), 2);
+}
+
+/// A port that accepts connections and closes them at once, so that every
+/// connect to it fails; it counts them until the task is aborted.
+async fn closing_port() -> (String, Arc<AtomicUsize>, JoinHandle<()>) {
+    let (listener, url) = listener().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let closing = tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.expect("accepted");
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (url, accepted, closing)
+}
+
+fn health_client_with_backoff(url: &str, backoff: Duration) -> HealthClient<H2Channel> {
+    let options = ChannelOptions {
+        backoff,
+        ..ChannelOptions::default()
+    };
+    HealthClient::new(H2Channel::with_options(url, options).expect("valid URL"))
+}
+
+#[tokio::test]
+async fn calls_soon_after_a_failed_connect_fail_at_once_without_connecting_again() {
+    let (url, accepted, closing) = closing_port().await;
+    let mut client = health_client_with_backoff(&url, Duration::from_secs(60));
+
+    let first = check(&mut client).await;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.push(check(&mut client).await);
+    }
+
+    assert_eq!(first.expect_err("closed").code(), Code::Unavailable);
+    for answer in after {
+        let status = answer.expect_err("failed just now");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("failed just now"), "{status:?}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    closing.abort();
+}
+
+#[tokio::test]
+async fn a_call_after_the_backoff_connects_again_and_reaches_a_service_that_came_back() {
+    let (url, _, closing) = closing_port().await;
+    let backoff = Duration::from_millis(50);
+    let mut client = health_client_with_backoff(&url, backoff);
+    let first = check(&mut client).await;
+    closing.abort();
+    let _ = closing.await;
+    let server =
+        HealthServer::start(TcpListener::bind(address_of(&url)).await.expect("rebind")).await;
+
+    tokio::time::sleep(backoff).await;
+    let later = check(&mut client).await;
+
+    assert_eq!(first.expect_err("closed").code(), Code::Unavailable);
+    assert_eq!(later.expect("answered"), Reported::Serving as i32);
+    server.stop().await;
 }
 
 #[tokio::test]
