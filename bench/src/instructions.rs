@@ -7,8 +7,9 @@
 //! clean-up) and counts, per request and per component's threads: the same
 //! `GET /v1/products/{id}` a few thousand times over eight keep-alive
 //! connections, with the product cache on (also with a bearer token, as in
-//! scenario 5) and then off, and a couple of hundred orders of one item
-//! until paid and emailed. The kernel's share (system calls, wake-ups) and
+//! scenario 5) and then off, a couple of hundred orders of one item
+//! until paid and emailed, and a few hundred listings of the customer's
+//! newest 20 orders (the mixed load's `GET /v1/orders`). The kernel's share (system calls, wake-ups) and
 //! PostgreSQL's and RabbitMQ's are not counted: pair it with `make bench`
 //! for time.
 
@@ -164,6 +165,20 @@ async fn measure(
         &meter.dump().await?,
     ));
 
+    // The mixed load's order listing: the customer's newest page, full
+    // since the warm-up placed more orders than a page holds.
+    let listings = counts.views / 10;
+    crate::progress(&format!("counting {listings} order listings"));
+    let listing = format!("{}/v1/orders", server.base);
+    let sent = meter
+        .views(&client, &listing, Some(&customer.token), listings)
+        .await?;
+    table.push_str(&rows(
+        "order listing, a page of 20",
+        sent,
+        &meter.dump().await?,
+    ));
+
     crate::progress("restarting with the product cache off");
     server.restart(ProductCache::Off).await?;
     crate::progress(&format!(
@@ -180,7 +195,8 @@ async fn measure(
     Ok(table)
 }
 
-/// Orders placed before counting (pools, prepared statements, queues).
+/// Orders placed before counting (pools, prepared statements, queues); at
+/// least a page of the order listing.
 const ORDER_WARM_UP: usize = 20;
 /// Orders in flight at once.
 const ORDER_WORKERS: usize = 4;
