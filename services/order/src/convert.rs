@@ -6,9 +6,8 @@ use gocommerce_platform::outbox::OutboxMessage;
 use gocommerce_proto::common::v1::{Money, PostalAddress};
 use gocommerce_proto::events::v1 as ev;
 use gocommerce_proto::order::v1 as pb;
-use serde_json::json;
 
-use crate::db::{self, Changes, HistoryRow, ItemRow, NewOrder, OrderRow};
+use crate::db::{self, Changes, HistoryRow, ItemRow, NewOrder, OrderRow, ShippingAddress};
 use crate::domain::Status;
 
 pub const SOURCE: &str = "gocommerce-order";
@@ -28,34 +27,27 @@ pub fn money(amount: i64, currency: &str) -> Option<Money> {
 }
 
 /// The shipping address as stored with the order.
-pub fn address_to_json(address: &PostalAddress) -> serde_json::Value {
-    json!({
-        "name": address.name,
-        "line1": address.line1,
-        "line2": address.line2,
-        "city": address.city,
-        "region": address.region,
-        "postal_code": address.postal_code,
-        "country": address.country,
-    })
+pub fn address_to_stored(address: &PostalAddress) -> ShippingAddress {
+    ShippingAddress {
+        name: address.name.clone(),
+        line1: address.line1.clone(),
+        line2: address.line2.clone(),
+        city: address.city.clone(),
+        region: address.region.clone(),
+        postal_code: address.postal_code.clone(),
+        country: address.country.clone(),
+    }
 }
 
-pub fn address_from_json(value: &serde_json::Value) -> PostalAddress {
-    let field = |name: &str| {
-        value
-            .get(name)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
+pub fn address_to_proto(address: &ShippingAddress) -> PostalAddress {
     PostalAddress {
-        name: field("name"),
-        line1: field("line1"),
-        line2: field("line2"),
-        city: field("city"),
-        region: field("region"),
-        postal_code: field("postal_code"),
-        country: field("country"),
+        name: address.name.clone(),
+        line1: address.line1.clone(),
+        line2: address.line2.clone(),
+        city: address.city.clone(),
+        region: address.region.clone(),
+        postal_code: address.postal_code.clone(),
+        country: address.country.clone(),
     }
 }
 
@@ -103,7 +95,7 @@ pub fn order_to_proto(order: &OrderRow, items: &[ItemRow], history: &[HistoryRow
             .map(|i| item_to_proto(i, &order.currency))
             .collect(),
         total: money(order.total, &order.currency),
-        shipping_address: Some(address_from_json(&order.shipping_address)),
+        shipping_address: Some(address_to_proto(&order.shipping_address)),
         shipping_address_id: order.shipping_address_id.to_string(),
         payment_method: order.payment_method.clone(),
         cancel_reason: order.cancel_reason.clone().unwrap_or_default(),
@@ -137,7 +129,7 @@ pub fn created_event(new: &NewOrder<'_>) -> OutboxMessage {
         user_id: new.user_id.to_string(),
         items: lines(new.currency, new.items),
         total: money(new.total, new.currency),
-        shipping_address: Some(address_from_json(&new.shipping_address)),
+        shipping_address: Some(address_to_proto(&new.shipping_address)),
         payment_method: new.payment_method.to_owned(),
     });
     events::message(SOURCE, new.id, payload)
@@ -168,7 +160,7 @@ pub fn status_event(
     let id = order.id.to_string();
     let user_id = order.user_id.to_string();
     let total = money(order.total, &order.currency);
-    let address = Some(address_from_json(&order.shipping_address));
+    let address = Some(address_to_proto(&order.shipping_address));
     let payload = match order.status() {
         Status::Paid => Payload::OrderPaid(ev::OrderPaid {
             order_id: id,

@@ -7,20 +7,24 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use gocommerce_platform::outbox::{self, OutboxMessage};
-use sqlx::PgConnection;
+use gocommerce_platform::row::Columns;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 use crate::domain::Status;
 use crate::error::OrderError;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An order as `{ORDER}` selects it.
+#[derive(Debug, Clone)]
 pub struct OrderRow {
     pub id: Uuid,
     pub user_id: Uuid,
     pub status: String,
     pub currency: String,
     pub total: i64,
-    pub shipping_address: serde_json::Value,
+    pub shipping_address: Json<ShippingAddress>,
     pub shipping_address_id: Uuid,
     pub payment_method: String,
     pub cancel_reason: Option<String>,
@@ -42,6 +46,54 @@ pub struct OrderRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The shipping address as the order keeps it (a jsonb copy, so that later
+/// edits to the address book leave placed orders alone). A struct rather
+/// than a `serde_json::Value`: reading a page of orders parsed every copy
+/// into a map of its own, a third of what decoding the rows cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ShippingAddress {
+    pub name: String,
+    pub line1: String,
+    pub line2: String,
+    pub city: String,
+    pub region: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+impl<'r> FromRow<'r, PgRow> for OrderRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let mut columns = Columns::new(row);
+        Ok(Self {
+            id: columns.next("id")?,
+            user_id: columns.next("user_id")?,
+            status: columns.next("status")?,
+            currency: columns.next("currency")?,
+            total: columns.next("total")?,
+            shipping_address: columns.next("shipping_address")?,
+            shipping_address_id: columns.next("shipping_address_id")?,
+            payment_method: columns.next("payment_method")?,
+            cancel_reason: columns.next("cancel_reason")?,
+            cancel_requested: columns.next("cancel_requested")?,
+            charge_started: columns.next("charge_started")?,
+            payment_captured: columns.next("payment_captured")?,
+            payment_id: columns.next("payment_id")?,
+            compensating: columns.next("compensating")?,
+            out_of_stock: columns.next("out_of_stock")?,
+            refunded_amount: columns.next("refunded_amount")?,
+            carrier: columns.next("carrier")?,
+            tracking_number: columns.next("tracking_number")?,
+            shipped_at: columns.next("shipped_at")?,
+            delivered_at: columns.next("delivered_at")?,
+            saga_attempts: columns.next("saga_attempts")?,
+            next_attempt_at: columns.next("next_attempt_at")?,
+            created_at: columns.next("created_at")?,
+            updated_at: columns.next("updated_at")?,
+        })
+    }
+}
+
 impl OrderRow {
     pub fn status(&self) -> Status {
         // The CHECK constraint admits only names `Status` parses.
@@ -49,7 +101,8 @@ impl OrderRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An order's line as `{ITEM}` selects it.
+#[derive(Debug, Clone)]
 pub struct ItemRow {
     pub product_id: Uuid,
     pub sku: String,
@@ -57,6 +110,25 @@ pub struct ItemRow {
     pub unit_price: i64,
     pub quantity: i32,
     pub line_total: i64,
+}
+
+impl ItemRow {
+    fn read(columns: &mut Columns<'_>) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            product_id: columns.next("product_id")?,
+            sku: columns.next("sku")?,
+            name: columns.next("name")?,
+            unit_price: columns.next("unit_price")?,
+            quantity: columns.next("quantity")?,
+            line_total: columns.next("line_total")?,
+        })
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for ItemRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Self::read(&mut Columns::new(row))
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -74,6 +146,8 @@ const ORDER: &str = "id, user_id, status, currency, total, shipping_address, shi
      out_of_stock, refunded_amount, carrier, tracking_number, shipped_at, delivered_at, saga_attempts, \
      next_attempt_at, created_at, updated_at";
 
+const ITEM: &str = "product_id, sku, name, unit_price, quantity, line_total";
+
 /// The channel status watchers listen on; the payload is the order id.
 pub const STATUS_CHANNEL: &str = "gocommerce_order_status";
 
@@ -82,7 +156,7 @@ pub struct NewOrder<'a> {
     pub user_id: Uuid,
     pub currency: &'a str,
     pub total: i64,
-    pub shipping_address: serde_json::Value,
+    pub shipping_address: ShippingAddress,
     pub shipping_address_id: Uuid,
     pub payment_method: &'a str,
     pub items: &'a [ItemRow],
@@ -130,7 +204,7 @@ pub async fn insert_order(
         .bind(new.user_id)
         .bind(new.currency)
         .bind(new.total)
-        .bind(&new.shipping_address)
+        .bind(Json(&new.shipping_address))
         .bind(new.shipping_address_id)
         .bind(new.payment_method)
         .bind(new.lease_secs)
@@ -167,13 +241,10 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<OrderRow>,
 
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]
 pub async fn items(conn: &mut PgConnection, id: Uuid) -> Result<Vec<ItemRow>, OrderError> {
-    Ok(sqlx::query_as(
-        "SELECT product_id, sku, name, unit_price, quantity, line_total FROM order_items \
-         WHERE order_id = $1 ORDER BY position",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {ITEM} FROM order_items WHERE order_id = $1 ORDER BY position")
+    });
+    Ok(sqlx::query_as(&SQL).bind(id).fetch_all(conn).await?)
 }
 
 /// The items of several orders in one query, by order id.
@@ -182,19 +253,26 @@ pub async fn items_of(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<std::collections::HashMap<Uuid, Vec<ItemRow>>, OrderError> {
-    #[derive(sqlx::FromRow)]
     struct Row {
         order_id: Uuid,
-        #[sqlx(flatten)]
         item: ItemRow,
     }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT order_id, product_id, sku, name, unit_price, quantity, line_total \
-         FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, position",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
+    impl<'r> FromRow<'r, PgRow> for Row {
+        fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+            let mut columns = Columns::new(row);
+            Ok(Self {
+                order_id: columns.next("order_id")?,
+                item: ItemRow::read(&mut columns)?,
+            })
+        }
+    }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT order_id, {ITEM} FROM order_items WHERE order_id = ANY($1) \
+             ORDER BY order_id, position"
+        )
+    });
+    let rows: Vec<Row> = sqlx::query_as(&SQL).bind(ids).fetch_all(conn).await?;
     let mut items: std::collections::HashMap<Uuid, Vec<ItemRow>> =
         std::collections::HashMap::with_capacity(ids.len());
     for row in rows {
@@ -633,7 +711,14 @@ mod tests {
             user_id: Uuid::new_v4(),
             currency: "EUR",
             total: 2500,
-            shipping_address: serde_json::json!({"name": "A", "line1": "1 Road", "city": "Lyon", "postal_code": "69001", "country": "FR"}),
+            shipping_address: ShippingAddress {
+                name: "A".to_owned(),
+                line1: "1 Road".to_owned(),
+                city: "Lyon".to_owned(),
+                postal_code: "69001".to_owned(),
+                country: "FR".to_owned(),
+                ..ShippingAddress::default()
+            },
             shipping_address_id: Uuid::new_v4(),
             payment_method: "pm_card_ok",
             items: &items,

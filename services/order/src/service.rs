@@ -257,7 +257,7 @@ impl OrderService {
             user_id: caller.user_id,
             currency: &currency,
             total,
-            shipping_address: convert::address_to_json(&address),
+            shipping_address: convert::address_to_stored(&address),
             shipping_address_id: placement.address_id,
             payment_method: &placement.method,
             items: &item_rows,

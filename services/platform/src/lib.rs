@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 pub mod readiness;
+pub mod row;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -2,8 +2,12 @@
 //! errors here and nowhere else.
 
 use chrono::{DateTime, Utc};
+use std::sync::LazyLock;
+
 use gocommerce_platform::db::{codes, constraint, sqlstate};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use gocommerce_platform::row::Columns;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::error::ProductError;
@@ -225,7 +229,9 @@ pub async fn resolve_categories(
 
 // ------------------------------------------------------------------ products
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A product as `{PRODUCT}` selects it; search results add `rank` and
+/// `sort_name` after it.
+#[derive(Debug, Clone)]
 pub struct ProductRow {
     pub id: Uuid,
     pub sku: String,
@@ -242,11 +248,37 @@ pub struct ProductRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The full-text rank, only in search results.
-    #[sqlx(default)]
     pub rank: f32,
     /// The name-sort key, only in search results.
-    #[sqlx(default)]
     pub sort_name: String,
+}
+
+impl<'r> FromRow<'r, PgRow> for ProductRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let mut columns = Columns::new(row);
+        let mut product = Self {
+            id: columns.next("id")?,
+            sku: columns.next("sku")?,
+            name: columns.next("name")?,
+            description: columns.next("description")?,
+            price: columns.next("price")?,
+            currency: columns.next("currency")?,
+            category_id: columns.next("category_id")?,
+            attributes: columns.next("attributes")?,
+            images: columns.next("images")?,
+            active: columns.next("active")?,
+            in_stock: columns.next("in_stock")?,
+            created_at: columns.next("created_at")?,
+            updated_at: columns.next("updated_at")?,
+            rank: 0.0,
+            sort_name: String::new(),
+        };
+        if columns.more() {
+            product.rank = columns.next("rank")?;
+            product.sort_name = columns.next("sort_name")?;
+        }
+        Ok(product)
+    }
 }
 
 const PRODUCT: &str = "p.id, p.sku, p.name, p.description, p.price, p.currency, p.category_id, \
@@ -351,12 +383,12 @@ pub async fn find_product(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<ProductRow>, ProductError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1"
+        )
+    });
+    Ok(sqlx::query_as(&SQL).bind(id).fetch_optional(conn).await?)
 }
 
 #[tracing::instrument(skip_all, fields(count = ids.len()), err)]
@@ -364,12 +396,12 @@ pub async fn find_products(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<Vec<ProductRow>, ProductError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await?)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = ANY($1)"
+        )
+    });
+    Ok(sqlx::query_as(&SQL).bind(ids).fetch_all(conn).await?)
 }
 
 /// Tells every replica's product cache (at commit; nothing if the

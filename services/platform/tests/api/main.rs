@@ -7,3 +7,4 @@ mod helpers;
 mod outbox;
 mod pool;
 mod resilience;
+mod row;
