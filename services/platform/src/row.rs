@@ -3,7 +3,7 @@
 //! `#[derive(sqlx::FromRow)]` reads each column by name: it hashes the name
 //! and compares it with the row's, for every column of every row. For the
 //! wide rows that pages are made of (an order has 24 columns) that lookup
-//! was a tenth of decoding them. [`Columns`] takes the columns in turn and
+//! was a fifth of decoding them. [`Columns`] takes the columns in turn and
 //! only compares each one's name with the one the reader expects, so a
 //! select list and its reader that drift apart fail with an error naming
 //! the column instead of decoding the wrong one.
