@@ -167,7 +167,8 @@ async fn measure(
 
     // The mixed load's order listing: the customer's newest page, full
     // since the warm-up placed more orders than a page holds.
-    let listings = counts.views / 10;
+    // At least one per connection: fewer would send none.
+    let listings = (counts.views / 10).max(CONNECTIONS);
     crate::progress(&format!("counting {listings} order listings"));
     let listing = format!("{}/v1/orders", server.base);
     let sent = meter

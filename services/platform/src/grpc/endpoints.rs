@@ -25,7 +25,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -122,40 +122,33 @@ impl std::fmt::Debug for ChannelOptions {
     }
 }
 
-/// Attempts of one kind (a connect, a first lookup) that failed so far. A
-/// call notes the count before it waits for another call's attempt; if the
-/// count moved meanwhile, it shares that failure instead of trying again in
-/// turn, each waiting out a timeout the last one already met. A call that
-/// comes within the backoff of the last failure shares it too.
+/// When an attempt of one kind (a connect, a first lookup) last failed. A
+/// call notes it before it waits for another call's attempt; if it changed
+/// meanwhile, the call shares that failure instead of trying again in turn,
+/// each waiting out a timeout the last one already met. A call that comes
+/// within the backoff of the last failure shares it too.
 #[derive(Default)]
-struct Failures {
-    count: AtomicU64,
-    last: Mutex<Option<Instant>>,
-}
+struct Failures(Mutex<Option<Instant>>);
 
 impl Failures {
-    fn seen(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
+    fn last(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether one failed since `seen`.
-    fn since(&self, seen: u64) -> bool {
-        self.seen() != seen
+    /// Whether one failed after `last`.
+    fn since(&self, last: Option<Instant>) -> bool {
+        self.last() != last
     }
 
-    /// Whether the last one failed less than `backoff` ago.
-    fn within(&self, backoff: Duration) -> bool {
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|last| last.elapsed() < backoff)
-    }
-
-    /// Counts one; before the lock is released, for the calls waiting on it.
+    /// Records one; before the lock is released, for the calls waiting on it.
     fn record(&self) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        self.count.fetch_add(1, Ordering::Release);
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
+}
+
+/// Whether `last` (a failure, if any) is less than `backoff` ago.
+fn within(last: Option<Instant>, backoff: Duration) -> bool {
+    last.is_some_and(|last| last.elapsed() < backoff)
 }
 
 /// The endpoints of one host, shared by a channel's clones.
@@ -265,8 +258,8 @@ impl Endpoints {
     async fn first_list(self: &Arc<Self>) -> Result<Arc<[Arc<Endpoint>]>, Status> {
         let resolved_just_now =
             || Status::unavailable(format!("{} could not be resolved just now", self.name));
-        let seen = self.failed_lookups.seen();
-        if self.failed_lookups.within(self.options.backoff) {
+        let seen = self.failed_lookups.last();
+        if within(seen, self.options.backoff) {
             return Err(resolved_just_now());
         }
         let _resolving = self.resolving.lock().await;
@@ -442,8 +435,8 @@ impl Endpoint {
                 self.address
             ))
         };
-        let seen = self.failed_connects.seen();
-        if self.failed_connects.within(options.backoff) {
+        let seen = self.failed_connects.last();
+        if within(seen, options.backoff) {
             return Err(failed_just_now());
         }
         let _connecting = self.connecting.lock().await;
