@@ -7,6 +7,7 @@ mod authn;
 mod backend;
 pub mod config;
 mod extract;
+mod json;
 mod openapi;
 mod problem;
 mod ratelimit;

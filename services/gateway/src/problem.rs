@@ -130,6 +130,8 @@ impl IntoResponse for Problem {
                 self.detail.replace('"', "'")
             )
         });
+        // serde_json's writer, not ours: a body our writer could not write is
+        // answered with a problem, so a problem must not depend on it.
         let mut response = (status, axum::Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

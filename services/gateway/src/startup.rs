@@ -23,6 +23,7 @@ use utoipa::ToSchema;
 use crate::authn::TokenVerifier;
 use crate::backend::Backends;
 use crate::config::GatewayConfig;
+use crate::json::Json;
 use crate::problem;
 use crate::ratelimit::{self, KeyedLimiter};
 use crate::routes::{self, auth};
@@ -196,8 +197,8 @@ pub struct CheckView {
 
 /// Liveness: the process is running.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = HealthView)))]
-pub async fn healthz() -> axum::Json<HealthView> {
-    axum::Json(HealthView {
+pub async fn healthz() -> Json<HealthView> {
+    Json(HealthView {
         status: "ok".to_owned(),
     })
 }
@@ -229,7 +230,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             })
             .collect(),
     };
-    (status, axum::Json(view))
+    (status, Json(view))
 }
 
 /// This document.

@@ -1,7 +1,7 @@
 //! `/v1/auth/*` and the JWKS: registration, login, refresh, logout, and the
 //! caller's own account.
 
-use axum::Json;
+use crate::json::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;

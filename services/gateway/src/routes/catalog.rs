@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Json;
+use crate::json::Json;
 use axum::Router;
 use axum::body::{Body, BodyDataStream};
 use axum::extract::{FromRequestParts, State};

@@ -1,7 +1,7 @@
 //! `/v1/notifications` and `/v1/admin/notifications`: what was sent to whom,
 //! and replaying the dead letters once their cause is fixed.
 
-use axum::Json;
+use crate::json::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};

@@ -1,7 +1,7 @@
 //! `/v1/users/me` and `/v1/admin/users`: the caller's profile, notification
 //! preferences and address book, and the admins' user list and role changes.
 
-use axum::Json;
+use crate::json::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
