@@ -7,11 +7,11 @@
 //! clean-up) and counts, per request and per component's threads: the same
 //! `GET /v1/products/{id}` a few thousand times over eight keep-alive
 //! connections, with the product cache on (also with a bearer token, as in
-//! scenario 5) and then off, a couple of hundred orders of one item
-//! until paid and emailed, and a few hundred listings of the customer's
-//! newest 20 orders (the mixed load's `GET /v1/orders`). The kernel's share (system calls, wake-ups) and
-//! PostgreSQL's and RabbitMQ's are not counted: pair it with `make bench`
-//! for time.
+//! scenario 5) and then off, a couple of hundred orders of one item until
+//! paid and emailed, and a few hundred listings of the customer's newest 20
+//! orders (the mixed load's `GET /v1/orders`). The kernel's share (system
+//! calls, wake-ups) and PostgreSQL's and RabbitMQ's are not counted: pair it
+//! with `make bench` for time.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

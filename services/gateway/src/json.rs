@@ -59,7 +59,7 @@ impl ser::Error for Error {
 }
 
 /// `value` as compact JSON.
-pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     // Most bodies are a product view or smaller; a page grows a few times.
     let mut out = Vec::with_capacity(512);
     value.serialize(&mut Serializer { out: &mut out })?;
@@ -72,34 +72,36 @@ fn write_str(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    // Start of the bytes that need no escaping and are not written yet.
+    // Start of the bytes not written yet, all of which need no escaping up
+    // to the next escape.
     let mut run = 0;
-    let mut at = 0;
-    while let Some(chunk) = bytes[at..].first_chunk::<8>() {
-        let flagged = needs_escape(u64::from_le_bytes(*chunk));
-        if flagged == 0 {
-            at += 8;
-            continue;
-        }
-        // The lowest flag is exact (a borrow only ever runs upward), so this is
-        // the first byte of the word to escape; the scan resumes after it.
-        let escaped = at + (flagged.trailing_zeros() / 8) as usize;
+    while let Some(escaped) = next_escape(bytes, run) {
         out.extend_from_slice(&bytes[run..escaped]);
         write_escape(out, bytes[escaped]);
-        at = escaped + 1;
-        run = at;
-    }
-    // The last few bytes (and most object keys are shorter than a word) one
-    // at a time; padding them into a word costs more than it saves.
-    for (offset, &byte) in bytes[at..].iter().enumerate() {
-        if ESCAPED[usize::from(byte)] {
-            out.extend_from_slice(&bytes[run..at + offset]);
-            write_escape(out, byte);
-            run = at + offset + 1;
-        }
+        run = escaped + 1;
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// Where the first byte from `from` on that must be escaped is, if any.
+fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(chunk) = bytes[at..].first_chunk::<8>() {
+        let flagged = needs_escape(u64::from_le_bytes(*chunk));
+        if flagged != 0 {
+            // The lowest flag is exact (a borrow only ever runs upward), so
+            // this is the first byte of the word to escape.
+            return Some(at + (flagged.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    // The last few bytes (and most object keys are shorter than a word) one
+    // at a time; padding them into a word costs more than it saves.
+    bytes[at..]
+        .iter()
+        .position(|&byte| ESCAPED[usize::from(byte)])
+        .map(|offset| at + offset)
 }
 
 /// The bytes a JSON string must escape: the control characters, `"` and `\`.
@@ -177,6 +179,14 @@ impl Serializer<'_> {
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         Ok(())
+    }
+
+    /// Opens the object an enum variant is wrapped in, up to its value:
+    /// `{"variant":`.
+    fn open_variant(&mut self, variant: &str) {
+        self.out.push(b'{');
+        write_str(self.out, variant);
+        self.out.push(b':');
     }
 }
 
@@ -299,9 +309,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Error> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.push(b':');
+        self.open_variant(variant);
         value.serialize(&mut *self)?;
         self.out.push(b'}');
         Ok(())
@@ -335,9 +343,8 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
-        self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.extend_from_slice(b":[");
+        self.open_variant(variant);
+        self.out.push(b'[');
         Ok(Compound {
             ser: self,
             first: true,
@@ -365,9 +372,8 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
+        self.open_variant(variant);
         self.out.push(b'{');
-        write_str(self.out, variant);
-        self.out.extend_from_slice(b":{");
         Ok(Compound {
             ser: self,
             first: true,
