@@ -167,7 +167,7 @@ macro_rules! integers {
 fn write_float<F: Serialize>(out: &mut Vec<u8>, value: F) -> Result<(), Error> {
     // Rare in our bodies (only inside free-form product attributes), so the
     // exact formatting, and `null` for NaN and infinities, is serde_json's.
-    serde_json::to_writer(out, &value).map_err(|e| Error(e.to_string()))
+    serde_json::to_writer(out, &value).map_err(ser::Error::custom)
 }
 
 struct Serializer<'a> {
@@ -199,6 +199,16 @@ struct Compound<'s, 'a> {
 }
 
 impl<'s, 'a> Compound<'s, 'a> {
+    /// Writes `bracket` and starts the array or object it opens.
+    fn open(ser: &'s mut Serializer<'a>, bracket: u8, variant: bool) -> Self {
+        ser.out.push(bracket);
+        Self {
+            ser,
+            first: true,
+            variant,
+        }
+    }
+
     fn separate(&mut self) {
         if !std::mem::take(&mut self.first) {
             self.ser.out.push(b',');
@@ -316,12 +326,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
     }
 
     fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'s, 'a>, Error> {
-        self.out.push(b'[');
-        Ok(Compound {
-            ser: self,
-            first: true,
-            variant: false,
-        })
+        Ok(Compound::open(self, b'[', false))
     }
 
     fn serialize_tuple(self, len: usize) -> Result<Compound<'s, 'a>, Error> {
@@ -344,21 +349,11 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
         _len: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
         self.open_variant(variant);
-        self.out.push(b'[');
-        Ok(Compound {
-            ser: self,
-            first: true,
-            variant: true,
-        })
+        Ok(Compound::open(self, b'[', true))
     }
 
     fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'s, 'a>, Error> {
-        self.out.push(b'{');
-        Ok(Compound {
-            ser: self,
-            first: true,
-            variant: false,
-        })
+        Ok(Compound::open(self, b'{', false))
     }
 
     fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Compound<'s, 'a>, Error> {
@@ -373,12 +368,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Serializer<'a> {
         _len: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
         self.open_variant(variant);
-        self.out.push(b'{');
-        Ok(Compound {
-            ser: self,
-            first: true,
-            variant: true,
-        })
+        Ok(Compound::open(self, b'{', true))
     }
 }
 
