@@ -10,6 +10,7 @@ mod baseline;
 mod cpu;
 mod instructions;
 mod load;
+mod machine;
 mod mix;
 mod report;
 mod scenarios;
@@ -351,9 +352,7 @@ async fn run(
         concurrency: settings.concurrency,
         measure_seconds: settings.measure.as_secs_f64(),
         saturation_pairs: settings.saturation_pairs,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        machine: machine::Machine::read(),
         seed: SeedSizes {
             categories: sizes.categories,
             products: sizes.products,

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::machine::Machine;
 use crate::scenarios::{Level, Scenario};
 use crate::server::Memory;
 use crate::stats::Summary;
@@ -16,7 +17,7 @@ pub struct Report {
     pub measure_seconds: f64,
     /// Alternated measurements at saturation (see `Saturation::median_of`).
     pub saturation_pairs: usize,
-    pub cpus: usize,
+    pub machine: Machine,
     pub seed: SeedSizes,
     /// Just started, databases empty.
     pub memory_start: Memory,
@@ -142,10 +143,10 @@ pub fn markdown(report: &Report) -> String {
         report.started_at
     ));
     out.push_str(&format!(
-        "Mode **{}**, {} build of `{}`, {} CPUs, concurrency {}, {:.1} s per measurement. \
+        "Mode **{}**, {} build of `{}`, {}, concurrency {}, {:.1} s per measurement. \
          Seeded {} products in {} categories, {} customers ({} logged in). \
          Every ratio is gocommerce ÷ its baseline in this same run; targets are reported, never enforced.\n\n",
-        report.mode, report.build, report.binary, report.cpus, report.concurrency,
+        report.mode, report.build, report.binary, report.machine.describe(), report.concurrency,
         report.measure_seconds, report.seed.products, report.seed.categories,
         report.seed.customers, report.seed.logged_in,
     ));

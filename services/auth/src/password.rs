@@ -16,12 +16,16 @@
 //! The workers run under Linux's idle scheduling class (`SCHED_IDLE`): a hash
 //! is tens of milliseconds of pure CPU, and on a node with two cores a burst
 //! of logins would otherwise take them from every other request. Idle cores
-//! still go to hashing in full, but any request thread that wakes up takes
-//! the core at once. A high nice value was not enough: under the kernel's
-//! EEVDF scheduler a nice-10 hash still ran out its time slice before a woken
-//! request thread got the core, and a catalog read, which wakes four threads
-//! on its way, collected those waits (its p99 rose 2 to 12 times while logins
-//! saturated). The price is paid by logins under a mixed load: they get only
+//! still go to hashing in full, but any request thread of this process that
+//! wakes up takes the core at once. The class only counts inside one
+//! scheduling group: a thread of another group (a PostgreSQL on the same
+//! host, as a systemd unit, another pod, or another session with the
+//! kernel's autogroup on) is compared group against group and may wait for
+//! the scheduler's tick (bench/GAPS.md, target 4). A high nice value was not
+//! enough: under the kernel's EEVDF scheduler a nice-10 hash still ran out
+//! its time slice before a woken request thread got the core, and a catalog
+//! read, which wakes four threads on its way, collected those waits (its p99
+//! rose 2 to 12 times while logins saturated). The price is paid by logins under a mixed load: they get only
 //! what the other requests leave and are the first to queue. The full
 //! benchmark with the workers at normal priority (2026-12-03) made logins at
 //! 70% of the mixed load faster (p99 2.8 s → 0.9 s) but served fewer of them,
