@@ -1,6 +1,6 @@
 //! What a run ran on, read from `/proc` for the report: ratios compare only
-//! within one machine, and two settings of the kernel change what some of
-//! them mean. With autogroup on, every session (PostgreSQL's, the shell's
+//! within one machine, and one setting of the kernel changes what scenario
+//! 4's interference measures. With autogroup on, every session (PostgreSQL's, the shell's
 //! that started the bench) is its own scheduling group, and the hashing
 //! threads' idle class only yields at once to threads of their own group:
 //! a PostgreSQL backend woken beside a hash waits for the scheduler's tick
@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpus: usize,
     /// `/proc/cpuinfo`'s first model name.
