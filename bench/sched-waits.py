@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Which threads waited on a runqueue, and what held the core meanwhile.
+
+Reads `perf sched timehist` output and, for the request path's threads
+(PostgreSQL backends, gocommerce's gateway and product threads, the load
+generator's tokio workers, pgbench), counts the switch-ins that came after
+waiting longer than a threshold, split by whether gocommerce's `argon2-N`
+hashing threads were running nearby, and says which threads ran on that core
+while they waited. Used for bench/HISTORY.md's entry "why catalog reads slow
+down beside logins":
+
+    perf sched record -a -o sched.data -- \
+        $CARGO_TARGET_DIR/release/gocommerce-bench --gocommerce ... --quick --only 2,4
+    perf sched timehist -i sched.data > sched.txt
+    python3 bench/sched-waits.py sched.txt [threshold-ms]
+"""
+
+import bisect
+import collections
+import re
+import sys
+
+REQUEST_PATH = {"gc-gateway", "gc-product", "postgres", "tokio-rt-worker", "pgbench"}
+NEAR_HASH_S = 0.05
+
+
+def kind(name):
+    if name.startswith("argon2"):
+        return "argon2"
+    if name == "<idle>":
+        return "idle"
+    return name if name in REQUEST_PATH else "other"
+
+
+def parse(path):
+    """Each CPU's run intervals, and every wait (start, end, cpu, name, ms)."""
+    runs = collections.defaultdict(list)
+    waits = []
+    for line in open(path):
+        fields = line.split()
+        if len(fields) < 6 or not re.match(r"^\d+\.\d+$", fields[0]):
+            continue
+        try:
+            end = float(fields[0])
+            cpu = int(fields[1].strip("[]"))
+            _, delay_ms, run_ms = map(float, fields[-3:])
+        except ValueError:
+            continue
+        name = re.sub(r"\[.*", "", fields[2])
+        start = end - run_ms / 1e3
+        runs[cpu].append((start, end, name))
+        if delay_ms > 0:
+            waits.append((start - delay_ms / 1e3, start, cpu, name, delay_ms))
+    return runs, waits
+
+
+def main():
+    path = sys.argv[1]
+    threshold = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    runs, waits = parse(path)
+    hashing = sorted((s, e) for cpu in runs for s, e, n in runs[cpu] if kind(n) == "argon2")
+    starts = [s for s, _ in hashing]
+
+    def near_hash(t):
+        i = bisect.bisect_right(starts, t)
+        return any(s - NEAR_HASH_S <= t <= e + NEAR_HASH_S for s, e in hashing[max(0, i - 3) : i + 1])
+
+    def held(cpu, start, end, only):
+        out = collections.Counter()
+        for s, e, n in runs[cpu]:
+            if e > start and s < end and (only is None or kind(n) == only):
+                out[kind(n)] += min(e, end) - max(s, start)
+        return out
+
+    switch_ins = collections.Counter()
+    long_waits = collections.Counter()
+    holders = collections.defaultdict(collections.Counter)
+    behind_hash = []
+    after_first_hash = 0
+    first_hash = starts[0] if starts else float("inf")
+    for start, end, cpu, name, delay in waits:
+        if kind(name) not in REQUEST_PATH:
+            continue
+        phase = "hashing" if near_hash(start) else "no hash"
+        switch_ins[phase] += 1
+        if delay <= threshold:
+            continue
+        long_waits[phase] += 1
+        holders[phase].update(held(cpu, start, end, None))
+        if start >= first_hash:
+            after_first_hash += 1
+            share = held(cpu, start, end, "argon2")["argon2"] * 1e3 / delay
+            if share >= 0.5:
+                behind_hash.append((delay, name))
+
+    for phase in ("no hash", "hashing"):
+        n, k = switch_ins[phase], long_waits[phase]
+        print(f"{phase}: {n} switch-ins of request-path threads, {k} after waiting > {threshold} ms "
+              f"({1e6 * k / max(n, 1):.0f} per million)")
+        total = sum(holders[phase].values())
+        if total:
+            shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in holders[phase].most_common())
+            print(f"   the core meanwhile ran: {shares}")
+    print(f"after the first hash: {after_first_hash} waits > {threshold} ms, {len(behind_hash)} of them "
+          "with an argon2 thread on the core for at least half the wait")
+    if behind_hash:
+        delays = sorted(d for d, _ in behind_hash)
+        print(f"   median {delays[len(delays) // 2]:.2f} ms, p90 {delays[int(len(delays) * 0.9)]:.2f} ms, "
+              f"max {delays[-1]:.2f} ms")
+        print("   by thread:", collections.Counter(n for _, n in behind_hash).most_common())
+
+
+if __name__ == "__main__":
+    main()
