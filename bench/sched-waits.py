@@ -65,11 +65,16 @@ def main():
         i = bisect.bisect_right(starts, t)
         return any(s - NEAR_HASH_S <= t <= e + NEAR_HASH_S for s, e in hashing[max(0, i - 3) : i + 1])
 
-    def held(cpu, start, end, only):
+    # A core's runs come in the order they ended and do not overlap.
+    ends = {cpu: [e for _, e, _ in cpu_runs] for cpu, cpu_runs in runs.items()}
+
+    def held(cpu, start, end):
+        """Seconds each kind of thread ran on `cpu` between `start` and `end`."""
         out = collections.Counter()
-        for s, e, n in runs[cpu]:
-            if e > start and s < end and (only is None or kind(n) == only):
-                out[kind(n)] += min(e, end) - max(s, start)
+        for s, e, n in runs[cpu][bisect.bisect_right(ends[cpu], start) :]:
+            if s >= end:
+                break
+            out[kind(n)] += min(e, end) - max(s, start)
         return out
 
     switch_ins = collections.Counter()
@@ -86,11 +91,11 @@ def main():
         if delay <= threshold:
             continue
         long_waits[phase] += 1
-        holders[phase].update(held(cpu, start, end, None))
+        holding = held(cpu, start, end)
+        holders[phase].update(holding)
         if start >= first_hash:
             after_first_hash += 1
-            share = held(cpu, start, end, "argon2")["argon2"] * 1e3 / delay
-            if share >= 0.5:
+            if holding["argon2"] * 1e3 / delay >= 0.5:
                 behind_hash.append((delay, name))
 
     for phase in ("no hash", "hashing"):

@@ -1,10 +1,10 @@
 //! What a run ran on, read from `/proc` for the report: ratios compare only
 //! within one machine, and one setting of the kernel changes what scenario
-//! 4's interference measures. With autogroup on, every session (PostgreSQL's, the shell's
-//! that started the bench) is its own scheduling group, and the hashing
-//! threads' idle class only yields at once to threads of their own group:
-//! a PostgreSQL backend woken beside a hash waits for the scheduler's tick
-//! (bench/GAPS.md, target 4).
+//! 4's interference measures. With autogroup on, every session (PostgreSQL's,
+//! the shell's that started the bench) is its own scheduling group, and the
+//! hashing threads' idle class only yields at once to threads of their own
+//! group: a PostgreSQL backend woken beside a hash can wait for the
+//! scheduler's tick (bench/GAPS.md, target 4).
 
 use serde::Serialize;
 

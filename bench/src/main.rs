@@ -209,6 +209,8 @@ async fn run(
     started_at: chrono::DateTime<chrono::Utc>,
     memory_start: server::Memory,
 ) -> anyhow::Result<Report> {
+    // Read before the scenarios: the setting they ran under is what counts.
+    let machine = machine::Machine::read();
     let postgres = server.postgres().clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
@@ -352,7 +354,7 @@ async fn run(
         concurrency: settings.concurrency,
         measure_seconds: settings.measure.as_secs_f64(),
         saturation_pairs: settings.saturation_pairs,
-        machine: machine::Machine::read(),
+        machine,
         seed: SeedSizes {
             categories: sizes.categories,
             products: sizes.products,
