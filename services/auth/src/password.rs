@@ -25,7 +25,9 @@
 //! enough: under the kernel's EEVDF scheduler a nice-10 hash still ran out
 //! its time slice before a woken request thread got the core, and a catalog
 //! read, which wakes four threads on its way, collected those waits (its p99
-//! rose 2 to 12 times while logins saturated). The price is paid by logins under a mixed load: they get only
+//! rose 2 to 12 times while logins saturated); `SCHED_BATCH` at nice 19
+//! read no better than the idle class in alternated runs (bench/HISTORY.md,
+//! 2026-12-06). The price is paid by logins under a mixed load: they get only
 //! what the other requests leave and are the first to queue. The full
 //! benchmark with the workers at normal priority (2026-12-03) made logins at
 //! 70% of the mixed load faster (p99 2.8 s → 0.9 s) but served fewer of them,
