@@ -36,21 +36,22 @@ def parse(path):
     """Each CPU's run intervals, and every wait (start, end, cpu, name, ms)."""
     runs = collections.defaultdict(list)
     waits = []
-    for line in open(path):
-        fields = line.split()
-        if len(fields) < 6 or not re.match(r"^\d+\.\d+$", fields[0]):
-            continue
-        try:
-            end = float(fields[0])
-            cpu = int(fields[1].strip("[]"))
-            _, delay_ms, run_ms = map(float, fields[-3:])
-        except ValueError:
-            continue
-        name = re.sub(r"\[.*", "", fields[2])
-        start = end - run_ms / 1e3
-        runs[cpu].append((start, end, name))
-        if delay_ms > 0:
-            waits.append((start - delay_ms / 1e3, start, cpu, name, delay_ms))
+    with open(path) as lines:
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 6 or not re.match(r"^\d+\.\d+$", fields[0]):
+                continue
+            try:
+                end = float(fields[0])
+                cpu = int(fields[1].strip("[]"))
+                _, delay_ms, run_ms = map(float, fields[-3:])
+            except ValueError:
+                continue
+            name = re.sub(r"\[.*", "", fields[2])
+            start = end - run_ms / 1e3
+            runs[cpu].append((start, end, name))
+            if delay_ms > 0:
+                waits.append((start - delay_ms / 1e3, start, cpu, name, delay_ms))
     return runs, waits
 
 
@@ -59,11 +60,19 @@ def main():
     threshold = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
     runs, waits = parse(path)
     hashing = sorted((s, e) for cpu in runs for s, e, n in runs[cpu] if kind(n) == "argon2")
-    starts = [s for s, _ in hashing]
+    # The times within NEAR_HASH_S of a hash, as disjoint spans in order.
+    near = []
+    for s, e in hashing:
+        s, e = s - NEAR_HASH_S, e + NEAR_HASH_S
+        if near and s <= near[-1][1]:
+            near[-1][1] = max(near[-1][1], e)
+        else:
+            near.append([s, e])
+    near_starts = [s for s, _ in near]
 
     def near_hash(t):
-        i = bisect.bisect_right(starts, t)
-        return any(s - NEAR_HASH_S <= t <= e + NEAR_HASH_S for s, e in hashing[max(0, i - 3) : i + 1])
+        i = bisect.bisect_right(near_starts, t) - 1
+        return i >= 0 and t <= near[i][1]
 
     # A core's runs come in the order they ended and do not overlap.
     ends = {cpu: [e for _, e, _ in cpu_runs] for cpu, cpu_runs in runs.items()}
@@ -82,7 +91,7 @@ def main():
     holders = collections.defaultdict(collections.Counter)
     behind_hash = []
     after_first_hash = 0
-    first_hash = starts[0] if starts else float("inf")
+    first_hash = hashing[0][0] if hashing else float("inf")
     for start, end, cpu, name, delay in waits:
         if kind(name) not in REQUEST_PATH:
             continue
