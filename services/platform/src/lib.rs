@@ -14,6 +14,7 @@ pub mod expiring;
 pub mod grpc;
 pub mod metrics;
 pub mod outbox;
+pub mod pipeline;
 pub mod readiness;
 pub mod row;
 pub mod shutdown;

@@ -10,6 +10,9 @@ pub struct ProductConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
     pub database_max_connections: u32,
+    /// Connections that product lookups share, pipelined (platform's
+    /// `pipeline`); zero sends them through the pool instead.
+    pub read_connections: usize,
     /// How long a product view may be served from memory; zero turns the cache off.
     pub cache_ttl: Duration,
     /// Most product views kept in memory.
@@ -24,6 +27,7 @@ impl ProductConfig {
             grpc_addr: ServiceName::Product.grpc_addr(env)?,
             database_url: ServiceName::Product.database_url(env)?,
             database_max_connections: common.database_max_connections,
+            read_connections: config::parse(env, "PRODUCT_READ_CONNECTIONS", 2usize)?,
             cache_ttl: Duration::from_millis(config::parse(
                 env,
                 "PRODUCT_CACHE_TTL_MS",

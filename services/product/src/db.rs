@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use std::sync::LazyLock;
 
 use gocommerce_platform::db::{codes, constraint, sqlstate};
+use gocommerce_platform::pipeline::{self, Pipeline};
 use gocommerce_platform::row::Columns;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
@@ -253,26 +254,34 @@ pub struct ProductRow {
     pub sort_name: String,
 }
 
+/// A [`ProductRow`] from the columns of [`PRODUCT`], read in order by
+/// either driver's `Columns` (sqlx's pool or the pipelined reads).
+macro_rules! product_row {
+    ($columns:ident) => {
+        ProductRow {
+            id: $columns.next("id")?,
+            sku: $columns.next("sku")?,
+            name: $columns.next("name")?,
+            description: $columns.next("description")?,
+            price: $columns.next("price")?,
+            currency: $columns.next("currency")?,
+            category_id: $columns.next("category_id")?,
+            attributes: $columns.next("attributes")?,
+            images: $columns.next("images")?,
+            active: $columns.next("active")?,
+            in_stock: $columns.next("in_stock")?,
+            created_at: $columns.next("created_at")?,
+            updated_at: $columns.next("updated_at")?,
+            rank: 0.0,
+            sort_name: String::new(),
+        }
+    };
+}
+
 impl<'r> FromRow<'r, PgRow> for ProductRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         let mut columns = Columns::new(row);
-        let mut product = Self {
-            id: columns.next("id")?,
-            sku: columns.next("sku")?,
-            name: columns.next("name")?,
-            description: columns.next("description")?,
-            price: columns.next("price")?,
-            currency: columns.next("currency")?,
-            category_id: columns.next("category_id")?,
-            attributes: columns.next("attributes")?,
-            images: columns.next("images")?,
-            active: columns.next("active")?,
-            in_stock: columns.next("in_stock")?,
-            created_at: columns.next("created_at")?,
-            updated_at: columns.next("updated_at")?,
-            rank: 0.0,
-            sort_name: String::new(),
-        };
+        let mut product = product_row!(columns);
         if columns.more() {
             product.rank = columns.next("rank")?;
             product.sort_name = columns.next("sort_name")?;
@@ -378,17 +387,30 @@ pub async fn upsert_product(
     Ok(inserted)
 }
 
+/// One product with its stock by id, archived or not.
+static FIND_PRODUCT: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1")
+});
+
 #[tracing::instrument(skip_all, fields(product_id = %id), err)]
 pub async fn find_product(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<ProductRow>, ProductError> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {PRODUCT} FROM products p JOIN stock s ON s.product_id = p.id WHERE p.id = $1"
-        )
-    });
-    Ok(sqlx::query_as(&SQL).bind(id).fetch_optional(conn).await?)
+    Ok(sqlx::query_as(&FIND_PRODUCT)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// [`find_product`] on the pipelined read connections.
+#[tracing::instrument(skip_all, fields(product_id = %id), err)]
+pub async fn read_product(reads: &Pipeline, id: Uuid) -> Result<Option<ProductRow>, ProductError> {
+    let Some(row) = reads.query_opt(FIND_PRODUCT.as_str(), &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut columns = pipeline::Columns::new(&row);
+    Ok(Some(product_row!(columns)))
 }
 
 #[tracing::instrument(skip_all, fields(count = ids.len()), err)]

@@ -19,6 +19,8 @@ pub enum ProductError {
     Status(tonic::Status),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Pipeline(#[from] gocommerce_platform::pipeline::PipelineError),
 }
 
 impl ProductError {
@@ -36,7 +38,9 @@ impl From<ProductError> for tonic::Status {
             ProductError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             ProductError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             ProductError::Status(status) => return status.clone(),
-            ProductError::Database(_) => return gocommerce_platform::error::internal(&error),
+            ProductError::Database(_) | ProductError::Pipeline(_) => {
+                return gocommerce_platform::error::internal(&error);
+            }
         };
         code.status(error.to_string())
     }

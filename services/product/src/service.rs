@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Caller;
 use gocommerce_platform::db::{Db, Tx};
+use gocommerce_platform::pipeline::Pipeline;
 use gocommerce_proto::product::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
@@ -31,6 +32,8 @@ const MAX_BATCH_IDS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct ProductService {
     pub db: Db,
+    /// Pipelined connections for the lookups of product views, when configured.
+    pub reads: Option<Arc<Pipeline>>,
     pub cache: Arc<ProductCache>,
 }
 
@@ -341,9 +344,15 @@ impl ProductService {
             Some(product) => product,
             None => {
                 let ticket = self.cache.ticket();
-                let mut conn = self.db.acquire().await?;
-                let row = db::find_product(&mut conn, id).await?;
-                conn.keep();
+                let row = match &self.reads {
+                    Some(reads) => db::read_product(reads, id).await?,
+                    None => {
+                        let mut conn = self.db.acquire().await?;
+                        let row = db::find_product(&mut conn, id).await?;
+                        conn.keep();
+                        row
+                    }
+                };
                 let row = row.ok_or_else(no_product)?;
                 let product = convert::product(&row);
                 self.cache.store(ticket, id, &product);

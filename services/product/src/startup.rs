@@ -6,6 +6,7 @@ use std::sync::Arc;
 use gocommerce_platform::Readiness;
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::pipeline::{Pipeline, PipelineError};
 use gocommerce_proto::product::v1::product_service_server::{ProductServiceServer, SERVICE_NAME};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -20,6 +21,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error("cannot bind the gRPC listener: {0}")]
     Bind(#[source] std::io::Error),
 }
@@ -42,6 +45,14 @@ impl Application {
         )
         .await?;
         readiness.add_postgres("product-database", db.background().clone());
+        let reads = match config.read_connections {
+            0 => None,
+            connections => Some(Arc::new(Pipeline::new(
+                &config.database_url,
+                connections,
+                "gocommerce-product-reads",
+            )?)),
+        };
         let cache = Arc::new(ProductCache::new(config.cache_ttl, config.cache_capacity));
         // Holds one background connection for LISTEN while the service runs.
         let changes = ChangeListener::connect(cache.clone(), db.background().clone())
@@ -55,7 +66,7 @@ impl Application {
         Ok(Self {
             listener,
             port,
-            service: ProductService { db, cache },
+            service: ProductService { db, reads, cache },
             changes,
             readiness,
         })

@@ -5,6 +5,7 @@ mod broker;
 mod grpc_channel;
 mod helpers;
 mod outbox;
+mod pipeline;
 mod pool;
 mod resilience;
 mod row;

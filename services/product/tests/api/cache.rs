@@ -3,22 +3,13 @@
 //! while nothing has changed them.
 
 use gocommerce_proto::product::v1::{
-    AdjustStockRequest, ArchiveProductRequest, CommitReservationRequest, GetProductRequest,
-    Product, ReleaseStockRequest, UpdateProductRequest,
+    AdjustStockRequest, ArchiveProductRequest, CommitReservationRequest, Product,
+    ReleaseStockRequest, UpdateProductRequest,
 };
 use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, admin, anonymous, input, item, spawn_app};
-
-async fn view(app: &TestApp, id: &str) -> Result<Product, tonic::Status> {
-    app.client()
-        .get_product(anonymous(GetProductRequest {
-            product_id: id.to_owned(),
-        }))
-        .await
-        .map(|r| r.into_inner().product.expect("product"))
-}
 
 async fn cached_product(app: &TestApp, stock: i64) -> Product {
     let category = app.category("Lamps", "lamps", "").await;
@@ -26,7 +17,7 @@ async fn cached_product(app: &TestApp, stock: i64) -> Product {
         .product(input("Desk lamp", 4999, &category.id, stock))
         .await;
     // The first read fills the cache.
-    view(app, &product.id).await.expect("visible");
+    app.view(&product.id).await.expect("visible");
     product
 }
 
@@ -45,7 +36,7 @@ async fn a_renamed_product_is_served_with_its_new_name_at_once() {
         .expect("updated");
 
     assert_eq!(
-        view(&app, &product.id).await.expect("visible").name,
+        app.view(&product.id).await.expect("visible").name,
         "Reading lamp"
     );
 }
@@ -62,7 +53,7 @@ async fn an_archived_product_disappears_from_views_at_once() {
         .await
         .expect("archived");
 
-    let error = view(&app, &product.id).await.expect_err("hidden");
+    let error = app.view(&product.id).await.expect_err("hidden");
     assert_eq!(error.code(), Code::NotFound);
 }
 
@@ -76,14 +67,14 @@ async fn reserving_and_releasing_the_last_unit_flips_in_stock_at_once() {
     app.reserve(order_id, vec![item(&product.id, 1)])
         .await
         .expect("reserved");
-    let reserved = view(&app, &product.id).await.expect("visible");
+    let reserved = app.view(&product.id).await.expect("visible");
     app.client()
         .release_stock(anonymous(ReleaseStockRequest {
             order_id: order_id.to_string(),
         }))
         .await
         .expect("released");
-    let released = view(&app, &product.id).await.expect("visible");
+    let released = app.view(&product.id).await.expect("visible");
 
     assert!(!reserved.in_stock, "the last unit is reserved");
     assert!(released.in_stock, "the unit is back");
@@ -106,21 +97,21 @@ async fn in_stock_follows_availability_through_partial_reservations_commits_and_
     app.reserve(first, vec![item(&product.id, 1)])
         .await
         .expect("first reserved");
-    let one_left = view(&app, &product.id).await.expect("visible");
+    let one_left = app.view(&product.id).await.expect("visible");
     app.reserve(second, vec![item(&product.id, 1)])
         .await
         .expect("second reserved");
-    let none_left = view(&app, &product.id).await.expect("visible");
+    let none_left = app.view(&product.id).await.expect("visible");
     app.client()
         .commit_reservation(anonymous(commit(first)))
         .await
         .expect("first committed");
-    let one_sold = view(&app, &product.id).await.expect("visible");
+    let one_sold = app.view(&product.id).await.expect("visible");
     app.client()
         .release_stock(anonymous(release(second)))
         .await
         .expect("second released");
-    let one_back = view(&app, &product.id).await.expect("visible");
+    let one_back = app.view(&product.id).await.expect("visible");
 
     // Assert
     assert!(one_left.in_stock, "one unit is still available");
@@ -137,7 +128,7 @@ async fn restocking_a_sold_out_product_shows_it_in_stock_at_once() {
     let app = spawn_app().await;
     let category = app.category("Lamps", "lamps", "").await;
     let product = app.product(input("Desk lamp", 4999, &category.id, 0)).await;
-    assert!(!view(&app, &product.id).await.expect("visible").in_stock);
+    assert!(!app.view(&product.id).await.expect("visible").in_stock);
 
     app.client()
         .adjust_stock(admin(AdjustStockRequest {
@@ -148,7 +139,7 @@ async fn restocking_a_sold_out_product_shows_it_in_stock_at_once() {
         .await
         .expect("adjusted");
 
-    assert!(view(&app, &product.id).await.expect("visible").in_stock);
+    assert!(app.view(&product.id).await.expect("visible").in_stock);
 }
 
 async fn rename_behind_the_service(app: &TestApp, id: &str, name: &str, announce: bool) {
@@ -177,7 +168,7 @@ async fn repeated_views_are_served_from_memory_while_nothing_announced_a_change(
     let product = cached_product(&app, 5).await;
 
     rename_behind_the_service(&app, &product.id, "Changed silently", false).await;
-    let served = view(&app, &product.id).await.expect("visible");
+    let served = app.view(&product.id).await.expect("visible");
 
     assert_eq!(served.name, "Desk lamp", "the view came from memory");
 }
@@ -193,7 +184,7 @@ async fn a_change_announced_by_another_replica_is_seen_promptly() {
     // milliseconds, the bound here only keeps a slow machine from failing.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let name = view(&app, &product.id).await.expect("visible").name;
+        let name = app.view(&product.id).await.expect("visible").name;
         if name == "Renamed elsewhere" {
             break;
         }

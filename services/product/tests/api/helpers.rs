@@ -8,8 +8,8 @@ use gocommerce_product::{Application, ProductConfig};
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::product::v1::product_service_client::ProductServiceClient;
 use gocommerce_proto::product::v1::{
-    Category, CreateCategoryRequest, CreateProductRequest, GetStockRequest, Product, ProductInput,
-    Reservation, ReservationItem, ReserveStockRequest, Stock, product_input,
+    Category, CreateCategoryRequest, CreateProductRequest, GetProductRequest, GetStockRequest,
+    Product, ProductInput, Reservation, ReservationItem, ReserveStockRequest, Stock, product_input,
 };
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -29,6 +29,11 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// [`spawn_app`] with these settings besides (or instead of) the defaults.
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
     let database = format!("gct_product_{}", Uuid::new_v4().simple());
     let env: HashMap<String, String> = [
         ("PRODUCT_GRPC_ADDR", "127.0.0.1:0".to_owned()),
@@ -39,6 +44,7 @@ pub async fn spawn_app() -> TestApp {
         ("DATABASE_MAX_CONNECTIONS", "8".to_owned()),
     ]
     .into_iter()
+    .chain(settings.iter().map(|&(k, v)| (k, v.to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let shutdown = Shutdown::new();
@@ -122,6 +128,16 @@ pub fn item(product_id: &str, quantity: i32) -> ReservationItem {
 impl TestApp {
     pub fn client(&self) -> ProductServiceClient<Channel> {
         self.client.clone()
+    }
+
+    /// GetProduct as an anonymous visitor sees it.
+    pub async fn view(&self, id: &str) -> Result<Product, tonic::Status> {
+        self.client()
+            .get_product(anonymous(GetProductRequest {
+                product_id: id.to_owned(),
+            }))
+            .await
+            .map(|r| r.into_inner().product.expect("product"))
     }
 
     pub async fn category(&self, name: &str, slug: &str, parent_id: &str) -> Category {

@@ -7,4 +7,5 @@ mod helpers;
 mod import;
 mod inventory;
 mod products;
+mod reads;
 mod search;

@@ -1,0 +1,138 @@
+//! Pipelined reads against the real PostgreSQL: many concurrent queries
+//! share a few connections and each gets its own answer, a connection the
+//! server ended is replaced under the query that found it so, and a query
+//! that fails on a working connection fails as it is.
+
+use futures::future::join_all;
+use gocommerce_platform::pipeline::{Columns, Pipeline, PipelineError};
+use gocommerce_platform::testing::DropDatabase;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WORD: &str = "SELECT word FROM t WHERE n = $1";
+const PID: &str = "SELECT pg_backend_pid()";
+
+/// A fresh database with `t (n, word)` holding 1 to 500 and their
+/// spellings as text, a pipeline of `connections` to it under a name of its
+/// own, and that name.
+async fn database(connections: usize) -> (Pipeline, PgPool, String, DropDatabase) {
+    let name = format!("gct_pipeline_{}", Uuid::new_v4().simple());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let guard = DropDatabase(name.clone());
+    let pool =
+        gocommerce_platform::db::connect_and_migrate(&url, 2, &sqlx::migrate::Migrator::DEFAULT)
+            .await
+            .expect("database");
+    sqlx::query(
+        "CREATE TABLE t AS SELECT n, 'word ' || n AS word FROM generate_series(1, 500) AS n",
+    )
+    .execute(&pool)
+    .await
+    .expect("table");
+    let application = format!("test-{}", Uuid::new_v4().simple());
+    let pipeline = Pipeline::new(&url, connections, &application).expect("pipeline");
+    (pipeline, pool, application, guard)
+}
+
+async fn word(pipeline: &Pipeline, n: i32) -> Result<Option<String>, PipelineError> {
+    let row = pipeline.query_opt(WORD, &[&n]).await?;
+    row.map(|row| Columns::new(&row).next("word")).transpose()
+}
+
+async fn backend_pid(pipeline: &Pipeline) -> i32 {
+    let row = pipeline
+        .query_opt(PID, &[])
+        .await
+        .expect("pid")
+        .expect("a row");
+    row.get(0)
+}
+
+/// The backends connected under `application`.
+async fn backends(pool: &PgPool, application: &str) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid")
+        .bind(application)
+        .fetch_all(pool)
+        .await
+        .expect("pg_stat_activity")
+}
+
+#[tokio::test]
+async fn concurrent_queries_share_the_pipelines_connections_and_each_gets_its_own_answer() {
+    let (pipeline, pool, application, _guard) = database(2).await;
+
+    let answers = join_all((1..=500).map(|n| word(&pipeline, n))).await;
+
+    for (n, answer) in (1..=500).zip(answers) {
+        assert_eq!(answer.expect("answer"), Some(format!("word {n}")));
+    }
+    assert_eq!(backends(&pool, &application).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_query_for_no_row_answers_none() {
+    let (pipeline, _pool, _application, _guard) = database(1).await;
+
+    let answer = word(&pipeline, 501).await.expect("answer");
+
+    assert_eq!(answer, None);
+}
+
+#[tokio::test]
+async fn a_query_after_the_server_ended_its_connection_is_answered_on_a_new_one() {
+    let (pipeline, pool, application, _guard) = database(1).await;
+    let before = backend_pid(&pipeline).await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(before)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+
+    let answer = word(&pipeline, 7).await;
+
+    assert_eq!(answer.expect("answered"), Some("word 7".to_owned()));
+    let after = backends(&pool, &application).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0], before);
+}
+
+#[tokio::test]
+async fn a_query_that_fails_on_a_working_connection_fails_and_keeps_the_connection() {
+    let (pipeline, _pool, _application, _guard) = database(1).await;
+    let before = backend_pid(&pipeline).await;
+
+    let error = pipeline
+        .query_opt("SELECT 1 / $1::int4", &[&0i32])
+        .await
+        .expect_err("division by zero");
+
+    assert!(error.to_string().contains("division by zero"), "{error}");
+    assert_eq!(backend_pid(&pipeline).await, before);
+}
+
+#[tokio::test]
+async fn a_reader_expecting_another_column_fails_naming_it() {
+    let (pipeline, _pool, _application, _guard) = database(1).await;
+    let row = pipeline
+        .query_opt("SELECT n, word FROM t WHERE n = $1", &[&3i32])
+        .await
+        .expect("query")
+        .expect("a row");
+
+    let error = Columns::new(&row)
+        .next::<String>("word")
+        .expect_err("column 0 is n");
+
+    assert_eq!(
+        error.to_string(),
+        "column word not found: the query's column 0 is n"
+    );
+}
+
+#[test]
+fn a_pipeline_without_connections_is_refused() {
+    let error = Pipeline::new("postgres://postgres@127.0.0.1:5432/postgres", 0, "test")
+        .expect_err("no connections");
+
+    assert!(matches!(error, PipelineError::NoConnections), "{error}");
+}
