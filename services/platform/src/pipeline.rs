@@ -26,6 +26,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
@@ -55,6 +58,10 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// How long opening a connection may take before the query that needed it
+/// fails, as long as the pool of [`crate::db`] lets an acquire wait.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A few connections shared by every caller; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -76,8 +83,9 @@ struct Slot {
 #[derive(Debug)]
 struct Connection {
     client: Client,
-    /// Statements prepared on this connection, by their SQL.
-    statements: Mutex<HashMap<&'static str, Statement>>,
+    /// Statements prepared on this connection, by their SQL (the few
+    /// callers' own constants: foldhash, since no client chooses the keys).
+    statements: Mutex<HashMap<&'static str, Statement, RandomState>>,
 }
 
 impl Pipeline {
@@ -93,6 +101,8 @@ impl Pipeline {
         }
         let mut config = tokio_postgres::Config::from_str(url).map_err(PipelineError::Url)?;
         config.application_name(application_name);
+        // As long as a pooled connection's acquire may wait.
+        config.connect_timeout(CONNECT_TIMEOUT);
         Ok(Self {
             config,
             slots: (0..connections).map(|_| Slot::default()).collect(),
@@ -102,9 +112,9 @@ impl Pipeline {
 
     /// Runs `sql` (prepared once per connection) with `params` and returns
     /// its row, if any; more than one row is an error.
-    // A debug span, as for a pooled connection's checkout: the caller's
-    // span records the query.
-    #[tracing::instrument(level = "debug", skip_all, err)]
+    // A debug span, as for a pooled connection's checkout; the caller's
+    // span records the query and its error.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
     pub async fn query_opt(
         &self,
         sql: &'static str,
@@ -198,7 +208,7 @@ impl Connection {
         Ok(statement)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<&'static str, Statement>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<&'static str, Statement, RandomState>> {
         // An insert cannot be left half-done by a panic.
         self.statements
             .lock()
