@@ -36,7 +36,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("invalid database URL: {0}")]
+    #[error("invalid database URL: {}", describe(.0))]
     Url(#[source] tokio_postgres::Error),
     #[error("a pipeline needs at least one connection")]
     NoConnections,
@@ -50,10 +50,11 @@ pub enum PipelineError {
     },
 }
 
-/// What the server said, where tokio-postgres's own message is only "db error".
+/// The error with its cause: tokio-postgres's own message is only its kind
+/// ("db error", "invalid connection string"), what went wrong is the cause.
 fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => db.to_string(),
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     }
 }

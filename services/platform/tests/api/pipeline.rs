@@ -136,3 +136,19 @@ fn a_pipeline_without_connections_is_refused() {
 
     assert!(matches!(error, PipelineError::NoConnections), "{error}");
 }
+
+#[test]
+fn a_url_with_an_option_of_sqlx_alone_is_refused_naming_it() {
+    let error = Pipeline::new(
+        "postgres://postgres@127.0.0.1:5432/postgres?statement-cache-capacity=10",
+        1,
+        "test",
+    )
+    .expect_err("tokio-postgres does not know the option");
+
+    assert!(matches!(error, PipelineError::Url(_)), "{error}");
+    assert!(
+        error.to_string().contains("statement-cache-capacity"),
+        "{error}"
+    );
+}
