@@ -46,6 +46,10 @@ pub enum DbError {
 /// How long a pooled connection may sit idle and still be used unchecked.
 pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
+/// How long a request may wait for a database connection, pooled or newly
+/// opened (the pipelined reads' connect timeout too), before it fails.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects to `url`, creating its database if needed, and migrates it.
 #[tracing::instrument(skip_all, fields(db.name), err)]
 pub async fn connect_and_migrate(
@@ -67,7 +71,7 @@ pub async fn connect_and_migrate(
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         // sqlx pings every connection it hands out by default: one more
         // round trip to the server per acquire, as many as the query itself
         // for a lookup by key. A connection that answered within the last
@@ -192,7 +196,7 @@ impl Db {
         let background = PgPoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         Ok(Self::new(pool, background))
     }

@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use foldhash::fast::RandomState;
 use tokio_postgres::error::SqlState;
@@ -57,10 +56,6 @@ fn describe(error: &tokio_postgres::Error) -> String {
         None => error.to_string(),
     }
 }
-
-/// How long opening a connection may take before the query that needed it
-/// fails, as long as the pool of [`crate::db`] lets an acquire wait.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A few connections shared by every caller; cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -101,8 +96,7 @@ impl Pipeline {
         }
         let mut config = tokio_postgres::Config::from_str(url).map_err(PipelineError::Url)?;
         config.application_name(application_name);
-        // As long as a pooled connection's acquire may wait.
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(crate::db::ACQUIRE_TIMEOUT);
         Ok(Self {
             config,
             slots: (0..connections).map(|_| Slot::default()).collect(),
