@@ -117,13 +117,43 @@ impl Pipeline {
         // Round robin: under load every connection gets a share of the
         // queries that arrive together, so each core has a backend to run.
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        self.on(slot, |connection| async move {
+            connection.query_opt(sql, params).await
+        })
+        .await
+    }
+
+    /// Whether every connection answers, opening those not open yet. For
+    /// readiness: the pipeline connects on its own, so it can fail where the
+    /// pool does not (the server's connection limit reached, say), and reads
+    /// would then fail while a check of the pool alone still passed.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn check(&self) -> Result<(), PipelineError> {
+        for slot in &self.slots {
+            self.on(slot, |connection| async move {
+                Ok(connection.client.simple_query("SELECT 1").await.map(drop)?)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `operation` on the slot's connection, and once more on a new one
+    /// if it finds that connection gone.
+    // A closure taking the connection by `Arc` rather than an `AsyncFn` over
+    // `&Connection`: the latter's future is not `Send` for every lifetime of
+    // the borrowed parameters, which tonic's handlers require.
+    async fn on<T, F, O>(&self, slot: &Slot, operation: O) -> Result<T, PipelineError>
+    where
+        O: Fn(Arc<Connection>) -> F,
+        F: Future<Output = Result<T, PipelineError>>,
+    {
         let connection = self.connection(slot).await?;
-        match connection.query_opt(sql, params).await {
+        match operation(Arc::clone(&connection)).await {
             Err(error) if connection.broken(&error) => {
-                tracing::warn!(%error, "retrying a read on a new database connection");
+                tracing::warn!(%error, "retrying on a new database connection");
                 slot.discard(&connection);
-                let connection = self.connection(slot).await?;
-                connection.query_opt(sql, params).await
+                operation(self.connection(slot).await?).await
             }
             result => result,
         }

@@ -53,6 +53,13 @@ impl Application {
                 "gocommerce-product-reads",
             )?)),
         };
+        if let Some(reads) = &reads {
+            let reads = Arc::clone(reads);
+            readiness.add_check("product-reads", move || {
+                let reads = Arc::clone(&reads);
+                Box::pin(async move { reads.check().await.map_err(|e| e.to_string()) })
+            });
+        }
         let cache = Arc::new(ProductCache::new(config.cache_ttl, config.cache_capacity));
         // Holds one background connection for LISTEN while the service runs.
         let changes = ChangeListener::connect(cache.clone(), db.background().clone())

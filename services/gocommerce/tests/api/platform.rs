@@ -50,6 +50,13 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(readyz.status(), StatusCode::OK);
     let report: Value = gateway_readyz.json().await.expect("json");
     assert_eq!(report["ready"], true);
+    let checks = report["checks"].as_array().expect("checks");
+    for name in ["product-database", "product-reads", "broker"] {
+        assert!(
+            checks.iter().any(|c| c["name"] == name && c["ok"] == true),
+            "{name} is checked and passes: {report}"
+        );
+    }
     for needle in [
         "http_server_requests_total{method=\"POST\",route=\"/v1/auth/register\",status=\"201\"}",
         "http_server_request_duration_seconds_bucket",

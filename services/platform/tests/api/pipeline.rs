@@ -1,7 +1,8 @@
 //! Pipelined reads against the real PostgreSQL: many concurrent queries
 //! share a few connections and each gets its own answer, a connection the
-//! server ended is replaced under the query that found it so, and a query
-//! that fails on a working connection fails as it is.
+//! server ended is replaced under the query that found it so, a query
+//! that fails on a working connection fails as it is, and the readiness
+//! check opens every connection or says why it cannot.
 
 use futures::future::join_all;
 use gocommerce_platform::pipeline::{Columns, Pipeline, PipelineError};
@@ -57,6 +58,15 @@ async fn backends(pool: &PgPool, application: &str) -> Vec<i32> {
         .expect("pg_stat_activity")
 }
 
+/// Ends the backend `pid` from the server's side, as a restart would.
+async fn terminate(pool: &PgPool, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(pool)
+        .await
+        .expect("terminate");
+}
+
 #[tokio::test]
 async fn concurrent_queries_share_the_pipelines_connections_and_each_gets_its_own_answer() {
     let (pipeline, pool, application, _guard) = database(2).await;
@@ -82,11 +92,7 @@ async fn a_query_for_no_row_answers_none() {
 async fn a_query_after_the_server_ended_its_connection_is_answered_on_a_new_one() {
     let (pipeline, pool, application, _guard) = database(1).await;
     let before = backend_pid(&pipeline).await;
-    sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(before)
-        .execute(&pool)
-        .await
-        .expect("terminate");
+    terminate(&pool, before).await;
 
     let answer = word(&pipeline, 7).await;
 
@@ -127,6 +133,43 @@ async fn a_reader_expecting_another_column_fails_naming_it() {
         error.to_string(),
         "column word not found: the query's column 0 is n"
     );
+}
+
+#[tokio::test]
+async fn a_check_opens_every_connection_and_passes() {
+    let (pipeline, pool, application, _guard) = database(2).await;
+
+    pipeline.check().await.expect("ready");
+
+    assert_eq!(backends(&pool, &application).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_check_after_the_server_ended_a_connection_passes_on_a_new_one() {
+    let (pipeline, pool, application, _guard) = database(1).await;
+    let before = backend_pid(&pipeline).await;
+    terminate(&pool, before).await;
+
+    pipeline.check().await.expect("ready");
+
+    let after = backends(&pool, &application).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0], before);
+}
+
+#[tokio::test]
+async fn a_check_of_a_pipeline_that_cannot_connect_fails_saying_why() {
+    let name = format!("gct_missing_{}", Uuid::new_v4().simple());
+    let pipeline = Pipeline::new(
+        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        2,
+        "test",
+    )
+    .expect("pipeline");
+
+    let error = pipeline.check().await.expect_err("no such database");
+
+    assert!(error.to_string().contains("does not exist"), "{error}");
 }
 
 #[test]
