@@ -54,10 +54,8 @@ impl From<AuthError> for tonic::Status {
                 // Nothing was written: the client may simply try again.
                 return ErrorCode::Unavailable.status("registration is unavailable, retry later");
             }
-            AuthError::Database(_)
-            | AuthError::Hashing(_)
-            | AuthError::Signing(_)
-            | AuthError::Profile(_) => {
+            AuthError::Database(e) => return gocommerce_platform::error::database(&error, e),
+            AuthError::Hashing(_) | AuthError::Signing(_) | AuthError::Profile(_) => {
                 return gocommerce_platform::error::internal(&error);
             }
         };

@@ -23,7 +23,9 @@ impl From<NotificationError> for tonic::Status {
                 return ErrorCode::Unavailable
                     .status("the message broker is unavailable, retry later");
             }
-            NotificationError::Database(_) => return gocommerce_platform::error::internal(&error),
+            NotificationError::Database(e) => {
+                return gocommerce_platform::error::database(&error, e);
+            }
         };
         code.status(error.to_string())
     }

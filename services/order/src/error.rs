@@ -33,7 +33,7 @@ impl From<OrderError> for tonic::Status {
                 }
                 code
             }
-            OrderError::Database(_) => return gocommerce_platform::error::internal(&error),
+            OrderError::Database(e) => return gocommerce_platform::error::database(&error, e),
         };
         code.status(error.to_string())
     }

@@ -28,9 +28,8 @@ impl From<PaymentError> for tonic::Status {
             PaymentError::NotFound => ErrorCode::NotFound,
             PaymentError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             PaymentError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-            PaymentError::Database(_) | PaymentError::Worker(_) => {
-                return gocommerce_platform::error::internal(&error);
-            }
+            PaymentError::Database(e) => return gocommerce_platform::error::database(&error, e),
+            PaymentError::Worker(_) => return gocommerce_platform::error::internal(&error),
         };
         code.status(error.to_string())
     }

@@ -47,8 +47,12 @@ pub enum DbError {
 pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a request may wait for a database connection, pooled or newly
-/// opened (the pipelined reads' connect timeout too), before it fails.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// opened (the pipelined reads' connect timeout too), before it fails. Well
+/// under the gateway's 5 s deadline for a backend call: while the database
+/// is out, sqlx keeps retrying a refused connect until this runs out, and
+/// the client should then hear 503 (retry later) from the service, not 504
+/// from the gateway.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to `url`, creating its database if needed, and migrates it.
 #[tracing::instrument(skip_all, fields(db.name), err)]
@@ -435,6 +439,27 @@ pub fn constraint(error: &sqlx::Error) -> Option<&str> {
         sqlx::Error::Database(e) => e.constraint(),
         _ => None,
     }
+}
+
+/// Whether `error` means the database cannot be reached or refuses work for
+/// now (an outage, a restart, its connection limit), rather than that the
+/// statement failed: clients should be told to retry, not that we failed.
+pub fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| is_outage_code(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a server that is unreachable or refusing work for now: class
+/// 08 (connection exception), 57P01 to 57P03 (shut down by an administrator,
+/// crashed, still starting) and 53300 (too many connections).
+pub fn is_outage_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 /// SQLSTATEs the services map to domain errors.

@@ -1,7 +1,8 @@
 //! The one error-code type of GoCommerce. Services return it as a gRPC status,
 //! the gateway turns the gRPC status into an HTTP status, so both sides agree
 //! on a single table. Internal details never reach a client: an internal error
-//! is logged where it happens and leaves as a bare "internal error".
+//! is logged where it happens and leaves as a bare "internal error", and a
+//! database outage as "the database is unavailable, retry later".
 
 use std::fmt::Display;
 
@@ -139,9 +140,64 @@ pub fn internal(err: impl Display) -> tonic::Status {
     tonic::Status::internal("internal error")
 }
 
+/// A failed database call that can tell an outage from any other failure.
+pub trait DatabaseFailure {
+    /// Whether the database cannot be reached or refuses work for now.
+    fn is_outage(&self) -> bool;
+}
+
+impl DatabaseFailure for sqlx::Error {
+    fn is_outage(&self) -> bool {
+        crate::db::is_outage(self)
+    }
+}
+
+impl DatabaseFailure for crate::pipeline::PipelineError {
+    fn is_outage(&self) -> bool {
+        crate::pipeline::PipelineError::is_outage(self)
+    }
+}
+
+/// Logs a failed database call (`err`, caused by `cause`) with its full
+/// detail and returns what a client may see: for an outage, UNAVAILABLE
+/// with a Retry-After of a second, which the gateway answers as 503, since
+/// trying again later is the remedy; for anything else, [`internal`].
+#[track_caller]
+pub fn database(err: impl Display, cause: &dyn DatabaseFailure) -> tonic::Status {
+    if !cause.is_outage() {
+        return internal(err);
+    }
+    let location = std::panic::Location::caller();
+    tracing::warn!(error = %err, at = %location, "database unavailable");
+    let mut status = ErrorCode::Unavailable.status("the database is unavailable, retry later");
+    status.metadata_mut().insert(
+        "retry-after",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_outage_asks_the_client_to_retry_and_hides_the_detail() {
+        let outage = database("pool timed out", &sqlx::Error::PoolTimedOut);
+        let failure = database("no row", &sqlx::Error::RowNotFound);
+
+        assert_eq!(outage.code(), Code::Unavailable);
+        assert_eq!(outage.message(), "the database is unavailable, retry later");
+        assert_eq!(
+            outage
+                .metadata()
+                .get("retry-after")
+                .map(|v| v.to_str().ok()),
+            Some(Some("1"))
+        );
+        assert_eq!(failure.code(), Code::Internal);
+        assert_eq!(failure.message(), "internal error");
+    }
 
     #[test]
     fn every_code_round_trips_through_grpc() {

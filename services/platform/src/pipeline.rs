@@ -38,6 +38,8 @@ pub enum PipelineError {
     Url(#[source] tokio_postgres::Error),
     #[error("a pipeline needs at least one connection")]
     NoConnections,
+    #[error("cannot connect to the database: {}", describe(.0))]
+    Connect(#[source] tokio_postgres::Error),
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("column {expected} not found: the query's column {index} is {found}")]
@@ -46,6 +48,28 @@ pub enum PipelineError {
         index: usize,
         found: String,
     },
+}
+
+impl PipelineError {
+    /// Whether the database cannot be reached or refuses work for now, as
+    /// [`crate::db::is_outage`] says for the pool's errors.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            // Refused, timed out or cut off, unless the server answered why
+            // (a missing database or a wrong password is not an outage).
+            Self::Connect(error) => error.code().is_none_or(is_outage_code),
+            Self::Query(error) => {
+                let io = std::error::Error::source(error)
+                    .is_some_and(|cause| cause.is::<std::io::Error>());
+                io || error.is_closed() || error.code().is_some_and(is_outage_code)
+            }
+            Self::Url(_) | Self::NoConnections | Self::Column { .. } => false,
+        }
+    }
+}
+
+fn is_outage_code(code: &SqlState) -> bool {
+    crate::db::is_outage_code(code.code())
 }
 
 /// The error with its cause: tokio-postgres's own message is only its kind
@@ -168,7 +192,11 @@ impl Pipeline {
         if let Some(connection) = slot.open() {
             return Ok(connection);
         }
-        let (client, io) = self.config.connect(NoTls).await?;
+        let (client, io) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(PipelineError::Connect)?;
         // The connection's I/O runs as its own task, which ends when the
         // client is dropped or the server closes the connection.
         tokio::spawn(async move {

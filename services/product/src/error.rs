@@ -38,9 +38,8 @@ impl From<ProductError> for tonic::Status {
             ProductError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             ProductError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             ProductError::Status(status) => return status.clone(),
-            ProductError::Database(_) | ProductError::Pipeline(_) => {
-                return gocommerce_platform::error::internal(&error);
-            }
+            ProductError::Database(e) => return gocommerce_platform::error::database(&error, e),
+            ProductError::Pipeline(e) => return gocommerce_platform::error::database(&error, e),
         };
         code.status(error.to_string())
     }

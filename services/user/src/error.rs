@@ -37,7 +37,7 @@ impl From<UserError> for tonic::Status {
             UserError::ProfileNotFound | UserError::AddressNotFound => ErrorCode::NotFound,
             UserError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             UserError::Aborted(_) => ErrorCode::Aborted,
-            UserError::Database(_) => return gocommerce_platform::error::internal(&error),
+            UserError::Database(e) => return gocommerce_platform::error::database(&error, e),
         };
         code.status(error.to_string())
     }

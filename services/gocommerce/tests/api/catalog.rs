@@ -15,7 +15,12 @@ async fn customer_token(app: &TestApp) -> String {
     tokens["access_token"].as_str().expect("token").to_owned()
 }
 
-async fn new_category(app: &TestApp, admin: &str, slug: &str, parent: Option<&str>) -> Value {
+pub(crate) async fn new_category(
+    app: &TestApp,
+    admin: &str,
+    slug: &str,
+    parent: Option<&str>,
+) -> Value {
     let mut body = json!({"name": format!("Category {slug}"), "slug": slug});
     if let Some(parent) = parent {
         body["parent_id"] = json!(parent);
@@ -34,7 +39,13 @@ async fn new_category(app: &TestApp, admin: &str, slug: &str, parent: Option<&st
     .await
 }
 
-fn product_body(sku: &str, name: &str, price: i64, category_id: &str, stock: i64) -> Value {
+pub(crate) fn product_body(
+    sku: &str,
+    name: &str,
+    price: i64,
+    category_id: &str,
+    stock: i64,
+) -> Value {
     json!({
         "sku": sku,
         "name": name,
@@ -45,7 +56,7 @@ fn product_body(sku: &str, name: &str, price: i64, category_id: &str, stock: i64
     })
 }
 
-async fn new_product(app: &TestApp, admin: &str, body: &Value) -> Value {
+pub(crate) async fn new_product(app: &TestApp, admin: &str, body: &Value) -> Value {
     json_ok(
         send(app, Method::POST, "/v1/products", Some(admin), Some(body)).await,
         StatusCode::CREATED,
@@ -53,7 +64,7 @@ async fn new_product(app: &TestApp, admin: &str, body: &Value) -> Value {
     .await
 }
 
-fn id(value: &Value) -> &str {
+pub(crate) fn id(value: &Value) -> &str {
     value["id"].as_str().expect("id")
 }
 

@@ -159,6 +159,13 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get_with_token(&self, path: &str, token: &str) -> Response {
         self.request(Method::GET, path)
             .bearer_auth(token)
@@ -284,4 +291,68 @@ pub fn encode(value: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A TCP proxy to the test PostgreSQL that a test can cut, as an outage
+/// would: its port then refuses connections, and every connection through
+/// it is closed. [`DbProxy::restore`] listens on the same port again.
+pub struct DbProxy {
+    port: u16,
+    /// Dropping the accept loop drops its `JoinSet`, which aborts every
+    /// connection it carries.
+    serving: Option<tokio::task::AbortHandle>,
+}
+
+impl DbProxy {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        Self {
+            port,
+            serving: Some(Self::serve(listener)),
+        }
+    }
+
+    /// `url` with the proxy in place of the server.
+    pub fn url(&self, url: &str) -> String {
+        url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+    }
+
+    pub fn cut(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+    }
+
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the same port again");
+        self.serving = Some(Self::serve(listener));
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> tokio::task::AbortHandle {
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect("127.0.0.1:5432")
+                        .await
+                        .expect("PostgreSQL");
+                    // Ends when either side closes; an outage is the abort.
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut server).await;
+                });
+            }
+        })
+        .abort_handle()
+    }
+}
+
+impl Drop for DbProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
 }

@@ -12,7 +12,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{ADMIN_EMAIL, finished_spans, spawn_app, spawn_with, test_env};
+use crate::catalog::{id, new_category, new_product, product_body};
+use crate::helpers::{ADMIN_EMAIL, DbProxy, finished_spans, spawn_app, spawn_with, test_env};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
@@ -66,6 +67,70 @@ async fn health_readiness_and_metrics_are_served() {
     ] {
         assert!(metrics.contains(needle), "metrics contain {needle}");
     }
+}
+
+#[tokio::test]
+async fn a_database_outage_is_a_503_to_retry_and_the_service_recovers_when_it_ends() {
+    let mut proxy = DbProxy::start().await;
+    let mut env = test_env();
+    let url = proxy.url(&env["PRODUCT_DATABASE_URL"]);
+    env.insert("PRODUCT_DATABASE_URL".to_owned(), url);
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let admin = app.admin_token().await;
+    let category = new_category(&app, &admin, "outage", None).await;
+    let body = product_body("OUT-1", "Lamp", 1999, id(&category), 3);
+    let cached = format!(
+        "/v1/products/{}",
+        id(&new_product(&app, &admin, &body).await)
+    );
+    assert_eq!(app.get(&cached).await.status(), StatusCode::OK);
+    // Not in the product cache: a view goes to the database.
+    let product = format!("/v1/products/{}", uuid::Uuid::new_v4());
+    let before = app.get(&product).await;
+    assert_eq!(before.status(), StatusCode::NOT_FOUND);
+
+    proxy.cut();
+    let during = app.get(&product).await;
+    let from_cache = app.get(&cached).await;
+    // Through the pool, which waits for a connection before it gives up.
+    let categories = app.get("/v1/categories").await;
+    // The broken connection is gone: now the pool waits for a new one.
+    let again = app.get("/v1/categories").await;
+    let readyz = app.get("/readyz").await;
+    proxy.restore().await;
+    let after = app.get(&product).await;
+
+    assert_eq!(during.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        from_cache.status(),
+        StatusCode::OK,
+        "the cache still serves"
+    );
+    assert_eq!(
+        during
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let problem: Value = during.json().await.expect("problem json");
+    assert_eq!(
+        problem["detail"],
+        "the product service is unavailable, retry later"
+    );
+    assert_eq!(categories.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = readyz.json().await.expect("json");
+    let failing: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(failing, ["product-database", "product-reads"], "{report}");
+    assert_eq!(after.status(), StatusCode::NOT_FOUND, "reads recover");
 }
 
 #[tokio::test]

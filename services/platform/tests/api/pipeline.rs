@@ -1,8 +1,9 @@
 //! Pipelined reads against the real PostgreSQL: many concurrent queries
 //! share a few connections and each gets its own answer, a connection the
 //! server ended is replaced under the query that found it so, a query
-//! that fails on a working connection fails as it is, and the readiness
-//! check opens every connection or says why it cannot.
+//! that fails on a working connection fails as it is, the readiness check
+//! opens every connection or says why it cannot, and a server that cannot be
+//! reached is an outage where a missing database or a failed query is not.
 
 use futures::future::join_all;
 use gocommerce_platform::pipeline::{Columns, Pipeline, PipelineError};
@@ -113,6 +114,7 @@ async fn a_query_that_fails_on_a_working_connection_fails_and_keeps_the_connecti
         .expect_err("division by zero");
 
     assert!(error.to_string().contains("division by zero"), "{error}");
+    assert!(!error.is_outage());
     assert_eq!(backend_pid(&pipeline).await, before);
 }
 
@@ -170,6 +172,18 @@ async fn a_check_of_a_pipeline_that_cannot_connect_fails_saying_why() {
     let error = pipeline.check().await.expect_err("no such database");
 
     assert!(error.to_string().contains("does not exist"), "{error}");
+    assert!(!error.is_outage(), "a missing database is not an outage");
+}
+
+#[tokio::test]
+async fn a_pipeline_whose_server_cannot_be_reached_fails_as_an_outage() {
+    // Port 1 on loopback refuses connections.
+    let pipeline =
+        Pipeline::new("postgres://postgres@127.0.0.1:1/postgres", 1, "test").expect("pipeline");
+
+    let error = pipeline.query_opt(PID, &[]).await.expect_err("refused");
+
+    assert!(error.is_outage(), "{error}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The service pool and its spare connections against the real PostgreSQL:
 //! connections the server dropped while they sat idle are never handed to a
 //! caller, a kept connection is reused without the pool, a dropped one goes
-//! back through it, and transactions end the way they were left.
+//! back through it, transactions end the way they were left, and a server
+//! that cannot be reached is told apart from a statement that failed.
 
 use std::time::Duration;
 
@@ -269,4 +270,30 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_before_use() {
     let second = second.expect("the query runs on a fresh connection");
     assert_ne!(second, first);
     pool.close().await;
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_be_reached_is_an_outage_and_a_failing_statement_is_not() {
+    // Port 1 on loopback refuses connections.
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/postgres")
+        .expect("lazy pool");
+    let reachable = sqlx::PgPool::connect(ADMIN_URL).await.expect("pool");
+
+    let refused = sqlx::query("SELECT 1")
+        .execute(&unreachable)
+        .await
+        .expect_err("nothing listens");
+    let missing = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/gct_no_such_database")
+        .await
+        .expect_err("no such database");
+    let failed = sqlx::query("SELECT 1 / 0")
+        .execute(&reachable)
+        .await
+        .expect_err("division by zero");
+
+    assert!(db::is_outage(&refused), "{refused}");
+    assert!(!db::is_outage(&missing), "{missing}");
+    assert!(!db::is_outage(&failed), "{failed}");
 }
