@@ -35,6 +35,16 @@ impl From<OrderError> for tonic::Status {
             }
             OrderError::Database(e) => return gocommerce_platform::error::database(&error, e),
         };
-        code.status(error.to_string())
+        let mut status = code.status(error.to_string());
+        // A backend that asked to be retried later (its database out, say)
+        // asks the same of our client.
+        if let OrderError::Backend(backend) = &error
+            && let Some(retry_after) = backend.metadata().get("retry-after")
+        {
+            status
+                .metadata_mut()
+                .insert("retry-after", retry_after.clone());
+        }
+        status
     }
 }

@@ -303,6 +303,17 @@ pub struct DbProxy {
     serving: Option<tokio::task::AbortHandle>,
 }
 
+/// The whole platform with `service`'s database (`PRODUCT`, say) reached
+/// through a [`DbProxy`], which the test can cut.
+pub async fn spawn_behind_proxy(service: &str) -> (TestApp, DbProxy) {
+    let proxy = DbProxy::start().await;
+    let mut env = test_env();
+    let key = format!("{service}_DATABASE_URL");
+    let url = proxy.url(&env[&key]);
+    env.insert(key, url);
+    (spawn_with(Component::All, env).await, proxy)
+}
+
 impl DbProxy {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -10,7 +10,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, problem_fields, spawn_app, spawn_with, test_env};
+use crate::helpers::{
+    TestApp, assert_problem, problem_fields, spawn_app, spawn_behind_proxy, spawn_with, test_env,
+};
 
 /// A catalog with one product and a customer with an address.
 struct Shop {
@@ -368,6 +370,31 @@ async fn ordering_more_than_is_in_stock_is_a_409_that_reserves_nothing() {
         stock(&app, &shop).await,
         json!({"on_hand": 2, "reserved": 0, "available": 2})
     );
+}
+
+#[tokio::test]
+async fn an_order_placed_while_the_address_book_is_out_is_a_503_to_retry_that_reserves_nothing() {
+    let (app, mut proxy) = spawn_behind_proxy("USER").await;
+    let shop = Shop::open(&app, 2, 900).await;
+
+    proxy.cut();
+    let response = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None).await;
+    proxy.restore().await;
+
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 2, "reserved": 0, "available": 2})
+    );
+    let orders = get(&app, &shop.customer, "/v1/orders").await;
+    assert_eq!(orders["items"], json!([]));
 }
 
 #[tokio::test]
