@@ -293,16 +293,6 @@ pub fn encode(value: &str) -> String {
         .collect()
 }
 
-/// A TCP proxy to the test PostgreSQL that a test can cut, as an outage
-/// would: its port then refuses connections, and every connection through
-/// it is closed. [`DbProxy::restore`] listens on the same port again.
-pub struct DbProxy {
-    port: u16,
-    /// Dropping the accept loop drops its `JoinSet`, which aborts every
-    /// connection it carries.
-    serving: Option<tokio::task::AbortHandle>,
-}
-
 /// The whole platform with `service`'s database (`PRODUCT`, say) reached
 /// through a [`DbProxy`], which the test can cut.
 pub async fn spawn_behind_proxy(service: &str) -> (TestApp, DbProxy) {
@@ -312,6 +302,16 @@ pub async fn spawn_behind_proxy(service: &str) -> (TestApp, DbProxy) {
     let url = proxy.url(&env[&key]);
     env.insert(key, url);
     (spawn_with(Component::All, env).await, proxy)
+}
+
+/// A TCP proxy to the test PostgreSQL that a test can cut, as an outage
+/// would: its port then refuses connections, and every connection through
+/// it is closed. [`DbProxy::restore`] listens on the same port again.
+pub struct DbProxy {
+    port: u16,
+    /// The accept loop. Aborting it drops its `JoinSet`, which aborts every
+    /// connection it carries.
+    serving: Option<tokio::task::AbortHandle>,
 }
 
 impl DbProxy {
