@@ -159,13 +159,6 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path)
-            .send()
-            .await
-            .expect("request sent")
-    }
-
     pub async fn get_with_token(&self, path: &str, token: &str) -> Response {
         self.request(Method::GET, path)
             .bearer_auth(token)

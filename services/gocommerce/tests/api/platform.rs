@@ -14,7 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::catalog::{id, new_category, new_product, product_body};
 use crate::helpers::{
-    ADMIN_EMAIL, finished_spans, spawn_app, spawn_behind_proxy, spawn_with, test_env,
+    ADMIN_EMAIL, finished_spans, send, spawn_app, spawn_behind_proxy, spawn_with, test_env,
 };
 
 #[tokio::test]
@@ -81,22 +81,25 @@ async fn a_database_outage_is_a_503_to_retry_and_the_service_recovers_when_it_en
         "/v1/products/{}",
         id(&new_product(&app, &admin, &body).await)
     );
-    assert_eq!(app.get(&cached).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, Method::GET, &cached, None, None).await.status(),
+        StatusCode::OK
+    );
     // Not in the product cache: a view goes to the database.
     let product = format!("/v1/products/{}", uuid::Uuid::new_v4());
-    let before = app.get(&product).await;
+    let before = send(&app, Method::GET, &product, None, None).await;
     assert_eq!(before.status(), StatusCode::NOT_FOUND);
 
     proxy.cut();
-    let during = app.get(&product).await;
-    let from_cache = app.get(&cached).await;
+    let during = send(&app, Method::GET, &product, None, None).await;
+    let from_cache = send(&app, Method::GET, &cached, None, None).await;
     // Through the pool, which waits for a connection before it gives up.
-    let categories = app.get("/v1/categories").await;
+    let categories = send(&app, Method::GET, "/v1/categories", None, None).await;
     // The broken connection is gone: now the pool waits for a new one.
-    let again = app.get("/v1/categories").await;
-    let readyz = app.get("/readyz").await;
+    let again = send(&app, Method::GET, "/v1/categories", None, None).await;
+    let readyz = send(&app, Method::GET, "/readyz", None, None).await;
     proxy.restore().await;
-    let after = app.get(&product).await;
+    let after = send(&app, Method::GET, &product, None, None).await;
 
     assert_eq!(during.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
