@@ -372,8 +372,30 @@ impl QueueSpec {
     }
 
     /// Declares the exchange, the work queue, its bindings (and removes the
-    /// retired ones), the wait queues and the dead-letter queue. Idempotent.
-    pub async fn declare(&self, broker: &Broker, channel: &Channel) -> Result<(), BrokerError> {
+    /// retired ones), the wait queues and the dead-letter queue, on a channel
+    /// of its own. Idempotent. Returns how many messages the dead-letter queue
+    /// holds.
+    ///
+    /// With x-expires, a queue whose lease ran out is deleted at a later tick
+    /// of the broker's, and declaring it meanwhile does not renew it, so it
+    /// can vanish between two steps (a bind then finds no queue, and the
+    /// broker closes the channel). Declared again, the queues are new and
+    /// stay, so the declaration starts over on a new channel.
+    pub async fn declare(&self, broker: &Broker) -> Result<u32, BrokerError> {
+        let mut attempt = 1;
+        loop {
+            let channel = broker.channel().await?;
+            match self.declare_on(broker, &channel).await {
+                Err(BrokerError::Amqp(error)) if is_not_found(&error) && attempt < 3 => {
+                    tracing::debug!(queue = %self.name, %error, "a queue vanished while declared, declaring again");
+                    attempt += 1;
+                }
+                declared => return declared,
+            }
+        }
+    }
+
+    async fn declare_on(&self, broker: &Broker, channel: &Channel) -> Result<u32, BrokerError> {
         declare_events_exchange(broker, channel).await?;
         let durable = QueueDeclareOptions {
             durable: true,
@@ -434,14 +456,14 @@ impl QueueSpec {
                 )
                 .await?;
         }
-        channel
+        let dead = channel
             .queue_declare(
                 self.dead_letter_queue(broker).as_str().into(),
                 durable,
                 quorum,
             )
             .await?;
-        Ok(())
+        Ok(dead.message_count())
     }
 }
 
@@ -530,8 +552,8 @@ where
     F: Future<Output = Result<(), HandlerError>>,
 {
     let subscribe = async {
+        spec.declare(broker).await?;
         let channel = broker.channel().await?;
-        spec.declare(broker, &channel).await?;
         channel
             .basic_qos(spec.prefetch, BasicQosOptions::default())
             .await?;
@@ -545,7 +567,8 @@ where
             .await?;
         Ok::<_, BrokerError>((channel, deliveries))
     };
-    let (channel, mut deliveries) = tokio::select! {
+    // The channel is held while consuming: dropping its last handle closes it.
+    let (_channel, mut deliveries) = tokio::select! {
         subscribed = subscribe => subscribed?,
         () = shutdown.wait() => return Ok(()),
     };
@@ -563,7 +586,7 @@ where
         tokio::select! {
             next = deliveries.next(), if stopped.is_none() && in_flight.len() < limit => match next {
                 Some(Ok(delivery)) => in_flight.push(settle(
-                    delivery, broker, spec, handler, publisher, &channel,
+                    delivery, broker, spec, handler, publisher,
                 )),
                 Some(Err(error)) => stopped = Some(Stop::Broken(error.into())),
                 // The broker cancelled us or the connection closed.
@@ -602,7 +625,6 @@ async fn settle<H, F>(
     spec: &QueueSpec,
     handler: &H,
     publisher: &Publisher,
-    channel: &Channel,
 ) -> Result<(), BrokerError>
 where
     H: Fn(Incoming) -> F,
@@ -661,7 +683,7 @@ where
                 if matches!(moved, Err(BrokerError::Unroutable)) {
                     // The wait or dead-letter queue is gone (deleted by hand or
                     // expired through x-expires): declare it again, then retry.
-                    spec.declare(broker, channel).await?;
+                    spec.declare(broker).await?;
                     moved = publisher.publish(&outgoing).await;
                 }
                 match moved {
@@ -696,33 +718,28 @@ pub async fn replay_dead_letters(
     spec: &QueueSpec,
     limit: u32,
 ) -> Result<u32, BrokerError> {
-    let channel = broker.channel().await?;
-    spec.declare(broker, &channel).await?;
     // Only what is dead already: a replayed message that fails again and
-    // comes back during the replay is not moved a second time.
-    let waiting = channel
-        .queue_declare(
-            spec.dead_letter_queue(broker).as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count();
+    // comes back during the replay is not moved a second time. The count
+    // comes from the declaration itself, not from a passive declare after
+    // it, between which an expired queue could vanish (see `declare`).
+    let waiting = spec.declare(broker).await?;
+    let channel = broker.channel().await?;
     let limit = limit.min(waiting);
     let publisher = Publisher::new(broker.clone());
     let mut moved = 0;
     while moved < limit {
-        let Some(message) = channel
+        let got = channel
             .basic_get(
                 spec.dead_letter_queue(broker).as_str().into(),
                 BasicGetOptions::default(),
             )
-            .await?
-        else {
-            break;
+            .await;
+        let message = match got {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            // Expired since it was declared, with whatever it held.
+            Err(error) if is_not_found(&error) => break,
+            Err(error) => return Err(error.into()),
         };
         let delivery = message.delivery;
         let mut headers = string_headers(&delivery.properties);
@@ -757,6 +774,16 @@ pub async fn replay_dead_letters(
         moved += 1;
     }
     Ok(moved)
+}
+
+/// Whether the broker answered that the queue (or exchange) does not exist.
+fn is_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
 }
 
 fn incoming(delivery: &lapin::message::Delivery) -> Incoming {

@@ -66,8 +66,7 @@ pub async fn next(receiver: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming 
 
 /// Declares the spec's queues (as the consumer would) before publishing.
 pub async fn declare(broker: &Broker, spec: &QueueSpec) {
-    let channel = broker.channel().await.expect("channel");
-    spec.declare(broker, &channel).await.expect("topology");
+    spec.declare(broker).await.expect("topology");
 }
 
 /// A broker whose events exchange is declared, with no queue of the
@@ -85,11 +84,16 @@ pub async fn events_exchange() -> Broker {
 /// from every other test's (its name is `gocommerce/<namespace>`) and nothing
 /// in it exists yet.
 pub fn namespaced_broker() -> (Broker, String) {
+    namespaced_broker_expiring_after("120")
+}
+
+/// A [`namespaced_broker`] whose queues expire after `seconds` unused.
+pub fn namespaced_broker_expiring_after(seconds: &str) -> (Broker, String) {
     let namespace = format!("test-{}", Uuid::new_v4().simple());
     let env: HashMap<String, String> = HashMap::from([
         ("AMQP_URL".to_owned(), AMQP_URL.to_owned()),
         ("AMQP_NAMESPACE".to_owned(), namespace.clone()),
-        ("AMQP_QUEUE_EXPIRES_SECONDS".to_owned(), "120".to_owned()),
+        ("AMQP_QUEUE_EXPIRES_SECONDS".to_owned(), seconds.to_owned()),
     ]);
     let config = CommonConfig::from_env(&env).expect("config");
     (Broker::from_config(&config), namespace)

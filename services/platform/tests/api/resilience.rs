@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::{
-    AMQP_URL, declare, finish, namespaced_broker, next, spawn_consumer, unique_spec,
+    AMQP_URL, declare, finish, namespaced_broker, namespaced_broker_expiring_after, next,
+    spawn_consumer, unique_spec,
 };
 
 fn event(broker: &Broker, routing_key: &str, body: &str) -> Outgoing {
@@ -233,6 +234,44 @@ async fn a_replay_moves_only_the_messages_dead_when_it_started() {
     wait_for_dead_letters(&broker, &spec, 2).await;
     assert_eq!(handled.load(Ordering::SeqCst), 4);
     finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
+async fn replays_go_on_finding_nothing_while_expired_dead_letter_queues_are_deleted() {
+    // Arrange: RabbitMQ deletes a queue whose x-expires lease ran out at a
+    // tick of its own, seconds later, and declaring the queue meanwhile does
+    // not renew it, so an expired dead-letter queue can vanish between two
+    // steps of a replay. Twenty of them, each replayed over and over from
+    // the end of its lease until past the broker's tick, make that likely.
+    let (broker, _) = namespaced_broker_expiring_after("1");
+    let specs: Vec<QueueSpec> = (0..20).map(|_| unique_spec(1).0).collect();
+    for spec in &specs {
+        declare(&broker, spec).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Act
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let replays = futures::future::join_all(specs.iter().map(|spec| {
+        let broker = broker.clone();
+        async move {
+            let mut outcomes = Vec::new();
+            while tokio::time::Instant::now() < until {
+                outcomes.push(broker::replay_dead_letters(&broker, spec, 10).await);
+            }
+            outcomes
+        }
+    }))
+    .await;
+
+    // Assert
+    for outcome in replays.into_iter().flatten() {
+        assert_eq!(outcome.expect("a replay that found nothing"), 0);
+    }
+    let shutdown = Shutdown::new();
+    for spec in &specs {
+        finish(&broker, spec, &shutdown).await;
+    }
 }
 
 async fn wait_for_dead_letters(broker: &Broker, spec: &QueueSpec, count: u32) {
