@@ -100,7 +100,10 @@ fn add_shared(operation: &mut Operation, api: bool, auth: bool) {
     }
     if api {
         add("500", "An unexpected error; no detail is given");
-        add("503", "A backend service is unavailable");
+        add(
+            "503",
+            "A backend service is unavailable; retry after Retry-After seconds",
+        );
         add("504", "A backend service did not answer in time");
     }
 }

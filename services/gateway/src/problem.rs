@@ -115,6 +115,13 @@ impl Problem {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        if code == ErrorCode::Unavailable && problem.retry_after.is_none() {
+            // Unavailable is always worth retrying: the backend's channel
+            // tries a lost connection again every second, and a service that
+            // said nothing (auth, after retrying the user service itself)
+            // has already waited.
+            problem.retry_after = Some(1);
+        }
         problem
     }
 }
@@ -160,6 +167,24 @@ mod tests {
             Problem::from_status(&tonic::Status::internal("db password is hunter2"), "auth");
         assert_eq!(problem.status, 500);
         assert!(!problem.detail.contains("hunter2"));
+    }
+
+    #[test]
+    fn an_unavailable_backend_is_retried_when_it_says_or_else_in_a_second() {
+        let mut later = tonic::Status::unavailable("the database is unavailable");
+        later.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from_static("7"),
+        );
+        let unreachable = tonic::Status::unavailable("connection refused");
+
+        let later = Problem::from_status(&later, "product").into_response();
+        let unreachable = Problem::from_status(&unreachable, "product").into_response();
+
+        assert_eq!(later.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(later.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(unreachable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unreachable.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, assert_problem, spawn_app};
+use crate::helpers::{PASSWORD, assert_problem, retry_after, spawn_app, spawn_behind_proxy};
 
 fn unique_email() -> String {
     format!("{}@Example.com", Uuid::new_v4().simple())
@@ -23,6 +23,29 @@ async fn registering_returns_201_with_the_normalised_account() {
     assert_eq!(body["name"], "Ada Lovelace");
     assert_eq!(body["role"], "customer");
     Uuid::parse_str(body["id"].as_str().expect("id")).expect("the id is a UUID");
+}
+
+#[tokio::test]
+async fn registering_while_the_user_database_is_out_is_a_503_to_retry_that_creates_no_account() {
+    let (app, mut proxy) = spawn_behind_proxy("USER").await;
+    let email = unique_email();
+
+    proxy.cut();
+    let response = app.register(&email, PASSWORD, "Ada").await;
+    proxy.restore().await;
+
+    assert_eq!(retry_after(&response), Some("1"));
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "no account was made"
+    );
+    assert_eq!(
+        app.register(&email, PASSWORD, "Ada").await.status(),
+        StatusCode::CREATED,
+        "the email is still free once the database is back"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, json_ok, spawn_app, spawn_with, test_env};
+use crate::helpers::{assert_problem, json_ok, retry_after, spawn_app, spawn_with, test_env};
 
 #[tokio::test]
 async fn malformed_bodies_get_400_problems_that_say_what_is_wrong() {
@@ -129,7 +129,7 @@ async fn a_backend_call_past_its_deadline_is_504_and_the_service_gives_up_too() 
 }
 
 #[tokio::test]
-async fn an_unreachable_backend_is_503() {
+async fn an_unreachable_backend_is_a_503_to_retry_in_a_second() {
     let mut env = test_env();
     // Nothing listens on port 9 (discard) here.
     env.insert("AUTH_URL".to_owned(), "http://127.0.0.1:9".to_owned());
@@ -137,6 +137,7 @@ async fn an_unreachable_backend_is_503() {
 
     let response = app.login("a@example.com", "correct horse").await;
 
+    assert_eq!(retry_after(&response), Some("1"));
     let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(
         problem["detail"]

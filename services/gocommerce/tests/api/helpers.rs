@@ -238,6 +238,14 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     body
 }
 
+/// The response's Retry-After header, if it has one.
+pub fn retry_after(response: &Response) -> Option<&str> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Sends a request with an optional bearer token and JSON body.
 pub async fn send(
     app: &TestApp,

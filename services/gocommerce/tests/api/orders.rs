@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, assert_problem, problem_fields, spawn_app, spawn_behind_proxy, spawn_with, test_env,
+    TestApp, assert_problem, problem_fields, retry_after, spawn_app, spawn_behind_proxy,
+    spawn_with, test_env,
 };
 
 /// A catalog with one product and a customer with an address.
@@ -381,13 +382,7 @@ async fn an_order_placed_while_the_address_book_is_out_is_a_503_to_retry_that_re
     let response = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None).await;
     proxy.restore().await;
 
-    assert_eq!(
-        response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(retry_after(&response), Some("1"));
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(
         stock(&app, &shop).await,

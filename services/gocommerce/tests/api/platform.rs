@@ -14,7 +14,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::catalog::{id, new_category, new_product, product_body};
 use crate::helpers::{
-    ADMIN_EMAIL, finished_spans, send, spawn_app, spawn_behind_proxy, spawn_with, test_env,
+    ADMIN_EMAIL, finished_spans, retry_after, send, spawn_app, spawn_behind_proxy, spawn_with,
+    test_env,
 };
 
 #[tokio::test]
@@ -102,13 +103,7 @@ async fn a_database_outage_is_a_503_to_retry_and_the_service_recovers_when_it_en
     let after = send(&app, Method::GET, &product, None, None).await;
 
     assert_eq!(during.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        during
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
+    assert_eq!(retry_after(&during), Some("1"));
     let problem: Value = during.json().await.expect("problem json");
     assert_eq!(
         problem["detail"],
