@@ -21,7 +21,7 @@ use axum::serve::ListenerExt as _;
 use tokio::process::Command;
 
 use crate::server::Postgres;
-use crate::stats::{Recorder, Summary};
+use crate::stats::{Failure, Recorder, Summary};
 
 /// A bare axum server answering `GET /v1/products/{id}` with fixed JSON
 /// bytes, on its own two-thread runtime (as the gateway has its process).
@@ -107,10 +107,11 @@ pub async fn argon2_loop(threads: usize, duration: Duration) -> anyhow::Result<S
                 while !stop.load(Ordering::Relaxed) {
                     let salt = SaltString::generate(&mut OsRng);
                     let began = Instant::now();
-                    let ok = hasher
+                    let outcome = hasher
                         .hash_password(b"bench-customer-password", &salt)
-                        .is_ok();
-                    recorder.record(began.elapsed(), ok);
+                        .map(drop)
+                        .map_err(|_| Failure::Wrong);
+                    recorder.record(began.elapsed(), outcome);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 recorder
@@ -211,8 +212,8 @@ pub fn parse_log(text: &str, recorder: &mut Recorder) {
             continue;
         };
         match time.parse::<u64>() {
-            Ok(micros) => recorder.record(Duration::from_micros(micros), true),
-            Err(_) => recorder.record(Duration::ZERO, false),
+            Ok(micros) => recorder.record(Duration::from_micros(micros), Ok(())),
+            Err(_) => recorder.record(Duration::ZERO, Err(Failure::Wrong)),
         }
     }
 }
@@ -232,6 +233,7 @@ mod tests {
         let summary = recorder.summary(Duration::from_secs(1));
         assert_eq!(summary.requests, 3);
         assert_eq!(summary.errors, 1);
+        assert_eq!(summary.failures["wrong answer"], 1);
         assert!((summary.max_ms - 2.5).abs() < 0.01, "{summary:?}");
     }
 

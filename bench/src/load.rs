@@ -14,10 +14,10 @@ use tokio::task::JoinError;
 use tokio::time::Instant;
 
 use crate::schedule::Schedule;
-use crate::stats::{Recorder, Summary};
+use crate::stats::{Failure, Outcome, Recorder, Summary};
 
-/// One request: resolves to whether it succeeded.
-pub type Request = Pin<Box<dyn Future<Output = bool> + Send>>;
+/// One request: resolves to whether it succeeded, or how it failed.
+pub type Request = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Makes request number `index`, tagged with the class its latency is
 /// recorded under (always 0 for a single-kind load).
@@ -30,7 +30,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn single<F, Fut>(make: F) -> Op
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     Arc::new(move |i| (0, Box::pin(make(i)) as Request))
 }
@@ -49,12 +49,17 @@ pub async fn open_loop(
     duration: Duration,
     max_in_flight: usize,
 ) -> (Vec<Recorder>, Duration) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Answered>();
     let collector = tokio::spawn(async move {
         let mut recorders = vec![Recorder::new(); classes.max(1)];
-        while let Some(Outcome { class, latency, ok }) = rx.recv().await {
+        while let Some(Answered {
+            class,
+            latency,
+            outcome,
+        }) = rx.recv().await
+        {
             if let Some(recorder) = recorders.get_mut(class) {
-                recorder.record(latency, ok);
+                recorder.record(latency, outcome);
             }
         }
         recorders
@@ -86,10 +91,10 @@ pub async fn open_loop(
 }
 
 /// One answered (or failed, or never sent) request.
-struct Outcome {
+struct Answered {
     class: usize,
     latency: Duration,
-    ok: bool,
+    outcome: Outcome,
 }
 
 /// Sends an open loop's requests at their intended times from a thread that
@@ -100,7 +105,7 @@ struct Pacer {
     start: Instant,
     end: Instant,
     slots: Arc<Semaphore>,
-    outcomes: mpsc::UnboundedSender<Outcome>,
+    outcomes: mpsc::UnboundedSender<Answered>,
     runtime: Handle,
 }
 
@@ -133,26 +138,35 @@ impl Pacer {
             let (class, request) = (self.op)(index);
             let outcomes = self.outcomes.clone();
             self.runtime.spawn(async move {
-                let ok = tokio::time::timeout(REQUEST_TIMEOUT, request)
-                    .await
-                    .unwrap_or(false);
+                let outcome = answer(request).await;
                 drop(slot);
                 // From the intended time: a late send is the server's queue too.
                 let latency = intended.elapsed();
-                let _ = outcomes.send(Outcome { class, latency, ok });
+                let _ = outcomes.send(Answered {
+                    class,
+                    latency,
+                    outcome,
+                });
             });
         }
         for index in unsent {
             // Its class is not known without making the request: class 0.
             let intended = self.start + self.schedule.offset(index);
             let latency = Instant::now().saturating_duration_since(intended);
-            let _ = self.outcomes.send(Outcome {
+            let _ = self.outcomes.send(Answered {
                 class: 0,
                 latency,
-                ok: false,
+                outcome: Err(Failure::Unsent),
             });
         }
     }
+}
+
+/// The request's outcome, or a timeout once it has taken `REQUEST_TIMEOUT`.
+async fn answer(request: Request) -> Outcome {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
 }
 
 /// `open_loop` for a one-class load, summarised.
@@ -182,10 +196,8 @@ pub async fn closed_loop(op: &Op, concurrency: usize, duration: Duration) -> Sum
                     let index = counter.fetch_add(1, Ordering::Relaxed);
                     let sent = Instant::now();
                     let (_, request) = op(index);
-                    let ok = tokio::time::timeout(REQUEST_TIMEOUT, request)
-                        .await
-                        .unwrap_or(false);
-                    recorder.record(sent.elapsed(), ok);
+                    let outcome = answer(request).await;
+                    recorder.record(sent.elapsed(), outcome);
                 }
                 recorder
             })
@@ -218,7 +230,7 @@ mod tests {
         // 10 in half a second, the open loop sends all 100 it scheduled.
         let op = single(|_| async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            true
+            Ok(())
         });
         let summary = open_loop_summary(&op, 200.0, Duration::from_millis(500), 1000).await;
         assert_eq!(summary.requests, 100);
@@ -234,7 +246,7 @@ mod tests {
         let record = sent.clone();
         let op = single(move |_| {
             record.lock().unwrap().push(std::time::Instant::now());
-            async { true }
+            async { Ok(()) }
         });
         let summary = open_loop_summary(&op, 5000.0, Duration::from_millis(200), 1000).await;
         assert_eq!(summary.requests, 1000);
@@ -259,7 +271,7 @@ mod tests {
             async move {
                 let _one_at_a_time = gate.lock().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                true
+                Ok(())
             }
         });
         let summary = open_loop_summary(&op, 100.0, Duration::from_millis(500), 1000).await;
@@ -273,11 +285,12 @@ mod tests {
         // answered, each later than the last; the other ~24 never go out.
         let op = single(|_| async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            true
+            Ok(())
         });
         let summary = open_loop_summary(&op, 100.0, Duration::from_millis(300), 2).await;
         assert_eq!(summary.requests, 30);
         assert!((20..=28).contains(&summary.errors), "{summary:?}");
+        assert_eq!(summary.failures["unsent"], summary.errors, "{summary:?}");
         assert!(summary.max_ms >= 200.0, "{summary:?}");
     }
 
@@ -285,20 +298,26 @@ mod tests {
     async fn latencies_are_recorded_under_each_requests_class() {
         let op: Op = Arc::new(|i| {
             let class = usize::from(i % 4 == 0);
-            (class, Box::pin(async move { i % 2 == 0 }) as Request)
+            let outcome = if i % 2 == 0 {
+                Ok(())
+            } else {
+                Err(Failure::Status(503))
+            };
+            (class, Box::pin(async move { outcome }) as Request)
         });
         let (recorders, _) = open_loop(&op, 2, 400.0, Duration::from_millis(100), 1000).await;
         assert_eq!(recorders[1].count(), 10);
         assert_eq!(recorders[0].count(), 30);
-        let errors = recorders[0].summary(Duration::from_secs(1)).errors;
-        assert_eq!(errors, 20);
+        let summary = recorders[0].summary(Duration::from_secs(1));
+        assert_eq!(summary.errors, 20);
+        assert_eq!(summary.failures["503"], 20);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_closed_loop_keeps_each_worker_busy_until_the_deadline() {
         let op = single(|_| async {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            true
+            Ok(())
         });
         let summary = closed_loop(&op, 4, Duration::from_millis(300)).await;
         // About 4 workers × 30 requests; a busy machine delays timers, so allow slack.

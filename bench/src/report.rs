@@ -57,7 +57,7 @@ fn row(level: &Level) -> String {
         m.p90_ms,
         m.p99_ms,
         m.max_ms,
-        m.errors,
+        m.errors_by_kind(),
         num(b.map(|b| b.throughput), 1),
         b.map(|b| format!("{:.2} / {:.2}", b.p50_ms, b.p99_ms))
             .unwrap_or_else(|| "n/a".to_owned()),
@@ -223,6 +223,7 @@ mod tests {
         Summary {
             requests: 10,
             errors: 0,
+            failures: Default::default(),
             seconds: 1.0,
             throughput,
             p50_ms: 1.0,
@@ -251,6 +252,28 @@ mod tests {
             line.ends_with("| 1000.0 | 1.00 / 2.00 | 0.50 | 2.00 |"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_level_with_errors_says_what_they_were() {
+        let level = Level {
+            load: "90%".to_owned(),
+            rate: Some(900.0),
+            measured: Summary {
+                errors: 69,
+                failures: [("unsent".to_owned(), 66), ("503".to_owned(), 3)].into(),
+                ..summary(800.0, 4.0)
+            },
+            baseline: None,
+            throughput_ratio: None,
+            p99_ratio: None,
+            pair_ratios: Vec::new(),
+            pair_p99_ratios: Vec::new(),
+        };
+
+        let line = row(&level);
+
+        assert!(line.contains("| 69 (503: 3, unsent 66) |"), "{line}");
     }
 
     #[test]

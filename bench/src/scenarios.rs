@@ -16,7 +16,7 @@ use crate::mix::{Kind, Mix};
 use crate::seed::{self, CUSTOMER_PASSWORD, NOUNS, Seeded};
 use crate::server::{Gocommerce, Memory, Postgres};
 use crate::smtp::{Arrivals, SmtpSink};
-use crate::stats::Recorder;
+use crate::stats::{Failure, Outcome, Recorder};
 use crate::stats::{Summary, predicted_mix_rate, ratio};
 
 /// The fractions of each side's own maximum the open-loop levels run at.
@@ -419,16 +419,12 @@ impl Context {
                     .json(&seed::order_body(&customer, &product_id))
                     .send()
                     .await;
-                let Ok(placed) = placed else { return false };
+                let placed = placed.map_err(|_| Failure::Transport)?;
                 if !placed.status().is_success() {
-                    return false;
+                    return Err(Failure::Status(placed.status().as_u16()));
                 }
-                let Ok(order) = placed.json::<Value>().await else {
-                    return false;
-                };
-                let Some(id) = order["id"].as_str().map(str::to_owned) else {
-                    return false;
-                };
+                let order = placed.json::<Value>().await.map_err(|_| Failure::Wrong)?;
+                let id = order["id"].as_str().ok_or(Failure::Wrong)?.to_owned();
                 let mut status = order["status"].as_str().unwrap_or_default().to_owned();
                 loop {
                     match status.as_str() {
@@ -436,23 +432,22 @@ impl Context {
                             paid.lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .insert(id, tokio::time::Instant::now());
-                            return true;
+                            return Ok(());
                         }
                         "PENDING" | "RESERVED" => {}
-                        _ => return false,
+                        _ => return Err(Failure::Wrong),
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    let Ok(response) = client
+                    let response = client
                         .get(format!("{base}/v1/orders/{id}"))
                         .bearer_auth(&customer.token)
                         .send()
                         .await
-                    else {
-                        return false;
-                    };
-                    let Ok(order) = response.json::<Value>().await else {
-                        return false;
-                    };
+                        .map_err(|_| Failure::Transport)?;
+                    if !response.status().is_success() {
+                        return Err(Failure::Status(response.status().as_u16()));
+                    }
+                    let order = response.json::<Value>().await.map_err(|_| Failure::Wrong)?;
                     status = order["status"].as_str().unwrap_or_default().to_owned();
                 }
             }
@@ -501,11 +496,16 @@ impl Context {
 
 /// A 2xx answer whose body was read to the end (as a browser would; an
 /// unread body would also cost the connection).
-async fn ok(response: Result<reqwest::Response, reqwest::Error>) -> bool {
-    match response {
-        Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
-        _ => false,
+async fn ok(response: Result<reqwest::Response, reqwest::Error>) -> Outcome {
+    let response = response.map_err(|_| Failure::Transport)?;
+    if !response.status().is_success() {
+        return Err(Failure::Status(response.status().as_u16()));
     }
+    response
+        .bytes()
+        .await
+        .map(drop)
+        .map_err(|_| Failure::Transport)
 }
 
 pub fn percent(share: f64) -> String {
@@ -573,7 +573,7 @@ async fn warm_every_product(cx: &Context) -> anyhow::Result<()> {
             async move { ok(request.send().await).await }
         })
         .buffer_unordered(cx.settings.concurrency)
-        .filter(|ok| std::future::ready(!ok))
+        .filter(|outcome| std::future::ready(outcome.is_err()))
         .count()
         .await;
     anyhow::ensure!(
@@ -1110,8 +1110,8 @@ async fn notification_lag(cx: &Context) -> Option<Summary> {
     let mut recorder = Recorder::new();
     for (id, at) in &paid {
         match cx.smtp.arrival(id) {
-            Some(arrived) => recorder.record(arrived.saturating_duration_since(*at), true),
-            None => recorder.record(Duration::from_secs(10), false),
+            Some(arrived) => recorder.record(arrived.saturating_duration_since(*at), Ok(())),
+            None => recorder.record(Duration::from_secs(10), Err(Failure::Timeout)),
         }
     }
     Some(recorder.summary(cx.settings.measure))
@@ -1156,7 +1156,7 @@ mod tests {
             .map(|&ms| {
                 let mut recorder = Recorder::new();
                 for _ in 0..10 {
-                    recorder.record(Duration::from_millis(ms), true);
+                    recorder.record(Duration::from_millis(ms), Ok(()));
                 }
                 recorder
             })
@@ -1216,7 +1216,7 @@ mod tests {
         let slow_search = mix_recorders([5, 60, 5, 5, 20, 200]);
         let slow_checkout = mix_recorders([5, 40, 5, 5, 20, 300]);
         let mut failed_login = mix_recorders([5, 40, 5, 5, 20, 200]);
-        failed_login[4].record(Duration::from_millis(20), false);
+        failed_login[4].record(Duration::from_millis(20), Err(Failure::Status(429)));
 
         assert!(!judge_mix("x", 1.0, &slow_search, elapsed, None).1);
         assert!(!judge_mix("x", 1.0, &slow_checkout, elapsed, None).1);

@@ -1,6 +1,8 @@
 //! Latency histograms (HDR, microsecond resolution) and their summaries, and
 //! the ratios every figure is reported as.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -8,11 +10,44 @@ use serde::Serialize;
 
 use crate::cpu::Cpu;
 
-/// Latencies recorded in microseconds, 1 µs to 5 minutes, three significant digits.
+/// Why a request failed, so a report can say what its errors were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failure {
+    /// Answered with this status, not a 2xx.
+    Status(u16),
+    /// The connection failed, or the body could not be read.
+    Transport,
+    /// An answer other than the one waited for (an order that ended
+    /// unpaid, a body that is not the JSON expected), or a baseline's
+    /// transaction that failed.
+    Wrong,
+    /// No answer in time.
+    Timeout,
+    /// Never sent: no connection came free before the window closed.
+    Unsent,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(code) => write!(f, "{code}"),
+            Self::Transport => f.write_str("transport"),
+            Self::Wrong => f.write_str("wrong answer"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Unsent => f.write_str("unsent"),
+        }
+    }
+}
+
+/// What became of one request.
+pub type Outcome = Result<(), Failure>;
+
+/// Latencies recorded in microseconds, 1 µs to 5 minutes, three significant
+/// digits, and the failures by kind.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     histogram: Histogram<u64>,
-    errors: u64,
+    failures: BTreeMap<Failure, u64>,
 }
 
 impl Default for Recorder {
@@ -28,25 +63,27 @@ impl Recorder {
             .expect("constant histogram bounds are valid");
         Self {
             histogram,
-            errors: 0,
+            failures: BTreeMap::new(),
         }
     }
 
-    /// A completed request; a failed one counts as an error and its latency
-    /// is still recorded (a fast error is not a fast answer, but a slow one
-    /// is still slow).
-    pub fn record(&mut self, latency: Duration, ok: bool) {
+    /// A completed request; a failed one counts as an error of its kind and
+    /// its latency is still recorded (a fast error is not a fast answer, but
+    /// a slow one is still slow).
+    pub fn record(&mut self, latency: Duration, outcome: Outcome) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.histogram.saturating_record(micros.max(1));
-        if !ok {
-            self.errors += 1;
+        if let Err(failure) = outcome {
+            *self.failures.entry(failure).or_default() += 1;
         }
     }
 
     pub fn merge(&mut self, other: &Recorder) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.histogram.add(&other.histogram);
-        self.errors += other.errors;
+        for (failure, count) in &other.failures {
+            *self.failures.entry(*failure).or_default() += count;
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -57,7 +94,8 @@ impl Recorder {
     /// requests that succeeded.
     pub fn summary(&self, elapsed: Duration) -> Summary {
         let requests = self.histogram.len();
-        let ok = requests.saturating_sub(self.errors);
+        let errors = self.failures.values().sum();
+        let ok = requests.saturating_sub(errors);
         let secs = elapsed.as_secs_f64();
         let ms = |micros: u64| micros as f64 / 1000.0;
         let (p50, p90, p99, max) = if requests == 0 {
@@ -72,7 +110,12 @@ impl Recorder {
         };
         Summary {
             requests,
-            errors: self.errors,
+            errors,
+            failures: self
+                .failures
+                .iter()
+                .map(|(failure, count)| (failure.to_string(), *count))
+                .collect(),
             seconds: secs,
             throughput: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
             p50_ms: p50,
@@ -84,11 +127,37 @@ impl Recorder {
     }
 }
 
+impl Summary {
+    /// The error count, with its kinds when there are any: "0", or
+    /// "69 (unsent 66, 503: 3)".
+    pub fn errors_by_kind(&self) -> String {
+        if self.failures.is_empty() {
+            return self.errors.to_string();
+        }
+        let kinds: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(kind, count)| {
+                if kind.parse::<u16>().is_ok() {
+                    format!("{kind}: {count}")
+                } else {
+                    format!("{kind} {count}")
+                }
+            })
+            .collect();
+        format!("{} ({})", self.errors, kinds.join(", "))
+    }
+}
+
 /// What one measurement reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub requests: u64,
     pub errors: u64,
+    /// The errors by kind: a status code, "transport", "wrong answer",
+    /// "timeout" or "unsent".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
     pub seconds: f64,
     /// Successful requests (or transactions) a second.
     pub throughput: f64,
@@ -139,7 +208,7 @@ mod tests {
     fn the_summary_reports_percentiles_of_the_recorded_latencies() {
         let mut recorder = Recorder::new();
         for ms in 1..=100 {
-            recorder.record(Duration::from_millis(ms), true);
+            recorder.record(Duration::from_millis(ms), Ok(()));
         }
         let summary = recorder.summary(Duration::from_secs(2));
         assert_eq!(summary.requests, 100);
@@ -152,15 +221,28 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_counted_and_left_out_of_the_throughput() {
+    fn errors_are_counted_by_kind_and_left_out_of_the_throughput() {
         let mut recorder = Recorder::new();
-        recorder.record(Duration::from_millis(1), true);
-        recorder.record(Duration::from_millis(1), false);
-        recorder.record(Duration::from_millis(1), false);
+        recorder.record(Duration::from_millis(1), Ok(()));
+        recorder.record(Duration::from_millis(1), Err(Failure::Unsent));
+        recorder.record(Duration::from_millis(1), Err(Failure::Status(503)));
+        recorder.record(Duration::from_millis(1), Err(Failure::Unsent));
         let summary = recorder.summary(Duration::from_secs(1));
-        assert_eq!(summary.requests, 3);
-        assert_eq!(summary.errors, 2);
+        assert_eq!(summary.requests, 4);
+        assert_eq!(summary.errors, 3);
+        assert_eq!(summary.failures["unsent"], 2);
+        assert_eq!(summary.failures["503"], 1);
+        assert_eq!(summary.errors_by_kind(), "3 (503: 1, unsent 2)");
         assert!((summary.throughput - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_run_without_errors_reports_a_bare_zero() {
+        let mut recorder = Recorder::new();
+        recorder.record(Duration::from_millis(1), Ok(()));
+        let summary = recorder.summary(Duration::from_secs(1));
+        assert!(summary.failures.is_empty());
+        assert_eq!(summary.errors_by_kind(), "0");
     }
 
     #[test]
@@ -174,13 +256,15 @@ mod tests {
     #[test]
     fn merged_recorders_hold_both_sets_of_latencies_and_errors() {
         let mut a = Recorder::new();
-        a.record(Duration::from_millis(1), true);
+        a.record(Duration::from_millis(1), Err(Failure::Timeout));
         let mut b = Recorder::new();
-        b.record(Duration::from_millis(200), false);
+        b.record(Duration::from_millis(200), Err(Failure::Timeout));
+        b.record(Duration::from_millis(2), Ok(()));
         a.merge(&b);
         let summary = a.summary(Duration::from_secs(1));
-        assert_eq!(summary.requests, 2);
-        assert_eq!(summary.errors, 1);
+        assert_eq!(summary.requests, 3);
+        assert_eq!(summary.errors, 2);
+        assert_eq!(summary.failures["timeout"], 2);
         assert!((summary.max_ms - 200.0).abs() < 0.5);
     }
 
