@@ -7,12 +7,19 @@ export CARGO_TARGET_DIR
 BENCH_RESULTS ?= bench/results
 BENCH_QUICK_RESULTS ?= $(CARGO_TARGET_DIR)/bench-quick
 
-.PHONY: bench bench-quick bench-instructions
+.PHONY: bench bench-quick bench-instructions bench-runs
 
-bench: ## Release build, full benchmark run; writes bench/results/<date>.{json,md}
+bench: ## Release build, full benchmark run; writes bench/results/<date>.{json,md}, then bench/RUNS.md
 	cargo build --release -p gocommerce -p gocommerce-bench
 	$(CARGO_TARGET_DIR)/release/gocommerce-bench --gocommerce $(CARGO_TARGET_DIR)/release/gocommerce \
 	  --build release --out-dir $(BENCH_RESULTS)
+	$(MAKE) --no-print-directory bench-runs
+
+# Always from bench/results, whose reports RUNS.md links to beside it.
+bench-runs: ## The table of every full run in bench/results, written to bench/RUNS.md
+	cargo build --release -p gocommerce-bench
+	$(CARGO_TARGET_DIR)/release/gocommerce-bench --runs bench/results > bench/RUNS.md.tmp
+	mv bench/RUNS.md.tmp bench/RUNS.md
 
 bench-quick: ## Smoke run of every scenario on the debug build (tests the harness, judges no number)
 	cargo build -p gocommerce -p gocommerce-bench

@@ -13,6 +13,7 @@ mod load;
 mod machine;
 mod mix;
 mod report;
+mod runs;
 mod scenarios;
 mod schedule;
 mod seed;
@@ -35,8 +36,12 @@ use crate::server::{Gocommerce, Launch, Postgres, ProductCache};
 #[command(about = "Benchmark gocommerce against same-run baselines")]
 struct Args {
     /// The `gocommerce` binary to start (`all`).
-    #[arg(long)]
-    gocommerce: PathBuf,
+    #[arg(long, required_unless_present = "runs")]
+    gocommerce: Option<PathBuf>,
+    /// Instead of a run, print the table of every full run among the JSON
+    /// reports in this directory (bench/RUNS.md).
+    #[arg(long, conflicts_with_all = ["quick", "only", "instructions"])]
+    runs: Option<PathBuf>,
     /// A smoke run: a small catalog and half-second measurements.
     #[arg(long)]
     quick: bool,
@@ -99,6 +104,15 @@ fn progress(message: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.runs {
+        use std::io::Write as _;
+        std::io::stdout().write_all(runs::table(dir)?.as_bytes())?;
+        return Ok(());
+    }
+    let gocommerce = args
+        .gocommerce
+        .clone()
+        .context("--gocommerce is required")?;
     let (sizes, settings) = if args.quick {
         (
             Sizes {
@@ -147,10 +161,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let started_at = chrono::Utc::now();
-    progress(&format!("starting {} all", args.gocommerce.display()));
+    progress(&format!("starting {} all", gocommerce.display()));
     let sink = std::sync::Arc::new(smtp::SmtpSink::start().await?);
     let smtp_url = format!("smtp://127.0.0.1:{}", sink.port);
-    let launch = Launch::new(&args.gocommerce, &postgres, &run_id, &smtp_url)?;
+    let launch = Launch::new(&gocommerce, &postgres, &run_id, &smtp_url)?;
     if args.instructions {
         let counts = instructions::Counts {
             views: args.requests,
@@ -349,7 +363,11 @@ async fn run(
         } else {
             "full".to_owned()
         },
-        binary: args.gocommerce.display().to_string(),
+        binary: args
+            .gocommerce
+            .as_deref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
         build: args.build.clone(),
         concurrency: settings.concurrency,
         measure_seconds: settings.measure.as_secs_f64(),
