@@ -237,12 +237,14 @@ async fn a_replay_moves_only_the_messages_dead_when_it_started() {
 }
 
 #[tokio::test]
-async fn replays_go_on_finding_nothing_while_expired_dead_letter_queues_are_deleted() {
+async fn replays_go_on_finding_nothing_while_their_expired_queues_are_deleted() {
     // Arrange: RabbitMQ deletes a queue whose x-expires lease ran out at a
     // tick of its own, seconds later, and declaring the queue meanwhile does
-    // not renew it, so an expired dead-letter queue can vanish between two
-    // steps of a replay. Twenty of them, each replayed over and over from
-    // the end of its lease until past the broker's tick, make that likely.
+    // not renew it, so a spec's expired queues can vanish between two steps
+    // of a replay (a bind after the work queue's declaration, the count after
+    // the dead-letter queue's). Twenty specs, each replayed over and over
+    // from the end of its lease until past the broker's tick (about five
+    // seconds after the queues were made, on RabbitMQ 3.10), make that likely.
     let (broker, _) = namespaced_broker_expiring_after("1");
     let specs: Vec<QueueSpec> = (0..20).map(|_| unique_spec(1).0).collect();
     for spec in &specs {
