@@ -116,11 +116,11 @@ impl Problem {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         if code == ErrorCode::Unavailable && problem.retry_after.is_none() {
-            // Unavailable is always worth retrying: the backend's channel
-            // tries a lost connection again every second, and a service that
-            // said nothing (auth, after retrying the user service itself)
-            // has already waited.
-            problem.retry_after = Some(1);
+            // Unavailable is always worth retrying, and a service that said
+            // nothing of when (auth, after retrying the user service itself;
+            // the gateway's own channel to a backend it cannot reach) means
+            // what a database outage says.
+            problem.retry_after = Some(gocommerce_platform::error::RETRY_UNAVAILABLE_SECS);
         }
         problem
     }

@@ -140,6 +140,12 @@ pub fn internal(err: impl Display) -> tonic::Status {
     tonic::Status::internal("internal error")
 }
 
+/// The Retry-After, in seconds, of an answer that a dependency is
+/// unavailable, unless the service said otherwise: the gRPC channels try a
+/// lost connection again after a second, and a pool a refused connect
+/// sooner, so a second later is when trying again can first succeed.
+pub const RETRY_UNAVAILABLE_SECS: u64 = 1;
+
 /// A failed database call that can tell an outage from any other failure.
 pub trait DatabaseFailure {
     /// Whether the database cannot be reached or refuses work for now.
@@ -170,10 +176,9 @@ pub fn database(err: impl Display, cause: &dyn DatabaseFailure) -> tonic::Status
     let location = std::panic::Location::caller();
     tracing::warn!(error = %err, at = %location, "database unavailable");
     let mut status = ErrorCode::Unavailable.status("the database is unavailable, retry later");
-    status.metadata_mut().insert(
-        "retry-after",
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
+    status
+        .metadata_mut()
+        .insert("retry-after", RETRY_UNAVAILABLE_SECS.into());
     status
 }
 
