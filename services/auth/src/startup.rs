@@ -7,6 +7,7 @@ use std::time::Duration;
 use gocommerce_platform::broker::{Broker, Publisher};
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_platform::{Readiness, Role, outbox};
 use gocommerce_proto::auth::v1::auth_service_server::{AuthServiceServer, SERVICE_NAME};
 use sqlx::PgPool;
@@ -35,8 +36,8 @@ const BOOTSTRAP_PROFILE_BUDGET: Duration = Duration::from_secs(60);
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("auth setup failed: {0}")]
     Auth(#[from] AuthError),
     #[error("bootstrap admin: {0}")]
@@ -93,10 +94,7 @@ impl Application {
             };
             ensure_admin(&patient, admin).await?;
         }
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "auth service listening");
         Ok(Self {
             listener,

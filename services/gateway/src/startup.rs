@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
 use gocommerce_platform::grpc::GrpcError;
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_platform::{Readiness, admin, metrics};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -46,8 +47,8 @@ pub struct AppState {
 pub enum StartupError {
     #[error(transparent)]
     Grpc(#[from] GrpcError),
-    #[error("cannot bind the HTTP listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot render the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -100,10 +101,7 @@ impl Application {
             openapi: Arc::new(crate::openapi::document().to_json()?),
         };
         let router = router(state, config.body_limit);
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("HTTP", config.addr).await?;
         tracing::info!(port, "gateway listening");
         Ok(Self {
             listener,

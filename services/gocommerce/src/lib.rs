@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use gocommerce_platform::config::{self, CommonConfig, ConfigError, Env, ServiceName};
-use gocommerce_platform::{Readiness, admin};
-use tokio::net::TcpListener;
+use gocommerce_platform::{Readiness, admin, listener};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+
+pub mod report;
 
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -252,10 +253,7 @@ pub async fn start(
     };
     let mut tasks = JoinSet::new();
 
-    let admin_listener = TcpListener::bind(common.admin_addr)
-        .await
-        .with_context(|| format!("cannot bind ADMIN_ADDR {}", common.admin_addr))?;
-    let admin_port = admin_listener.local_addr()?.port();
+    let (admin_listener, admin_port) = listener::bind("admin", common.admin_addr).await?;
     tasks.spawn(admin::serve(admin_listener, readiness.clone()).map_err_anyhow("admin listener"));
     let mut launcher = Launcher {
         own_runtime_threads,
@@ -416,7 +414,7 @@ impl Running {
                     Some(outcome) => {
                         let outcome = outcome.context("a component panicked").and_then(|r| r);
                         if let Err(error) = outcome {
-                            tracing::error!(error = format!("{error:#}"), "component failed, shutting down");
+                            tracing::error!(error = %report::chain(&error), "component failed, shutting down");
                             first_error.get_or_insert(error);
                         }
                         // One component ending means the process is going down.

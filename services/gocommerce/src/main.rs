@@ -1,6 +1,7 @@
 //! `gocommerce <component>`: runs one GoCommerce service, or all of them.
 
 use clap::Parser;
+use gocommerce::report::Report;
 use gocommerce::{Component, start};
 use gocommerce_platform::config::{CommonConfig, ProcessEnv};
 use gocommerce_platform::{Readiness, Shutdown, telemetry};
@@ -26,7 +27,7 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Report> {
     let cli = Cli::parse();
     tikv_jemalloc_ctl::background_thread::write(true)
         .map_err(|e| anyhow::anyhow!("cannot start the allocator's background thread: {e}"))?;

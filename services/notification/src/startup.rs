@@ -5,6 +5,7 @@ use gocommerce_platform::Readiness;
 use gocommerce_platform::broker::{self, Broker};
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_proto::notification::v1::notification_service_server::{
     NotificationServiceServer, SERVICE_NAME,
 };
@@ -27,8 +28,8 @@ pub enum StartupError {
     Grpc(#[from] GrpcError),
     #[error(transparent)]
     Channel(#[from] ChannelError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 #[derive(Debug)]
@@ -67,10 +68,7 @@ impl Application {
             broker,
             queue: consumer::queue(config.max_attempts, config.retry_delays.clone()),
         };
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "notification service listening");
         Ok(Self {
             listener,

@@ -5,6 +5,7 @@
 use gocommerce_platform::broker::{Broker, Publisher};
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_platform::{Readiness, outbox};
 use gocommerce_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use gocommerce_proto::payment::v1::payment_service_client::PaymentServiceClient;
@@ -26,8 +27,8 @@ pub enum StartupError {
     Database(#[from] DbError),
     #[error(transparent)]
     Grpc(#[from] GrpcError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 #[derive(Debug)]
@@ -66,10 +67,7 @@ impl Application {
             watchers: Watchers::spawn(db.background().clone(), shutdown.clone()),
             shutdown,
         };
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "order service listening");
         Ok(Self {
             listener,

@@ -4,6 +4,7 @@
 use gocommerce_platform::broker::{self, Broker, Publisher};
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_platform::{Readiness, outbox};
 use gocommerce_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
 use sqlx::migrate::Migrator;
@@ -20,8 +21,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 #[derive(Debug)]
@@ -52,10 +53,7 @@ impl Application {
             },
             stale_after: config.stale_after,
         };
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "payment service listening");
         Ok(Self {
             listener,

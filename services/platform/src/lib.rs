@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod expiring;
 pub mod grpc;
+pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;

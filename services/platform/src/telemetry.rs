@@ -49,6 +49,14 @@ enum LogFormat {
     Json,
 }
 
+/// Whether human-readable logs are coloured: only on a terminal, since
+/// escape codes in a file or a log collector are noise to read and to grep,
+/// and not when `NO_COLOR` is set (no-color.org).
+fn colours(env: &dyn Env) -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && env.var("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber: a log layer and, when configured, the
 /// OpenTelemetry layer.
 pub fn init(env: &dyn Env, default_service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
@@ -72,7 +80,10 @@ pub fn init(env: &dyn Env, default_service_name: &str) -> Result<TelemetryGuard,
     let service_name = crate::config::string(env, "OTEL_SERVICE_NAME", default_service_name);
 
     let fmt_layer = match format {
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(true)
+            .with_ansi(colours(env))
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)

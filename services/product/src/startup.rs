@@ -6,6 +6,7 @@ use std::sync::Arc;
 use gocommerce_platform::Readiness;
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_platform::pipeline::{Pipeline, PipelineError};
 use gocommerce_proto::product::v1::product_service_server::{ProductServiceServer, SERVICE_NAME};
 use sqlx::migrate::Migrator;
@@ -23,8 +24,8 @@ pub enum StartupError {
     Database(#[from] DbError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 #[derive(Debug)]
@@ -65,10 +66,7 @@ impl Application {
         let changes = ChangeListener::connect(cache.clone(), db.background().clone())
             .await
             .map_err(DbError::Connect)?;
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "product service listening");
         Ok(Self {
             listener,

@@ -4,6 +4,7 @@
 use gocommerce_platform::Readiness;
 use gocommerce_platform::db::{Db, DbError};
 use gocommerce_platform::grpc::{self, GrpcError};
+use gocommerce_platform::listener::{self, BindError};
 use gocommerce_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -17,8 +18,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbError),
-    #[error("cannot bind the gRPC listener: {0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 #[derive(Debug)]
@@ -38,10 +39,7 @@ impl Application {
         )
         .await?;
         readiness.add_postgres("user-database", db.background().clone());
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(StartupError::Bind)?;
-        let port = listener.local_addr().map_err(StartupError::Bind)?.port();
+        let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "user service listening");
         Ok(Self {
             listener,

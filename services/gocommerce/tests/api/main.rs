@@ -10,5 +10,6 @@ mod mailbox;
 mod notifications;
 mod orders;
 mod platform;
+mod process;
 mod tokens;
 mod users;
