@@ -169,10 +169,15 @@ impl Launcher {
         E: std::error::Error + Send + Sync + 'static,
     {
         let build = build(config, readiness.clone());
+        let shutdown = readiness.shutdown().clone();
         let build = async move {
-            build
-                .await
-                .with_context(|| format!("{name} failed to start"))
+            tokio::select! {
+                built = build => built.with_context(|| format!("{name} failed to start")),
+                // A component can wait a while for what it needs (its
+                // database, the user service for the bootstrap admin): told
+                // to stop meanwhile, it stops now, not when the wait is over.
+                () = shutdown.wait() => Err(anyhow::anyhow!("{name} was told to stop while starting")),
+            }
         };
         let Some(threads) = self.own_runtime_threads else {
             let app = build.await?;

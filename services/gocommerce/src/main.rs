@@ -1,7 +1,7 @@
 //! `gocommerce <component>`: runs one GoCommerce service, or all of them.
 
 use clap::Parser;
-use gocommerce::report::Report;
+use gocommerce::report::{self, Report};
 use gocommerce::{Component, start};
 use gocommerce_platform::config::{CommonConfig, ProcessEnv};
 use gocommerce_platform::{Readiness, Shutdown, telemetry};
@@ -38,7 +38,15 @@ async fn main() -> Result<(), Report> {
 
     let shutdown = Shutdown::with_drain(common.shutdown_drain);
     shutdown.listen_for_signals();
-    let running = start(cli.component, &env, Readiness::new(shutdown)).await?;
+    let running = match start(cli.component, &env, Readiness::new(shutdown.clone())).await {
+        Ok(running) => running,
+        // Stopped on purpose before everything had started: not a failure.
+        Err(error) if shutdown.is_triggered() => {
+            tracing::info!(error = %report::chain(&error), "stopped while starting");
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
     tracing::info!(component = ?cli.component, admin_port = running.admin_port, "started");
     running.wait(grace).await?;
     tracing::info!("stopped");

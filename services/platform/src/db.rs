@@ -1,6 +1,7 @@
-//! The PostgreSQL connections of a service. [`connect_and_migrate`] creates
-//! the service's database when it is missing, then runs its migrations; both
-//! are safe when several replicas start at once: a lost `CREATE DATABASE`
+//! The PostgreSQL connections of a service. [`connect_and_migrate`] waits for
+//! a database that cannot be reached yet, creates the service's database
+//! when it is missing, then runs its migrations. Creating and migrating are
+//! safe when several replicas start at once: a lost `CREATE DATABASE`
 //! race is treated as success, and sqlx serialises migrations with an
 //! advisory lock.
 //!
@@ -43,6 +44,17 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl DbError {
+    /// Whether the database could not be reached, rather than refused what
+    /// was asked of it: see [`is_outage`].
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Connect(source) | Self::Create { source, .. } => is_outage(source),
+            Self::Url(_) | Self::NoDatabase | Self::BadName(_) | Self::Migrate(_) => false,
+        }
+    }
+}
+
 /// How long a pooled connection may sit idle and still be used unchecked.
 pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
@@ -54,12 +66,35 @@ pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 /// from the gateway.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `url`, creating its database if needed, and migrates it.
-#[tracing::instrument(skip_all, fields(db.name), err)]
+/// How long a starting service waits for its database to accept
+/// connections before it gives up. The operator creates a service's
+/// Deployment and its PostgreSQL at the same time: a service that exited at
+/// once would be restarted under the kubelet's growing back-off (10 s, 20 s,
+/// 40 s, ...), and come up long after the database did.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+/// The longest pause between two attempts while waiting for the database.
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Connects to `url`, creating its database if needed, and migrates it;
+/// waits up to [`STARTUP_WAIT`] for a database that cannot be reached yet.
 pub async fn connect_and_migrate(
     url: &str,
     max_connections: u32,
     migrator: &Migrator,
+) -> Result<PgPool, DbError> {
+    connect_and_migrate_within(url, max_connections, migrator, STARTUP_WAIT).await
+}
+
+/// [`connect_and_migrate`], waiting up to `wait` for an outage (a refused
+/// connection, a server still starting) to end. Any other failure, such as a
+/// refused login, ends it at once: waiting would not mend it.
+#[tracing::instrument(skip_all, fields(db.name), err)]
+pub async fn connect_and_migrate_within(
+    url: &str,
+    max_connections: u32,
+    migrator: &Migrator,
+    wait: Duration,
 ) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
@@ -70,9 +105,35 @@ pub async fn connect_and_migrate(
         .ok_or(DbError::NoDatabase)?
         .to_owned();
     tracing::Span::current().record("db.name", name.as_str());
-    ensure_database(&options, &name).await?;
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(250);
+    let pool = loop {
+        match connect(&options, &name, max_connections).await {
+            Ok(pool) => break pool,
+            Err(error) if error.is_outage() && Instant::now() + pause < deadline => {
+                tracing::warn!(
+                    %error,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "the database cannot be reached yet, waiting for it"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(STARTUP_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
 
-    let pool = PgPoolOptions::new()
+/// Creates the database if needed and opens the request pool.
+async fn connect(
+    options: &PgConnectOptions,
+    name: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbError> {
+    ensure_database(options, name).await?;
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -91,11 +152,9 @@ pub async fn connect_and_migrate(
                 Ok(true)
             })
         })
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
-        .map_err(DbError::Connect)?;
-    migrator.run(&pool).await?;
-    Ok(pool)
+        .map_err(DbError::Connect)
 }
 
 async fn ensure_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {

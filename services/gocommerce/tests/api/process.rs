@@ -1,21 +1,21 @@
 //! The `gocommerce` binary as an operator meets it: what it prints when it
-//! cannot start, and the logs it writes into a pipe.
+//! cannot start, the logs it writes into a pipe, and how it stops while it
+//! still waits for its database.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// `gocommerce gateway` with nothing of this shell's environment but the
-/// listeners' addresses and the log level: the gateway needs no database,
-/// and starts without its backends running.
-fn gateway(gateway_addr: &str) -> Command {
+/// `gocommerce <component>` with nothing of this shell's environment but
+/// `vars`, a free admin port and the log level.
+fn gocommerce(component: &str, vars: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gocommerce"));
     command
-        .arg("gateway")
+        .arg(component)
         .env_clear()
-        .env("GATEWAY_ADDR", gateway_addr)
+        .envs(vars.iter().copied())
         .env("ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .env("RUST_BACKTRACE", "0")
@@ -23,6 +23,39 @@ fn gateway(gateway_addr: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
+}
+
+/// The gateway needs no database, and starts without its backends running.
+fn gateway(gateway_addr: &str) -> Command {
+    gocommerce("gateway", &[("GATEWAY_ADDR", gateway_addr)])
+}
+
+/// The lines `child` writes to its standard output, as they come.
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
+/// The lines read until one contains `wanted`, or all read in 30 s.
+fn read_until(lines: &mpsc::Receiver<String>, wanted: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut read = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let found = line.contains(wanted);
+        read.push(line);
+        if found {
+            break;
+        }
+    }
+    read
 }
 
 #[test]
@@ -56,26 +89,10 @@ fn a_taken_port_stops_the_process_saying_which_listener_and_the_cause_once() {
 fn logs_written_into_a_pipe_carry_no_colour_codes() {
     // Arrange
     let mut child = gateway("127.0.0.1:0").spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = stdout_lines(&mut child);
 
-    // Act: read until the process says it started.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut read = Vec::new();
-    while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let started = line.contains("started");
-        read.push(line);
-        if started {
-            break;
-        }
-    }
+    // Act
+    let read = read_until(&lines, "started");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -88,4 +105,56 @@ fn logs_written_into_a_pipe_carry_no_colour_codes() {
     for line in &read {
         assert!(!line.contains('\u{1b}'), "an escape code in {line:?}");
     }
+}
+
+#[test]
+fn a_service_waiting_for_its_database_stops_at_once_when_told() {
+    // Arrange: a payment service whose database does not answer yet.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed}/gct_never_up");
+    let mut child = gocommerce(
+        "payment",
+        &[
+            ("PAYMENT_DATABASE_URL", &url),
+            ("PAYMENT_GRPC_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let lines = stdout_lines(&mut child);
+    let waiting = read_until(&lines, "waiting for it");
+    assert!(
+        waiting
+            .last()
+            .is_some_and(|line| line.contains("waiting for it")),
+        "the service did not wait for its database: {waiting:?}"
+    );
+
+    // Act
+    let told = Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = read_until(&lines, "stopped while starting");
+    let status = child.wait().unwrap();
+
+    // Assert
+    assert!(signalled.success());
+    assert!(
+        stopped
+            .last()
+            .is_some_and(|line| line.contains("stopped while starting")),
+        "{stopped:?}"
+    );
+    assert!(status.success(), "a requested stop is no failure: {status}");
+    assert!(
+        told.elapsed() < Duration::from_secs(5),
+        "stopped {:?} after being told, not when its wait was over",
+        told.elapsed()
+    );
 }

@@ -9,3 +9,4 @@ mod pipeline;
 mod pool;
 mod resilience;
 mod row;
+mod startup;

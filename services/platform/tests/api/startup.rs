@@ -1,0 +1,113 @@
+//! A service's first connection to its database: a database that comes up
+//! while the service starts is waited for, one still down when the wait is
+//! over fails the start, and a refusal that waiting cannot mend fails it at
+//! once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gocommerce_platform::db;
+use gocommerce_platform::testing::DropDatabase;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+/// A loopback port nothing listens on, for now.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Forwards every connection to `port` on to the real PostgreSQL, from now on.
+async fn open_postgres_on(port: u16) {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("the port is still free");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+}
+
+fn database_name() -> String {
+    format!("gct_startup_{}", Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn a_database_that_comes_up_while_the_service_starts_is_waited_for() {
+    // Arrange
+    let port = closed_port();
+    let name = database_name();
+    let _database = DropDatabase(name.clone());
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
+    let started = Instant::now();
+    let connecting = tokio::spawn(async move {
+        db::connect_and_migrate_within(&url, 1, &Migrator::DEFAULT, Duration::from_secs(30)).await
+    });
+
+    // Act
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    open_postgres_on(port).await;
+    let pool = connecting.await.expect("no panic");
+
+    // Assert
+    let pool = pool.expect("connected once the database was up");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .expect("the pool works");
+    assert_eq!(one, 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_database_still_down_when_the_wait_is_over_fails_the_start_as_an_outage() {
+    // Arrange
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        closed_port(),
+        database_name()
+    );
+    let started = Instant::now();
+
+    // Act
+    let result =
+        db::connect_and_migrate_within(&url, 1, &Migrator::DEFAULT, Duration::from_secs(1)).await;
+
+    // Assert
+    let error = result.expect_err("nothing listens");
+    assert!(error.is_outage(), "{error}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_login_fails_the_start_at_once() {
+    // Arrange
+    let url = format!(
+        "postgres://gct_no_such_role@127.0.0.1:5432/{}",
+        database_name()
+    );
+    let started = Instant::now();
+
+    // Act
+    let result =
+        db::connect_and_migrate_within(&url, 1, &Migrator::DEFAULT, Duration::from_secs(30)).await;
+
+    // Assert
+    let error = result.expect_err("no such role");
+    assert!(!error.is_outage(), "{error}");
+    assert!(error.to_string().contains("gct_no_such_role"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
