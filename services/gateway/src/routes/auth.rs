@@ -58,8 +58,10 @@ impl Validate for LoginBody {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         // Only presence is checked: any other rule could tell an attacker
-        // something about the account the way a 401 does not.
-        if self.email.trim().is_empty() {
+        // something about the account the way a 401 does not. A blank email
+        // is present, as the schema's minLength says, and is as wrong as any
+        // other address that has no account.
+        if self.email.is_empty() {
             errors.push(required("email"));
         }
         if self.password.is_empty() {

@@ -170,6 +170,19 @@ async fn a_wrong_password_and_an_unknown_email_get_the_same_answer() {
 }
 
 #[tokio::test]
+async fn a_login_without_an_email_is_a_400_and_with_a_blank_one_a_401() {
+    let app = spawn_app().await;
+
+    let missing = app.login("", PASSWORD).await;
+    let blank = app.login("\n", PASSWORD).await;
+
+    assert_problem(missing, StatusCode::BAD_REQUEST).await;
+    // The schema asks for one character at least, and a blank address is
+    // wrong the way any address without an account is.
+    assert_problem(blank, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
 async fn repeated_failures_lock_the_account_even_for_the_right_password() {
     let app = spawn_app().await;
     let email = unique_email();
