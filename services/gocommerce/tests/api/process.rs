@@ -1,6 +1,6 @@
 //! The `gocommerce` binary as an operator meets it: what it prints when it
-//! cannot start, the logs it writes into a pipe, and how it stops while it
-//! still waits for its database.
+//! cannot start, the logs it writes into a pipe, and how it answers its
+//! probes and stops while it still waits for its database.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
@@ -107,15 +107,12 @@ fn logs_written_into_a_pipe_carry_no_colour_codes() {
     }
 }
 
-#[test]
-fn a_service_waiting_for_its_database_stops_at_once_when_told() {
+#[tokio::test]
+async fn a_service_waiting_for_its_database_is_live_not_ready_and_stops_at_once_when_told() {
     // Arrange: a payment service whose database does not answer yet.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let [closed, admin] = free_ports();
     let url = format!("postgres://postgres@127.0.0.1:{closed}/gct_never_up");
+    let admin = format!("http://127.0.0.1:{admin}");
     let mut child = gocommerce(
         "payment",
         &[
@@ -123,6 +120,7 @@ fn a_service_waiting_for_its_database_stops_at_once_when_told() {
             ("PAYMENT_GRPC_ADDR", "127.0.0.1:0"),
         ],
     )
+    .env("ADMIN_ADDR", admin.trim_start_matches("http://"))
     .spawn()
     .unwrap();
     let lines = stdout_lines(&mut child);
@@ -133,6 +131,9 @@ fn a_service_waiting_for_its_database_stops_at_once_when_told() {
             .is_some_and(|line| line.contains("waiting for it")),
         "the service did not wait for its database: {waiting:?}"
     );
+    let client = reqwest::Client::new();
+    let live = client.get(format!("{admin}/healthz")).send().await.unwrap();
+    let ready = client.get(format!("{admin}/readyz")).send().await.unwrap();
 
     // Act
     let told = Instant::now();
@@ -144,6 +145,12 @@ fn a_service_waiting_for_its_database_stops_at_once_when_told() {
     let status = child.wait().unwrap();
 
     // Assert
+    assert_eq!(live.status(), reqwest::StatusCode::OK, "alive: no restart");
+    assert_eq!(
+        ready.status(),
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "no traffic for a service that has not started"
+    );
     assert!(signalled.success());
     assert!(
         stopped
@@ -157,4 +164,10 @@ fn a_service_waiting_for_its_database_stops_at_once_when_told() {
         "stopped {:?} after being told, not when its wait was over",
         told.elapsed()
     );
+}
+
+/// Two loopback ports nothing listens on, for now.
+fn free_ports() -> [u16; 2] {
+    let listeners = [(); 2].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().port())
 }
