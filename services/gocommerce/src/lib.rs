@@ -4,8 +4,6 @@
 //! binary and the tests.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -262,20 +260,7 @@ pub async fn start(
 
     // Not ready until every component has started: the admin listener
     // answers first, and a component can wait a while for its database.
-    let started = Arc::new(AtomicBool::new(false));
-    readiness.add_check("startup", {
-        let started = started.clone();
-        move || {
-            let started = started.load(Ordering::Acquire);
-            Box::pin(async move {
-                if started {
-                    Ok(())
-                } else {
-                    Err("still starting".to_owned())
-                }
-            })
-        }
-    });
+    readiness.starting();
     let (admin_listener, admin_port) = listener::bind("admin", common.admin_addr).await?;
     tasks.spawn(admin::serve(admin_listener, readiness.clone()).map_err_anyhow("admin listener"));
     let mut launcher = Launcher {
@@ -413,7 +398,7 @@ pub async fn start(
         gateway_port = Some(port);
     }
 
-    started.store(true, Ordering::Release);
+    readiness.started();
     Ok(Running {
         admin_port,
         auth_port: ports.get(&ServiceName::Auth).copied(),

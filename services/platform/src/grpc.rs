@@ -58,7 +58,7 @@ pub async fn serve(
     let names: Vec<&'static str> = names.to_vec();
     let watcher = tokio::spawn(async move {
         loop {
-            let ready = readiness.evaluate().await.ready;
+            let ready = readiness.evaluate_serving().await.ready;
             let status = if ready {
                 ServingStatus::Serving
             } else {

@@ -1,8 +1,9 @@
-//! Readiness: whether this process should receive traffic. It is false as soon
-//! as shutdown starts, and otherwise true when every registered dependency
-//! (database, broker) answers. Liveness is separate and never looks at
+//! Readiness: whether this process should receive traffic. It is false while
+//! the process is starting and as soon as shutdown starts, and otherwise true
+//! when every registered dependency (database, broker) answers. Liveness is separate and never looks at
 //! dependencies: a database outage must not make Kubernetes restart us.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Syn
 pub struct Readiness {
     shutdown: Shutdown,
     checks: Arc<RwLock<Vec<(String, Check)>>>,
+    starting: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -48,6 +50,7 @@ impl Readiness {
         Self {
             shutdown,
             checks: Arc::default(),
+            starting: Arc::default(),
         }
     }
 
@@ -80,8 +83,38 @@ impl Readiness {
         &self.shutdown
     }
 
-    /// Runs every check concurrently.
+    /// Marks the process as starting: [`Readiness::evaluate`] fails, with
+    /// the check `startup`, until [`Readiness::started`]. Without it a
+    /// process whose components start one after another, or wait for their
+    /// database, would read as ready before it serves anything.
+    pub fn starting(&self) {
+        self.starting.store(true, Ordering::Release);
+    }
+
+    /// Marks the process as started.
+    pub fn started(&self) {
+        self.starting.store(false, Ordering::Release);
+    }
+
+    /// Whether the process should receive traffic: the checks, run
+    /// concurrently, and whether it is starting or shutting down.
     pub async fn evaluate(&self) -> Report {
+        let mut report = self.evaluate_serving().await;
+        if self.starting.load(Ordering::Acquire) {
+            report.checks.push(CheckResult {
+                name: "startup".to_owned(),
+                ok: false,
+                error: Some("still starting".to_owned()),
+            });
+            report.ready = false;
+        }
+        report
+    }
+
+    /// [`Readiness::evaluate`] for a server that is already serving, which
+    /// the rest of its process starting does not concern: a service's gRPC
+    /// health.
+    pub async fn evaluate_serving(&self) -> Report {
         let checks: Vec<(String, Check)> = self
             .checks
             .read()
@@ -144,5 +177,22 @@ mod tests {
             report.checks[0].error.as_deref(),
             Some("connection refused")
         );
+    }
+
+    #[tokio::test]
+    async fn a_starting_process_is_unready_until_started_while_its_servers_serve() {
+        let readiness = Readiness::new(Shutdown::new());
+        readiness.add_check("always", || Box::pin(async { Ok(()) }));
+
+        readiness.starting();
+        let starting = readiness.evaluate().await;
+        let serving = readiness.evaluate_serving().await;
+        readiness.started();
+        let started = readiness.evaluate().await;
+
+        assert!(!starting.ready);
+        assert!(starting.checks.iter().any(|c| c.name == "startup" && !c.ok));
+        assert!(serving.ready);
+        assert!(started.ready);
     }
 }
