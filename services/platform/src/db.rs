@@ -89,7 +89,7 @@ pub async fn connect_and_migrate(
 /// [`connect_and_migrate`], waiting up to `wait` for an outage (a refused
 /// connection, a server still starting) to end. Any other failure, such as a
 /// refused login, ends it at once: waiting would not mend it.
-#[tracing::instrument(skip_all, fields(db.name), err)]
+#[tracing::instrument(name = "connect_and_migrate", skip_all, fields(db.name), err)]
 pub async fn connect_and_migrate_within(
     url: &str,
     max_connections: u32,
@@ -164,11 +164,12 @@ async fn ensure_database(options: &PgConnectOptions, name: &str) -> Result<(), D
     {
         return Err(DbError::BadName(name.to_owned()));
     }
-    let mut admin = options
-        .clone()
-        .database("postgres")
-        .connect()
+    // Bounded like the pool's connects below: a server that accepts the
+    // connection and never answers would otherwise hold the start forever.
+    let admin = options.clone().database("postgres");
+    let mut admin = tokio::time::timeout(ACQUIRE_TIMEOUT, admin.connect())
         .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())))
         .map_err(DbError::Connect)?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

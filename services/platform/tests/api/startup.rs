@@ -1,7 +1,7 @@
 //! A service's first connection to its database: a database that comes up
-//! while the service starts is waited for, one still down when the wait is
-//! over fails the start, and a refusal that waiting cannot mend fails it at
-//! once.
+//! while the service starts is waited for, one still down (or silent) when
+//! the wait is over fails the start, and a refusal that waiting cannot mend
+//! fails it at once.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -90,6 +90,37 @@ async fn a_database_still_down_when_the_wait_is_over_fails_the_start_as_an_outag
         waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
         "waited {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_and_never_answers_is_given_up_on_when_the_wait_is_over() {
+    // Arrange: a listener that takes connections and says nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "postgres://postgres@{}/{}",
+        silent.local_addr().expect("addr"),
+        database_name()
+    );
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let started = Instant::now();
+
+    // Act
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        db::connect_and_migrate_within(&url, 1, &Migrator::DEFAULT, Duration::from_secs(1)),
+    )
+    .await
+    .expect("the start ends, not hangs");
+
+    // Assert
+    let error = result.expect_err("nothing answers");
+    assert!(error.is_outage(), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
