@@ -57,13 +57,12 @@ impl std::fmt::Debug for AuthConfig {
 
 impl AuthConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let access_token_ttl = config::seconds(env, "ACCESS_TOKEN_TTL_SECONDS", 900)?;
-        if access_token_ttl < Duration::from_secs(10) {
-            return Err(ConfigError::new(
-                "ACCESS_TOKEN_TTL_SECONDS",
-                "must be at least 10",
-            ));
-        }
+        let access_token_ttl = Duration::from_secs(config::at_least(
+            env,
+            "ACCESS_TOKEN_TTL_SECONDS",
+            900u64,
+            10,
+        )?);
         let refresh_token_ttl = config::seconds(env, "REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600)?;
         if refresh_token_ttl <= access_token_ttl {
             return Err(ConfigError::new(

@@ -26,34 +26,11 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let timeout_ms = config::parse(env, "GATEWAY_BACKEND_TIMEOUT_MS", 5000u64)?;
-        if timeout_ms == 0 {
-            return Err(ConfigError::new(
-                "GATEWAY_BACKEND_TIMEOUT_MS",
-                "must be at least 1",
-            ));
-        }
-        let event_stream_seconds = config::parse(env, "GATEWAY_EVENT_STREAM_MAX_SECONDS", 300u64)?;
-        if event_stream_seconds == 0 {
-            return Err(ConfigError::new(
-                "GATEWAY_EVENT_STREAM_MAX_SECONDS",
-                "must be at least 1",
-            ));
-        }
-        let body_limit = config::parse(env, "GATEWAY_BODY_LIMIT_BYTES", 64 * 1024usize)?;
-        if body_limit < 1024 {
-            return Err(ConfigError::new(
-                "GATEWAY_BODY_LIMIT_BYTES",
-                "must be at least 1024",
-            ));
-        }
-        let auth_rate_per_minute = config::parse(env, "GATEWAY_AUTH_RATE_PER_MINUTE", 60u32)?;
-        if auth_rate_per_minute == 0 {
-            return Err(ConfigError::new(
-                "GATEWAY_AUTH_RATE_PER_MINUTE",
-                "must be at least 1",
-            ));
-        }
+        let timeout_ms = config::at_least(env, "GATEWAY_BACKEND_TIMEOUT_MS", 5000u64, 1)?;
+        let event_stream_seconds =
+            config::at_least(env, "GATEWAY_EVENT_STREAM_MAX_SECONDS", 300u64, 1)?;
+        let body_limit = config::at_least(env, "GATEWAY_BODY_LIMIT_BYTES", 64 * 1024usize, 1024)?;
+        let auth_rate_per_minute = config::at_least(env, "GATEWAY_AUTH_RATE_PER_MINUTE", 60u32, 1)?;
         Ok(Self {
             addr: config::addr(env, "GATEWAY_ADDR", "0.0.0.0:8080")?,
             auth_url: ServiceName::Auth.url(env)?,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use gocommerce_platform::config::{self, CommonConfig, ConfigError, Env, ServiceName};
+use gocommerce_platform::config::{self, CommonConfig, Env, ServiceName};
 use gocommerce_platform::{Readiness, admin, listener};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
@@ -248,12 +248,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let common = CommonConfig::from_env(env)?;
     let own_runtime_threads = match component {
-        Component::All => Some(config::parse(env, "COMPONENT_THREADS", 1usize).and_then(
-            |threads| match threads {
-                0 => Err(ConfigError::new("COMPONENT_THREADS", "must be at least 1")),
-                threads => Ok(threads),
-            },
-        )?),
+        Component::All => Some(config::at_least(env, "COMPONENT_THREADS", 1usize, 1)?),
         _ => None,
     };
     let mut tasks = JoinSet::new();

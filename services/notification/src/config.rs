@@ -35,13 +35,7 @@ fn url(env: &dyn Env, name: &str, schemes: &[&str]) -> Result<Option<String>, Co
 
 impl NotificationConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let max_attempts = config::parse(env, "NOTIFICATION_MAX_ATTEMPTS", 4u32)?;
-        if max_attempts == 0 {
-            return Err(ConfigError::new(
-                "NOTIFICATION_MAX_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
+        let max_attempts = config::at_least(env, "NOTIFICATION_MAX_ATTEMPTS", 4u32, 1)?;
         let raw_delays = config::string(env, "NOTIFICATION_RETRY_DELAYS_MS", "1000,10000,60000");
         let retry_delays = raw_delays
             .split(',')

@@ -24,7 +24,7 @@ pub struct OrderConfig {
 impl OrderConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let step_timeout =
-            Duration::from_millis(config::parse(env, "ORDER_STEP_TIMEOUT_MS", 2000u64)?);
+            Duration::from_millis(config::at_least(env, "ORDER_STEP_TIMEOUT_MS", 2000u64, 1)?);
         let lease = config::seconds(env, "ORDER_SAGA_LEASE_SECONDS", 10)?;
         if lease <= step_timeout {
             return Err(ConfigError::new(
@@ -40,12 +40,31 @@ impl OrderConfig {
             payment_url: ServiceName::Payment.url(env)?,
             user_url: ServiceName::User.url(env)?,
             step_timeout,
-            recovery_interval: Duration::from_millis(config::parse(
+            recovery_interval: Duration::from_millis(config::at_least(
                 env,
                 "ORDER_RECOVERY_INTERVAL_MS",
                 1000u64,
+                1,
             )?),
             lease,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn a_zero_where_it_would_stall_or_spin_is_refused_by_name() {
+        for name in ["ORDER_STEP_TIMEOUT_MS", "ORDER_RECOVERY_INTERVAL_MS"] {
+            let env = HashMap::from([(name.to_owned(), "0".to_owned())]);
+
+            let err = OrderConfig::from_env(&env).expect_err("zero");
+
+            assert_eq!(err.name, name);
+        }
     }
 }

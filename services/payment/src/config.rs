@@ -22,13 +22,7 @@ pub struct PaymentConfig {
 impl PaymentConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let common = config::CommonConfig::from_env(env)?;
-        let processor_attempts = config::parse(env, "PAYMENT_PROCESSOR_ATTEMPTS", 3u32)?;
-        if processor_attempts == 0 {
-            return Err(ConfigError::new(
-                "PAYMENT_PROCESSOR_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
+        let processor_attempts = config::at_least(env, "PAYMENT_PROCESSOR_ATTEMPTS", 3u32, 1)?;
         Ok(Self {
             grpc_addr: ServiceName::Payment.grpc_addr(env)?,
             database_url: ServiceName::Payment.database_url(env)?,
@@ -40,7 +34,30 @@ impl PaymentConfig {
                 "PAYMENT_PROCESSOR_BACKOFF_MS",
                 50u64,
             )?),
-            stale_after: config::seconds(env, "PAYMENT_STALE_AFTER_SECONDS", 30)?,
+            stale_after: Duration::from_secs(config::at_least(
+                env,
+                "PAYMENT_STALE_AFTER_SECONDS",
+                30u64,
+                1,
+            )?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn a_zero_where_it_would_stall_or_spin_is_refused_by_name() {
+        for name in ["PAYMENT_STALE_AFTER_SECONDS", "PAYMENT_PROCESSOR_ATTEMPTS"] {
+            let env = HashMap::from([(name.to_owned(), "0".to_owned())]);
+
+            let err = PaymentConfig::from_env(&env).expect_err("zero");
+
+            assert_eq!(err.name, name);
+        }
     }
 }

@@ -62,6 +62,21 @@ where
     }
 }
 
+/// Reads and parses `name` like [`parse`], refusing a value under `min`: a
+/// zero count, timeout or interval would leave nothing to work with, fail
+/// every call, or make a loop spin.
+pub fn at_least<T>(env: &dyn Env, name: &str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    let value = parse(env, name, default)?;
+    if value < min {
+        return Err(ConfigError::new(name, format!("must be at least {min}")));
+    }
+    Ok(value)
+}
+
 /// Reads a socket address such as `0.0.0.0:8080`.
 pub fn addr(env: &dyn Env, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
     let raw = string(env, name, default);
@@ -104,13 +119,7 @@ pub struct CommonConfig {
 
 impl CommonConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let database_max_connections = parse(env, "DATABASE_MAX_CONNECTIONS", 10u32)?;
-        if database_max_connections == 0 {
-            return Err(ConfigError::new(
-                "DATABASE_MAX_CONNECTIONS",
-                "must be at least 1",
-            ));
-        }
+        let database_max_connections = at_least(env, "DATABASE_MAX_CONNECTIONS", 10u32, 1)?;
         Ok(Self {
             admin_addr: addr(env, "ADMIN_ADDR", "0.0.0.0:9090")?,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 20)?,
@@ -120,7 +129,12 @@ impl CommonConfig {
             amqp_namespace: string(env, "AMQP_NAMESPACE", ""),
             amqp_queue_expires: match env.var("AMQP_QUEUE_EXPIRES_SECONDS") {
                 None => None,
-                Some(_) => Some(seconds(env, "AMQP_QUEUE_EXPIRES_SECONDS", 0)?),
+                Some(_) => Some(Duration::from_secs(at_least(
+                    env,
+                    "AMQP_QUEUE_EXPIRES_SECONDS",
+                    1u64,
+                    1,
+                )?)),
             },
         })
     }
@@ -231,6 +245,22 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_value_under_its_minimum_is_refused_by_name() {
+        assert_eq!(at_least(&env(&[]), "N", 5u32, 1).expect("the default"), 5);
+        assert_eq!(
+            at_least(&env(&[("N", "1")]), "N", 5u32, 1).expect("the minimum"),
+            1
+        );
+        let err = at_least(&env(&[("N", "0")]), "N", 5u32, 1).expect_err("under it");
+        assert_eq!(err.to_string(), "invalid value for N: must be at least 1");
+        // RabbitMQ refuses an x-expires of 0, and the consumers would retry
+        // their declarations forever.
+        let err = CommonConfig::from_env(&env(&[("AMQP_QUEUE_EXPIRES_SECONDS", "0")]))
+            .expect_err("no lease");
+        assert_eq!(err.name, "AMQP_QUEUE_EXPIRES_SECONDS");
     }
 
     #[test]
