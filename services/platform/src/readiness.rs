@@ -1,7 +1,8 @@
 //! Readiness: whether this process should receive traffic. It is false while
 //! the process is starting and as soon as shutdown starts, and otherwise true
-//! when every registered dependency (database, broker) answers. Liveness is separate and never looks at
-//! dependencies: a database outage must not make Kubernetes restart us.
+//! when every registered dependency (database, broker) answers. Liveness is
+//! separate and never looks at dependencies: a database outage must not make
+//! Kubernetes restart us.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
