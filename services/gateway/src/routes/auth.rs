@@ -91,7 +91,8 @@ impl Validate for RefreshTokenBody {
         if self.refresh_token.is_empty() {
             errors.push(required("refresh_token"));
         }
-        if self.refresh_token.len() > 256 {
+        // Characters, as the schema's maxLength counts, not bytes.
+        if self.refresh_token.chars().count() > 256 {
             errors.push(too_long("refresh_token", 256));
         }
         errors

@@ -222,6 +222,21 @@ async fn refresh(app: &crate::helpers::TestApp, token: &Value) -> reqwest::Respo
 }
 
 #[tokio::test]
+async fn a_refresh_token_is_measured_in_characters_as_the_schema_says() {
+    let app = spawn_app().await;
+    let longest = "é".repeat(256);
+    let too_long = "é".repeat(257);
+
+    let unknown = refresh(&app, &json!(longest)).await;
+    let refused = refresh(&app, &json!(too_long)).await;
+
+    // 256 characters (512 bytes) are within the schema's maxLength: a token
+    // the server never issued, not a malformed request.
+    assert_problem(unknown, StatusCode::UNAUTHORIZED).await;
+    assert_problem(refused, StatusCode::BAD_REQUEST).await;
+}
+
+#[tokio::test]
 async fn refreshing_rotates_the_refresh_token() {
     let app = spawn_app().await;
     let (_, first) = app.customer().await;
