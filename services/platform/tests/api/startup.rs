@@ -9,22 +9,24 @@ use std::time::{Duration, Instant};
 use gocommerce_platform::db;
 use gocommerce_platform::testing::DropDatabase;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use uuid::Uuid;
 
-/// A loopback port nothing listens on, for now.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// A loopback port held without listening, so connecting to it is refused
+/// and no other socket can take it meanwhile.
+fn held_port() -> (TcpSocket, u16) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    (socket, port)
 }
 
-/// Forwards every connection to `port` on to the real PostgreSQL, from now on.
-async fn open_postgres_on(port: u16) {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .expect("the port is still free");
+/// Starts listening on `socket` and forwards every connection to the real
+/// PostgreSQL, from now on.
+fn open_postgres_on(socket: TcpSocket) {
+    let listener = socket.listen(64).expect("listen");
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -43,7 +45,7 @@ fn database_name() -> String {
 #[tokio::test]
 async fn a_database_that_comes_up_while_the_service_starts_is_waited_for() {
     // Arrange
-    let port = closed_port();
+    let (socket, port) = held_port();
     let name = database_name();
     let _database = DropDatabase(name.clone());
     let url = format!("postgres://postgres@127.0.0.1:{port}/{name}");
@@ -54,7 +56,7 @@ async fn a_database_that_comes_up_while_the_service_starts_is_waited_for() {
 
     // Act
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    open_postgres_on(port).await;
+    open_postgres_on(socket);
     let pool = connecting.await.expect("no panic");
 
     // Assert
@@ -71,11 +73,8 @@ async fn a_database_that_comes_up_while_the_service_starts_is_waited_for() {
 #[tokio::test]
 async fn a_database_still_down_when_the_wait_is_over_fails_the_start_as_an_outage() {
     // Arrange
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        closed_port(),
-        database_name()
-    );
+    let (_held, port) = held_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", database_name());
     let started = Instant::now();
 
     // Act
