@@ -166,8 +166,13 @@ async fn a_service_waiting_for_its_database_is_live_not_ready_and_stops_at_once_
     );
 }
 
-/// Two loopback ports nothing listens on, for now.
+/// Two loopback ports nothing listens on, for now, below the kernel's
+/// ephemeral range: a port from `bind(0)` could meanwhile become the local
+/// port of another test's connection, before the child binds it.
 fn free_ports() -> [u16; 2] {
-    let listeners = [(); 2].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
-    listeners.map(|listener| listener.local_addr().unwrap().port())
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let candidates = (low / 2..low).filter(|port| port % 97 == std::process::id() as u16 % 97);
+    let mut free = candidates.filter(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok());
+    [(); 2].map(|()| free.next().expect("a free port below the ephemeral range"))
 }
