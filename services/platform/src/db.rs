@@ -24,6 +24,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgTransactionManager};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, TransactionManager};
 
+use crate::error::DatabaseFailure;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database URL: {0}")]
@@ -44,10 +46,10 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-impl DbError {
-    /// Whether the database could not be reached, rather than refused what
-    /// was asked of it: see [`is_outage`].
-    pub fn is_outage(&self) -> bool {
+/// The database could not be reached, rather than refused what was asked
+/// of it: see [`is_outage`].
+impl DatabaseFailure for DbError {
+    fn is_outage(&self) -> bool {
         match self {
             Self::Connect(source) | Self::Create { source, .. } => is_outage(source),
             Self::Url(_) | Self::NoDatabase | Self::BadName(_) | Self::Migrate(_) => false,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gocommerce_platform::db;
+use gocommerce_platform::error::DatabaseFailure as _;
 use gocommerce_platform::testing::DropDatabase;
 use sqlx::migrate::Migrator;
 use tokio::net::{TcpListener, TcpSocket};
