@@ -9,7 +9,6 @@ use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
 pub struct AuthConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
-    pub database_max_connections: u32,
     pub common: config::CommonConfig,
     pub issuer: String,
     pub audience: String,
@@ -93,7 +92,6 @@ impl AuthConfig {
         Ok(Self {
             grpc_addr: ServiceName::Auth.grpc_addr(env)?,
             database_url: ServiceName::Auth.database_url(env)?,
-            database_max_connections: common.database_max_connections,
             common: common.clone(),
             issuer: config::string(env, "JWT_ISSUER", "gocommerce"),
             audience: config::string(env, "JWT_AUDIENCE", "gocommerce-api"),

@@ -46,12 +46,7 @@ impl Application {
         config: NotificationConfig,
         readiness: Readiness,
     ) -> Result<Self, StartupError> {
-        let db = Db::connect(
-            &config.database_url,
-            config.common.database_max_connections,
-            &MIGRATOR,
-        )
-        .await?;
+        let db = Db::connect(&config.database_url, config.common.database, &MIGRATOR).await?;
         readiness.add_postgres("notification-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);

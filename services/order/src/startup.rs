@@ -43,12 +43,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: OrderConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let db = Db::connect(
-            &config.database_url,
-            config.common.database_max_connections,
-            &MIGRATOR,
-        )
-        .await?;
+        let db = Db::connect(&config.database_url, config.common.database, &MIGRATOR).await?;
         readiness.add_postgres("order-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);

@@ -9,7 +9,6 @@ use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
 pub struct PaymentConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
-    pub database_max_connections: u32,
     pub common: config::CommonConfig,
     /// Processor calls for a charge that keeps failing transiently.
     pub processor_attempts: u32,
@@ -26,7 +25,6 @@ impl PaymentConfig {
         Ok(Self {
             grpc_addr: ServiceName::Payment.grpc_addr(env)?,
             database_url: ServiceName::Payment.database_url(env)?,
-            database_max_connections: common.database_max_connections,
             common,
             processor_attempts,
             processor_backoff: Duration::from_millis(config::parse(

@@ -36,12 +36,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: PaymentConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let db = Db::connect(
-            &config.database_url,
-            config.database_max_connections,
-            &MIGRATOR,
-        )
-        .await?;
+        let db = Db::connect(&config.database_url, config.common.database, &MIGRATOR).await?;
         readiness.add_postgres("payment-database", db.background().clone());
         let broker = Broker::from_config(&config.common);
         broker.register_readiness(&readiness);

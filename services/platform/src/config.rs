@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::db::{DbSettings, STARTUP_WAIT};
+
 /// A variable was set to something that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for {name}: {reason}")]
@@ -109,7 +111,7 @@ pub struct CommonConfig {
     pub shutdown_grace: Duration,
     /// How long internal gRPC servers keep answering after the signal.
     pub shutdown_drain: Duration,
-    pub database_max_connections: u32,
+    pub database: DbSettings,
     pub amqp_url: String,
     /// Prefix of every exchange and queue name; empty for none.
     pub amqp_namespace: String,
@@ -119,12 +121,15 @@ pub struct CommonConfig {
 
 impl CommonConfig {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let database_max_connections = at_least(env, "DATABASE_MAX_CONNECTIONS", 10u32, 1)?;
+        let database = DbSettings {
+            max_connections: at_least(env, "DATABASE_MAX_CONNECTIONS", 10u32, 1)?,
+            startup_wait: seconds(env, "DATABASE_STARTUP_WAIT_SECONDS", STARTUP_WAIT.as_secs())?,
+        };
         Ok(Self {
             admin_addr: addr(env, "ADMIN_ADDR", "0.0.0.0:9090")?,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 20)?,
             shutdown_drain: Duration::from_millis(parse(env, "SHUTDOWN_DRAIN_MS", 1000u64)?),
-            database_max_connections,
+            database,
             amqp_url: string(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_namespace: string(env, "AMQP_NAMESPACE", ""),
             amqp_queue_expires: match env.var("AMQP_QUEUE_EXPIRES_SECONDS") {
@@ -268,6 +273,8 @@ mod tests {
         let config = CommonConfig::from_env(&env(&[])).expect("defaults are valid");
         assert_eq!(config.admin_addr.port(), 9090);
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(config.database, DbSettings::new(10));
+        assert_eq!(config.database.startup_wait, Duration::from_secs(60));
         assert_eq!(
             ServiceName::Product
                 .database_url(&env(&[]))
@@ -278,6 +285,17 @@ mod tests {
             ServiceName::Order.url(&env(&[])).expect("default"),
             "http://127.0.0.1:50054"
         );
+    }
+
+    #[test]
+    fn a_laptop_can_have_a_missing_database_fail_the_start_at_once() {
+        let config = CommonConfig::from_env(&env(&[("DATABASE_STARTUP_WAIT_SECONDS", "0")]))
+            .expect("zero is allowed");
+        assert_eq!(config.database.startup_wait, Duration::ZERO);
+
+        let err = CommonConfig::from_env(&env(&[("DATABASE_STARTUP_WAIT_SECONDS", "1m")]))
+            .expect_err("seconds only");
+        assert_eq!(err.name, "DATABASE_STARTUP_WAIT_SECONDS");
     }
 
     #[test]

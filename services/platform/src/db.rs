@@ -51,7 +51,12 @@ pub enum DbError {
 impl DatabaseFailure for DbError {
     fn is_outage(&self) -> bool {
         match self {
-            Self::Connect(source) | Self::Create { source, .. } => is_outage(source),
+            Self::Connect(source)
+            | Self::Create { source, .. }
+            | Self::Migrate(
+                sqlx::migrate::MigrateError::Execute(source)
+                | sqlx::migrate::MigrateError::ExecuteMigration(source, _),
+            ) => is_outage(source),
             Self::Url(_) | Self::NoDatabase | Self::BadName(_) | Self::Migrate(_) => false,
         }
     }
@@ -68,35 +73,49 @@ pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 /// from the gateway.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a starting service waits for its database to accept
-/// connections before it gives up. The operator creates a service's
-/// Deployment and its PostgreSQL at the same time: a service that exited at
-/// once would be restarted under the kubelet's growing back-off (10 s, 20 s,
-/// 40 s, ...), and come up long after the database did.
+/// How long a starting service waits, by default, for its database to
+/// accept connections before it gives up (`DATABASE_STARTUP_WAIT_SECONDS`).
+/// The operator creates a service's Deployment and its PostgreSQL at the
+/// same time: a service that exited at once would be restarted under the
+/// kubelet's growing back-off (10 s, 20 s, 40 s, ...), and come up long
+/// after the database did.
 pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
 
 /// The longest pause between two attempts while waiting for the database.
 const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Connects to `url`, creating its database if needed, and migrates it;
-/// waits up to [`STARTUP_WAIT`] for a database that cannot be reached yet.
-pub async fn connect_and_migrate(
-    url: &str,
-    max_connections: u32,
-    migrator: &Migrator,
-) -> Result<PgPool, DbError> {
-    connect_and_migrate_within(url, max_connections, migrator, STARTUP_WAIT).await
+/// How a service uses its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbSettings {
+    /// Connections of the request pool, spare ones included.
+    pub max_connections: u32,
+    /// How long the start waits for a database it cannot reach yet; zero
+    /// gives up at the first refusal.
+    pub startup_wait: Duration,
 }
 
-/// [`connect_and_migrate`], waiting up to `wait` for an outage (a refused
-/// connection, a server still starting) to end. Any other failure, such as a
-/// refused login, ends it at once: waiting would not mend it.
-#[tracing::instrument(name = "connect_and_migrate", skip_all, fields(db.name), err)]
-pub async fn connect_and_migrate_within(
+impl DbSettings {
+    /// `max_connections`, waiting the default [`STARTUP_WAIT`] at the start.
+    pub fn new(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            startup_wait: STARTUP_WAIT,
+        }
+    }
+}
+
+/// Connects to `url`, creating its database if needed, and migrates it.
+/// An outage (a refused connection, a server still starting, a backend
+/// terminated during a migration) is waited out for up to
+/// `settings.startup_wait`, trying again from the connect: a migration runs
+/// in a transaction, so one cut short left nothing behind. Any other
+/// failure, such as a refused login, ends it at once: waiting would not
+/// mend it.
+#[tracing::instrument(skip_all, fields(db.name), err)]
+pub async fn connect_and_migrate(
     url: &str,
-    max_connections: u32,
+    settings: DbSettings,
     migrator: &Migrator,
-    wait: Duration,
 ) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
@@ -107,11 +126,11 @@ pub async fn connect_and_migrate_within(
         .ok_or(DbError::NoDatabase)?
         .to_owned();
     tracing::Span::current().record("db.name", name.as_str());
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now() + settings.startup_wait;
     let mut pause = Duration::from_millis(250);
-    let pool = loop {
-        match connect(&options, &name, max_connections).await {
-            Ok(pool) => break pool,
+    loop {
+        match connect(&options, &name, settings.max_connections, migrator).await {
+            Ok(pool) => return Ok(pool),
             Err(error) if error.is_outage() && Instant::now() + pause < deadline => {
                 tracing::warn!(
                     %error,
@@ -123,19 +142,18 @@ pub async fn connect_and_migrate_within(
             }
             Err(error) => return Err(error),
         }
-    };
-    migrator.run(&pool).await?;
-    Ok(pool)
+    }
 }
 
-/// Creates the database if needed and opens the request pool.
+/// Creates the database if needed, opens the request pool and migrates.
 async fn connect(
     options: &PgConnectOptions,
     name: &str,
     max_connections: u32,
+    migrator: &Migrator,
 ) -> Result<PgPool, DbError> {
     ensure_database(options, name).await?;
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -156,7 +174,12 @@ async fn connect(
         })
         .connect_with(options.clone())
         .await
-        .map_err(DbError::Connect)
+        .map_err(DbError::Connect)?;
+    if let Err(error) = migrator.run(&pool).await {
+        pool.close().await;
+        return Err(error.into());
+    }
+    Ok(pool)
 }
 
 async fn ensure_database(options: &PgConnectOptions, name: &str) -> Result<(), DbError> {
@@ -252,13 +275,13 @@ impl State {
 
 impl Db {
     /// Connects to `url` (see [`connect_and_migrate`]); the request pool
-    /// holds at most `max_connections`, spare ones included.
+    /// holds at most `settings.max_connections`, spare ones included.
     pub async fn connect(
         url: &str,
-        max_connections: u32,
+        settings: DbSettings,
         migrator: &Migrator,
     ) -> Result<Self, DbError> {
-        let pool = connect_and_migrate(url, max_connections, migrator).await?;
+        let pool = connect_and_migrate(url, settings, migrator).await?;
         let background = PgPoolOptions::new()
             .max_connections(BACKGROUND_CONNECTIONS)
             .min_connections(0)

@@ -58,7 +58,7 @@ pub async fn migrated_database(
     let guard = DropDatabase(name.clone());
     let pool = crate::db::connect_and_migrate(
         &format!("postgres://postgres@127.0.0.1:5432/{name}"),
-        4,
+        crate::db::DbSettings::new(4),
         migrator,
     )
     .await

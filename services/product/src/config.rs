@@ -9,7 +9,6 @@ use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
 pub struct ProductConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
-    pub database_max_connections: u32,
     /// Connections that product lookups share, pipelined (platform's
     /// `pipeline`); zero sends them through the pool instead.
     pub read_connections: usize,
@@ -26,7 +25,6 @@ impl ProductConfig {
         Ok(Self {
             grpc_addr: ServiceName::Product.grpc_addr(env)?,
             database_url: ServiceName::Product.database_url(env)?,
-            database_max_connections: common.database_max_connections,
             read_connections: config::parse(env, "PRODUCT_READ_CONNECTIONS", 2usize)?,
             cache_ttl: Duration::from_millis(config::parse(
                 env,

@@ -39,12 +39,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ProductConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let db = Db::connect(
-            &config.database_url,
-            config.database_max_connections,
-            &MIGRATOR,
-        )
-        .await?;
+        let db = Db::connect(&config.database_url, config.common.database, &MIGRATOR).await?;
         readiness.add_postgres("product-database", db.background().clone());
         let reads = match config.read_connections {
             0 => None,

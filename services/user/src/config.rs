@@ -8,7 +8,6 @@ use gocommerce_platform::config::{self, ConfigError, Env, ServiceName};
 pub struct UserConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
-    pub database_max_connections: u32,
     pub common: config::CommonConfig,
 }
 
@@ -18,7 +17,6 @@ impl UserConfig {
         Ok(Self {
             grpc_addr: ServiceName::User.grpc_addr(env)?,
             database_url: ServiceName::User.database_url(env)?,
-            database_max_connections: common.database_max_connections,
             common,
         })
     }

@@ -32,12 +32,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: UserConfig, readiness: Readiness) -> Result<Self, StartupError> {
-        let db = Db::connect(
-            &config.database_url,
-            config.database_max_connections,
-            &MIGRATOR,
-        )
-        .await?;
+        let db = Db::connect(&config.database_url, config.common.database, &MIGRATOR).await?;
         readiness.add_postgres("user-database", db.background().clone());
         let (listener, port) = listener::bind("gRPC", config.grpc_addr).await?;
         tracing::info!(port, "user service listening");

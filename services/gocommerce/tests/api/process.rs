@@ -1,6 +1,6 @@
 //! The `gocommerce` binary as an operator meets it: what it prints when it
 //! cannot start, the logs it writes into a pipe, and how it answers its
-//! probes and stops while it still waits for its database.
+//! probes and stops while it still waits for its database, or does not wait.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;
@@ -163,6 +163,41 @@ async fn a_service_waiting_for_its_database_is_live_not_ready_and_stops_at_once_
         told.elapsed() < Duration::from_secs(5),
         "stopped {:?} after being told, not when its wait was over",
         told.elapsed()
+    );
+}
+
+#[test]
+fn a_service_told_not_to_wait_for_its_database_fails_at_once_saying_so() {
+    // Arrange: a laptop's PostgreSQL that is not running.
+    let [closed, _] = free_ports();
+    let url = format!("postgres://postgres@127.0.0.1:{closed}/gct_never_up");
+    let started = Instant::now();
+
+    // Act
+    let output = gocommerce(
+        "payment",
+        &[
+            ("PAYMENT_DATABASE_URL", &url),
+            ("PAYMENT_GRPC_ADDR", "127.0.0.1:0"),
+            ("DATABASE_STARTUP_WAIT_SECONDS", "0"),
+        ],
+    )
+    .output()
+    .unwrap();
+
+    // Assert
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("Error: payment service failed to start: ")
+            && stderr.contains("cannot connect to the database")
+            && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
     );
 }
 

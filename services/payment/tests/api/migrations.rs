@@ -32,7 +32,7 @@ async fn record_only_events_waiting_in_the_outbox_go_out_as_not_mandatory_after_
     };
     let pool = db::connect_and_migrate(
         &format!("postgres://postgres@127.0.0.1:5432/{name}"),
-        2,
+        db::DbSettings::new(2),
         &before,
     )
     .await

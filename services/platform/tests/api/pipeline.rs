@@ -6,9 +6,11 @@
 //! reached is an outage where a missing database or a failed query is not.
 
 use futures::future::join_all;
+use gocommerce_platform::db;
 use gocommerce_platform::pipeline::{Columns, Pipeline, PipelineError};
 use gocommerce_platform::testing::DropDatabase;
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use uuid::Uuid;
 
 const WORD: &str = "SELECT word FROM t WHERE n = $1";
@@ -21,10 +23,9 @@ async fn database(connections: usize) -> (Pipeline, PgPool, String, DropDatabase
     let name = format!("gct_pipeline_{}", Uuid::new_v4().simple());
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let guard = DropDatabase(name.clone());
-    let pool =
-        gocommerce_platform::db::connect_and_migrate(&url, 2, &sqlx::migrate::Migrator::DEFAULT)
-            .await
-            .expect("database");
+    let pool = db::connect_and_migrate(&url, db::DbSettings::new(2), &Migrator::DEFAULT)
+        .await
+        .expect("database");
     sqlx::query(
         "CREATE TABLE t AS SELECT n, 'word ' || n AS word FROM generate_series(1, 500) AS n",
     )

@@ -21,9 +21,13 @@ async fn database(max_connections: u32) -> (Db, DropDatabase) {
     let name = format!("gct_pool_{}", Uuid::new_v4().simple());
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let guard = DropDatabase(name);
-    let db = Db::connect(&url, max_connections, &Migrator::DEFAULT)
-        .await
-        .expect("db");
+    let db = Db::connect(
+        &url,
+        db::DbSettings::new(max_connections),
+        &Migrator::DEFAULT,
+    )
+    .await
+    .expect("db");
     sqlx::query("CREATE TABLE t (n int)")
         .execute(db.pool())
         .await
@@ -243,7 +247,7 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_before_use() {
     let name = format!("gct_pool_{}", Uuid::new_v4().simple());
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let _database = DropDatabase(name.clone());
-    let pool = db::connect_and_migrate(&url, 1, &Migrator::DEFAULT)
+    let pool = db::connect_and_migrate(&url, db::DbSettings::new(1), &Migrator::DEFAULT)
         .await
         .expect("pool");
     let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
