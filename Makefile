@@ -14,7 +14,7 @@ BIN := $(CARGO_TARGET_DIR)/debug/gocommerce
 export GOCOMMERCE_ADMIN_EMAIL ?= admin@gocommerce.local
 export GOCOMMERCE_ADMIN_PASSWORD ?= change-me-admin
 
-.PHONY: help run build test fmt fmt-check clippy cargo-test buf-lint schemathesis tools clean-test-databases
+.PHONY: help run build test fmt fmt-check clippy cargo-test buf-lint schemathesis walkthrough tools clean-test-databases
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-22s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ run: ## Build and start every service and the gateway (http://localhost:8080)
 build: ## Build everything
 	cargo build --workspace --all-targets
 
-test: fmt-check clippy clean-test-databases cargo-test buf-lint schemathesis k8s-test bench-quick ## Everything CI checks
+test: fmt-check clippy clean-test-databases cargo-test buf-lint schemathesis walkthrough k8s-test bench-quick ## Everything CI checks
 	@echo "make test: all checks passed"
 
 fmt: ## Format the code
@@ -46,6 +46,10 @@ buf-lint: tools ## Lint the protobuf contracts
 schemathesis: tools ## Fuzz the live gateway against its own OpenAPI document
 	cargo build --bin gocommerce
 	scripts/schemathesis.sh $(BIN) $(SCHEMATHESIS)
+
+walkthrough: tools ## Run the README's walk-throughs as written and check what they did
+	cargo build --bin gocommerce
+	scripts/readme-walkthrough.sh $(BIN) $(AIOSMTPD)
 
 clean-test-databases: ## Drop databases left by earlier test runs
 	scripts/drop-test-databases.sh 'gct\_%'

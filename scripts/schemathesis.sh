@@ -10,51 +10,10 @@ bin=$1
 schemathesis=$2
 here=$(cd "$(dirname "$0")/.." && pwd)
 export GOCOMMERCE_ROOT="$here"
-run_id="st_$(date +%s)_$$"
-log=$(mktemp -t gocommerce-schemathesis.XXXXXX.log)
-
-# A free port below the kernel's ephemeral range, other than $1: a bind(0)
-# port could meanwhile become the local port of one of the many connections
-# gocommerce opens while starting, or of the readiness probe's own connect.
-free_port() {
-  python3 - "$@" <<'PY'
-import random, socket, sys
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-taken = {int(p) for p in sys.argv[1:]}
-for _ in range(1000):
-    port = random.randrange(max(1024, low // 2), low)
-    if port in taken:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(port)
-    break
-else:
-    sys.exit("no free port below the ephemeral range")
-PY
-}
-gateway_port=$(free_port)
-admin_port=$(free_port "$gateway_port")
-
-export GATEWAY_ADDR="127.0.0.1:${gateway_port}" ADMIN_ADDR="127.0.0.1:${admin_port}"
-for svc in AUTH USER PRODUCT ORDER PAYMENT NOTIFICATION; do
-  lower=$(echo "$svc" | tr 'A-Z' 'a-z')
-  export "${svc}_GRPC_ADDR=127.0.0.1:0"
-  export "${svc}_DATABASE_URL=postgres://postgres@127.0.0.1:5432/gct_${lower}_${run_id}"
-done
-# Exchanges and queues of this run only, which RabbitMQ drops a minute after
-# it: a task left in a shared queue (a refund) reached the next run's
-# services, whose databases never heard of it, and was dead-lettered.
-export AMQP_NAMESPACE="$run_id" AMQP_QUEUE_EXPIRES_SECONDS=60
 export GOCOMMERCE_ADMIN_EMAIL="admin@schemathesis.test" GOCOMMERCE_ADMIN_PASSWORD="schemathesis-admin-pw"
 # Schemathesis sends thousands of requests from one address; the limits are
 # tested elsewhere and would only turn its requests into 429s here.
-export GATEWAY_AUTH_RATE_PER_MINUTE=1000000 RUST_LOG="${RUST_LOG:-warn}"
+export GATEWAY_AUTH_RATE_PER_MINUTE=1000000
 # Orders are real here (see the fixtures below), and a pm_card_slow charge
 # answers only after the saga step's deadline: 2 s by default, for every
 # such order the fuzzer places. The deadline path is the same at 300 ms.
@@ -63,23 +22,9 @@ export ORDER_STEP_TIMEOUT_MS=300
 # a fuzzed order seldom is; schemathesis reads a stream to its end.
 export GATEWAY_EVENT_STREAM_MAX_SECONDS=2
 
-"$bin" all >"$log" 2>&1 &
-pid=$!
-cleanup() {
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  "$here/scripts/drop-test-databases.sh" "gct_%_${run_id}" >/dev/null || true
-  rm -f "${fixtures:-}"
-}
-trap cleanup EXIT
-
-base="http://127.0.0.1:${gateway_port}"
-for _ in $(seq 1 120); do
-  if curl -fsS "$base/readyz" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$pid" 2>/dev/null; then echo "gocommerce exited:"; cat "$log"; exit 1; fi
-  sleep 0.5
-done
-curl -fsS "$base/readyz" >/dev/null || { echo "gocommerce never became ready:"; cat "$log"; exit 1; }
+source "$here/scripts/live-gocommerce.sh"
+trap 'stop_gocommerce; rm -f "${fixtures:-}"' EXIT
+start_gocommerce
 
 # A customer's token, so protected routes are exercised past authentication.
 email="customer-${run_id}@schemathesis.test"
