@@ -529,7 +529,7 @@ where
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(error) => {
-                tracing::warn!(queue = %spec.name, %error, retry_in_ms = backoff.as_millis(), "consumer lost the broker, reconnecting");
+                tracing::warn!(queue = %spec.name, %error, retry_in_ms = backoff.as_millis(), "consumer cannot use the broker, retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.wait() => break,
