@@ -7,7 +7,8 @@
 #           its own, passes the caller's environment through (settings
 #           exported before it apply), waits until it is ready and sets base
 #           (the gateway's URL), log and pid; stop_gocommerce, for the
-#           caller's EXIT trap, which stops it and drops its databases.
+#           caller's EXIT trap, which stops it, drops its databases and
+#           removes its log.
 
 run_id="st_$(date +%s)_$$"
 log=$(mktemp -t gocommerce-run.XXXXXX.log)
@@ -19,6 +20,7 @@ stop_gocommerce() {
     wait "$pid" 2>/dev/null || true
   fi
   "$here/scripts/drop-test-databases.sh" "gct_%_${run_id}" >/dev/null || true
+  rm -f "$log"
 }
 
 # A free port below the kernel's ephemeral range, other than the arguments:

@@ -59,7 +59,8 @@ check "the category, product, address and order were created" \
   eval 'uuid "$CATEGORY" && uuid "$PRODUCT" && uuid "$ADDRESS" && uuid "$ORDER"'
 check "the search finds the product" \
   eval "curl -fsS '$base/v1/products?q=analytical+engine&category=books' | jq -e '.items[0].id == \"$PRODUCT\"'"
-check "the status stream showed the order paid" said 'event: status'
+check "the status stream showed the order paid" \
+  eval "said 'event: status' && grep -qE '^data: .*\"status\":\"PAID\"' '$work/out.txt'"
 check "the order was shipped and then delivered" \
   eval "said '\"SHIPPED\"' && said '\"DELIVERED\"'"
 check "two copies are sold: 8 of 10 left" \
