@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use gocommerce::{Component, Running, start};
 use gocommerce_platform::{Readiness, Shutdown};
@@ -366,5 +367,32 @@ impl DbProxy {
 impl Drop for DbProxy {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+/// A loopback port nothing listens on, for now, below the kernel's ephemeral
+/// range, for a child process to listen on. A port from `bind(0)` is in that
+/// range, so another test's listener, bound to port 0 meanwhile, could be
+/// given it before the child binds it: the child then fails to start and the
+/// test talks to the other listener instead. Each call in this process gives
+/// a different port, and other test binaries start elsewhere in the range.
+pub fn unused_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("the ephemeral port range");
+    let low: u32 = range
+        .split_whitespace()
+        .next()
+        .and_then(|low| low.parse().ok())
+        .expect("a port number");
+    let (first, span) = (low / 2, low - low / 2);
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no unused port below the ephemeral range");
+        let port = u16::try_from(first + start.wrapping_add(n) % span).expect("a port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }

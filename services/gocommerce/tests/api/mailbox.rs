@@ -41,10 +41,7 @@ fn python() -> String {
 impl SmtpServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::helpers::unused_port();
         let dir = std::env::temp_dir().join(format!("gct-smtp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("mail directory");
         let mut server = Self {
@@ -72,7 +69,10 @@ impl SmtpServer {
             .arg(&maildir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.join("aiosmtpd.log"))
+                    .map_or_else(|_| Stdio::null(), Stdio::from),
+            )
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -82,10 +82,10 @@ impl SmtpServer {
             });
         self.child = Some(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
+            self.assert_running();
+            // An SMTP greeting, so that what answers is this server and not
+            // another listener holding the port (aiosmtpd exits then).
+            if self.greets().await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -94,6 +94,27 @@ impl SmtpServer {
             "aiosmtpd did not listen on port {} within ten seconds",
             self.port
         );
+    }
+
+    async fn greets(&self) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let Ok(mut connection) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await
+        else {
+            return false;
+        };
+        let mut code = [0; 3];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), connection.read_exact(&mut code)).await,
+            Ok(Ok(_)) if &code == b"220"
+        )
+    }
+
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("started");
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            let said = std::fs::read_to_string(self.dir.join("aiosmtpd.log")).unwrap_or_default();
+            panic!("aiosmtpd on port {} exited ({status}): {said}", self.port);
+        }
     }
 
     /// Stops the server: connections to its port are refused until `restart`.

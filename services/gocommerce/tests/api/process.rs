@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::helpers::unused_port;
+
 /// `gocommerce <component>` with nothing of this shell's environment but
 /// `vars`, a free admin port and the log level.
 fn gocommerce(component: &str, vars: &[(&str, &str)]) -> Command {
@@ -201,13 +203,7 @@ fn a_service_told_not_to_wait_for_its_database_fails_at_once_saying_so() {
     );
 }
 
-/// Two loopback ports nothing listens on, for now, below the kernel's
-/// ephemeral range: a port from `bind(0)` could meanwhile become the local
-/// port of another test's connection, before the child binds it.
+/// Two loopback ports nothing listens on, for now (see `unused_port`).
 fn free_ports() -> [u16; 2] {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    let candidates = (low / 2..low).filter(|port| port % 97 == std::process::id() as u16 % 97);
-    let mut free = candidates.filter(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-    [(); 2].map(|()| free.next().expect("a free port below the ephemeral range"))
+    [unused_port(), unused_port()]
 }
