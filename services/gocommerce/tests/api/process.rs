@@ -112,7 +112,7 @@ fn logs_written_into_a_pipe_carry_no_colour_codes() {
 #[tokio::test]
 async fn a_service_waiting_for_its_database_is_live_not_ready_and_stops_at_once_when_told() {
     // Arrange: a payment service whose database does not answer yet.
-    let [closed, admin] = free_ports();
+    let (closed, admin) = (unused_port(), unused_port());
     let url = format!("postgres://postgres@127.0.0.1:{closed}/gct_never_up");
     let admin = format!("http://127.0.0.1:{admin}");
     let mut child = gocommerce(
@@ -171,7 +171,7 @@ async fn a_service_waiting_for_its_database_is_live_not_ready_and_stops_at_once_
 #[test]
 fn a_service_told_not_to_wait_for_its_database_fails_at_once_saying_so() {
     // Arrange: a laptop's PostgreSQL that is not running.
-    let [closed, _] = free_ports();
+    let closed = unused_port();
     let url = format!("postgres://postgres@127.0.0.1:{closed}/gct_never_up");
     let started = Instant::now();
 
@@ -201,9 +201,4 @@ fn a_service_told_not_to_wait_for_its_database_fails_at_once_saying_so() {
             && stderr.to_lowercase().contains("refused"),
         "{stderr}"
     );
-}
-
-/// Two loopback ports nothing listens on, for now (see `unused_port`).
-fn free_ports() -> [u16; 2] {
-    [unused_port(), unused_port()]
 }
