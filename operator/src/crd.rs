@@ -138,7 +138,9 @@ pub struct WorkloadSpec {
     pub resources: Option<ResourceRequirements>,
 
     /// Extra environment variables; they cannot override the variables the
-    /// operator manages (addresses, URLs, credentials).
+    /// operator manages (addresses, URLs, credentials). A whole number in
+    /// DATABASE_STARTUP_WAIT_SECONDS also lengthens the startup probe to that
+    /// wait plus 120 seconds (180 at least).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub env: Vec<EnvVar>,

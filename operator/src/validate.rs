@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::EnvVar;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{
@@ -133,6 +134,28 @@ fn managed_env(name: &str) -> bool {
     })
 }
 
+/// The variable that tells a service how long to wait for its database.
+pub const DATABASE_STARTUP_WAIT: &str = "DATABASE_STARTUP_WAIT_SECONDS";
+/// The services' own default for [`DATABASE_STARTUP_WAIT`].
+pub const DEFAULT_DATABASE_STARTUP_WAIT_SECONDS: u64 = 60;
+
+/// The database wait an extra `env` sets, in seconds, if it sets one as a
+/// literal value (the last one wins, as in a pod). A value from a reference
+/// cannot be read here and counts as unset. Refused, with why, if the service
+/// would refuse it at start.
+pub fn database_startup_wait(env: &[EnvVar]) -> Result<Option<u64>, String> {
+    let Some(var) = env.iter().rev().find(|v| v.name == DATABASE_STARTUP_WAIT) else {
+        return Ok(None);
+    };
+    let Some(value) = var.value.as_deref().filter(|_| var.value_from.is_none()) else {
+        return Ok(None);
+    };
+    // Trimmed as the services trim it.
+    value.trim().parse().map(Some).map_err(|_| {
+        format!("{DATABASE_STARTUP_WAIT} must be a whole number of seconds, got {value:?}")
+    })
+}
+
 fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -155,13 +178,17 @@ pub fn validate_spec(gc: &GoCommerce) -> Result<(), Rejection> {
     }
     let spec = &gc.spec;
     for service in Service::ALL {
-        for var in &spec.workload(service).env {
+        let env = &spec.workload(service).env;
+        for var in env {
             if managed_env(&var.name) {
                 return invalid(format!(
                     "env {} of {service} is managed by the operator and cannot be overridden",
                     var.name
                 ));
             }
+        }
+        if let Err(why) = database_startup_wait(env) {
+            return invalid(format!("env of {service}: {why}"));
         }
     }
     match (spec.postgres.mode, &spec.postgres.external_secret_name) {

@@ -935,6 +935,76 @@ fn managed_variables_cannot_be_overridden() {
     }
 }
 
+/// The seconds a container's startup probe allows before the pod is restarted.
+fn startup_allowance(c: &Container) -> i32 {
+    let probe = c.startup_probe.as_ref().unwrap();
+    probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
+}
+
+fn literal(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+#[test]
+fn every_service_gets_three_minutes_to_start_by_default() {
+    let d = desired(MINIMAL);
+    for s in Service::ALL {
+        let c = container(deployment(&d, &format!("shop-{s}")));
+        assert_eq!(startup_allowance(c), 180, "{s}");
+    }
+}
+
+#[test]
+fn a_longer_database_wait_in_env_lengthens_that_services_startup_probe() {
+    let mut gc = resource(MINIMAL);
+    let wait = |value: &str| literal("DATABASE_STARTUP_WAIT_SECONDS", value);
+    // The last of two wins, as in a pod.
+    gc.spec.services.order.env = vec![wait("30"), wait(" 600 ")];
+    gc.spec.services.product.env = vec![wait("0")];
+    // A reference cannot be read here: the default's budget stays.
+    gc.spec.services.user.env = vec![EnvVar {
+        name: "DATABASE_STARTUP_WAIT_SECONDS".to_owned(),
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource::default()),
+        ..EnvVar::default()
+    }];
+    // The gateway has no database to wait for.
+    gc.spec.gateway.workload.env = vec![wait("600")];
+
+    let d = desired_with(&gc, &external_secrets());
+
+    let allowance = |name: &str| startup_allowance(container(deployment(&d, name)));
+    assert_eq!(allowance("shop-order"), 720, "the wait and two minutes");
+    assert_eq!(
+        allowance("shop-product"),
+        180,
+        "never shorter than the default"
+    );
+    assert_eq!(allowance("shop-user"), 180);
+    assert_eq!(allowance("shop-gateway"), 180);
+    assert_eq!(allowance("shop-payment"), 180);
+}
+
+#[test]
+fn a_database_wait_that_is_not_a_number_of_seconds_is_refused() {
+    let mut gc = resource(MINIMAL);
+    gc.spec.services.payment.env = vec![literal("DATABASE_STARTUP_WAIT_SECONDS", "5m")];
+    match validate(&gc, &Referenced::default()) {
+        Err(Rejection::InvalidSpec(message)) => {
+            assert!(message.contains("payment"), "{message}");
+            assert!(
+                message.contains("DATABASE_STARTUP_WAIT_SECONDS"),
+                "{message}"
+            );
+            assert!(message.contains("\"5m\""), "{message}");
+        }
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+}
+
 /// A change that makes a resource invalid.
 type Mutation = Box<dyn Fn(&mut GoCommerce)>;
 

@@ -24,7 +24,9 @@ use crate::crd::{DEFAULT_NODE_PORT, PostgresMode, RabbitMqMode, ServiceType};
 use crate::meta::{CONFIG_HASH_ANNOTATION, Component, component_labels, selector, selector_labels};
 use crate::secrets;
 use crate::topology::{ADMIN_PORT, AMQP_PORT, POSTGRES_PORT, Service};
-use crate::validate::{Validated, hex};
+use crate::validate::{
+    DEFAULT_DATABASE_STARTUP_WAIT_SECONDS, Validated, database_startup_wait, hex,
+};
 
 use super::config::config_map_name;
 
@@ -266,19 +268,44 @@ fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// How often the startup probe asks.
+const STARTUP_PERIOD_SECONDS: u64 = 2;
+/// What a start may take once its database answers: migrations and the rest.
+const START_AFTER_DATABASE_SECONDS: u64 = 120;
+
+/// How long the startup probe lets a service start: the wait for its database
+/// it was given (its own default, 60 s, unless its `env` sets
+/// `DATABASE_STARTUP_WAIT_SECONDS`), then two minutes, and never less than the
+/// default's three minutes (a shorter wait leaves migrations as long). Without
+/// this, a longer wait would be cut short by the kubelet restarting the pod,
+/// since the gRPC port only opens after migrations.
+pub fn startup_budget_seconds(service: Service, env: &[EnvVar]) -> u64 {
+    // A service without a database (the gateway) gets the default's budget.
+    let wait = database_startup_wait(env)
+        .ok()
+        .flatten()
+        .filter(|_| service.owns_database())
+        .unwrap_or(DEFAULT_DATABASE_STARTUP_WAIT_SECONDS);
+    wait.max(DEFAULT_DATABASE_STARTUP_WAIT_SECONDS)
+        .saturating_add(START_AFTER_DATABASE_SECONDS)
+}
+
 /// Startup, liveness and readiness probes: native gRPC health for the gRPC
 /// services (`liveness` for liveness, the empty name for readiness), HTTP for
-/// the gateway. The startup probe allows three minutes for migrations.
-pub fn probes(service: Service) -> (Probe, Probe, Probe) {
+/// the gateway. The startup probe allows `startup_budget` seconds.
+pub fn probes(service: Service, startup_budget: u64) -> (Probe, Probe, Probe) {
+    let period = STARTUP_PERIOD_SECONDS as i32;
+    let failures =
+        i32::try_from(startup_budget.div_ceil(STARTUP_PERIOD_SECONDS)).unwrap_or(i32::MAX);
     if service.is_grpc() {
         (
-            grpc_probe(service, "liveness", 2, 90),
+            grpc_probe(service, "liveness", period, failures),
             grpc_probe(service, "liveness", 10, 3),
             grpc_probe(service, "", 5, 3),
         )
     } else {
         (
-            http_probe("/healthz", service.port(), 2, 90),
+            http_probe("/healthz", service.port(), period, failures),
             http_probe("/healthz", service.port(), 10, 3),
             http_probe("/readyz", service.port(), 5, 3),
         )
@@ -312,7 +339,8 @@ pub fn deployment(v: &Validated<'_>, service: Service, config_digest: &str) -> D
     let component = Component::Service(service);
     let vars = service_env(v, service);
     let hash = config_hash(v, service, config_digest, &vars);
-    let (startup, liveness, readiness) = probes(service);
+    let (startup, liveness, readiness) =
+        probes(service, startup_budget_seconds(service, &workload.env));
     let (tmp_volume, tmp_mount) = scratch("tmp", "/tmp");
     let mut ports = vec![port(
         if service.is_grpc() { "grpc" } else { "http" },
