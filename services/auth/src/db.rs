@@ -191,6 +191,45 @@ pub async fn revoke_family(
     Ok(())
 }
 
+/// Replaces the account's password hash if it is still `old_hash`: false
+/// when another change came first.
+#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+pub async fn replace_password_hash(
+    conn: &mut PgConnection,
+    id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool, AuthError> {
+    let updated = sqlx::query(
+        "UPDATE accounts SET password_hash = $3, updated_at = now() \
+         WHERE id = $1 AND password_hash = $2",
+    )
+    .bind(id)
+    .bind(old_hash)
+    .bind(new_hash)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Ends every session of the account; returns how many were live.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, reason), err)]
+pub async fn revoke_account_families(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    reason: &str,
+) -> Result<u64, AuthError> {
+    let revoked = sqlx::query(
+        "UPDATE refresh_families SET revoked_at = now(), revoke_reason = $2 \
+         WHERE account_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(account_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(revoked.rows_affected())
+}
+
 #[derive(Debug)]
 pub struct StoredKeys {
     pub current_pem: String,

@@ -35,7 +35,12 @@ impl std::fmt::Debug for Password {
 
 impl Password {
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
-        validate::password(raw).map_err(invalid("password"))?;
+        Self::parse_field(raw, "password")
+    }
+
+    /// Like [`Password::parse`], naming `field` when the password is refused.
+    pub fn parse_field(raw: &str, field: &str) -> Result<Self, AuthError> {
+        validate::password(raw).map_err(invalid(field))?;
         Ok(Self(raw.to_owned()))
     }
 

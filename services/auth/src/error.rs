@@ -13,6 +13,11 @@ pub enum AuthError {
     /// The same error whether the email exists or not.
     #[error("invalid email or password")]
     InvalidCredentials,
+    /// The password given as the current one is not the account's.
+    #[error("current_password: is not the account's password")]
+    WrongCurrentPassword,
+    #[error("the password was changed meanwhile, try again")]
+    PasswordChangedMeanwhile,
     #[error("too many failed logins, retry later")]
     Throttled { retry_after: Duration },
     #[error("the refresh token is invalid, expired or revoked")]
@@ -37,6 +42,7 @@ impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         let code = match &error {
             AuthError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            AuthError::PasswordChangedMeanwhile => ErrorCode::Aborted,
             AuthError::EmailTaken => ErrorCode::AlreadyExists,
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
@@ -48,7 +54,9 @@ impl From<AuthError> for tonic::Status {
                 }
                 return status;
             }
-            AuthError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            AuthError::PermissionDenied(_) | AuthError::WrongCurrentPassword => {
+                ErrorCode::PermissionDenied
+            }
             AuthError::NotFound => ErrorCode::NotFound,
             AuthError::Profile(crate::profiles::ProfileError::Unavailable(_)) => {
                 // Nothing was written: the client may simply try again.

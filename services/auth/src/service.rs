@@ -10,10 +10,11 @@ use gocommerce_platform::db::Db;
 use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
-use gocommerce_proto::events::v1::UserRegistered;
 use gocommerce_proto::events::v1::event_envelope::Payload;
+use gocommerce_proto::events::v1::{UserPasswordChanged, UserRegistered};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -94,14 +95,25 @@ impl AuthService {
 
     /// Starts a new refresh family for the account and signs an access token.
     async fn issue_tokens(&self, account: &AccountRow) -> Result<pb::TokenPair, AuthError> {
+        let mut tx = self.db.begin().await?;
+        let pair = self.start_session(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(pair)
+    }
+
+    /// Writes a new refresh family for the account in `conn`'s transaction
+    /// and signs an access token for it.
+    async fn start_session(
+        &self,
+        conn: &mut PgConnection,
+        account: &AccountRow,
+    ) -> Result<pb::TokenPair, AuthError> {
         let family_id = Uuid::now_v7();
         let (refresh_token, refresh_hash) = new_refresh_token();
         let expires_at = Utc::now() + self.refresh_ttl;
-        let mut tx = self.db.begin().await?;
-        db::create_refresh_family(&mut tx, family_id, account.id, expires_at).await?;
-        db::insert_refresh_token(&mut tx, family_id, &refresh_hash).await?;
+        db::create_refresh_family(conn, family_id, account.id, expires_at).await?;
+        db::insert_refresh_token(conn, family_id, &refresh_hash).await?;
         let access_token = self.sign_access_token(account)?;
-        tx.commit().await?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
@@ -130,42 +142,46 @@ impl AuthService {
         }
     }
 
+    /// Whether `password` is the one `hash` was made from; false without a
+    /// hash, after the same work. A password longer than any we accept is
+    /// refused unhashed: it cannot match, and hashing it would cost its length.
+    async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, AuthError> {
+        if password.chars().count() > gocommerce_platform::validate::PASSWORD_MAX_CHARS {
+            return Ok(false);
+        }
+        self.hasher.verify(password, hash).await
+    }
+
     async fn login(&self, request: pb::LoginRequest) -> Result<pb::TokenPair, AuthError> {
         let email = Email::parse(&request.email).map_err(|_| AuthError::InvalidCredentials)?;
-        let account_key = throttle::account_key(email.as_str());
-        let client_key =
-            (!request.client_ip.is_empty()).then(|| throttle::client_key(&request.client_ip));
-        let keys: Vec<String> = std::iter::once(account_key.clone())
-            .chain(client_key.clone())
-            .collect();
+        let keys = throttle::Keys::new(email.as_str(), &request.client_ip);
 
         let mut conn = self.db.acquire().await?;
-        self.throttle.check(&mut conn, &keys).await?;
+        self.throttle.check(&mut conn, &keys.all()).await?;
         let account = db::find_account_by_email(&mut conn, email.as_str()).await?;
         // Release the connection while hashing: it takes tens of milliseconds.
         conn.keep();
 
-        let password_ok = request.password.chars().count()
-            <= gocommerce_platform::validate::PASSWORD_MAX_CHARS
-            && self
-                .hasher
-                .verify(
-                    request.password,
-                    account.as_ref().map(|a| a.password_hash.clone()),
-                )
-                .await?;
+        let password_ok = self
+            .verify_password(
+                request.password,
+                account.as_ref().map(|a| a.password_hash.clone()),
+            )
+            .await?;
         let mut conn = self.db.acquire().await?;
         match account {
             Some(account) if password_ok => {
-                db::clear_login_failures(&mut conn, &account_key).await?;
+                db::clear_login_failures(&mut conn, &keys.account).await?;
                 conn.keep();
                 tracing::info!(account_id = %account.id, "login succeeded");
                 self.issue_tokens(&account).await
             }
             _ => {
-                self.throttle
-                    .record_failure(&mut conn, &account_key, client_key.as_deref())
-                    .await?;
+                self.throttle.record_failure(&mut conn, &keys).await?;
                 conn.keep();
                 tracing::info!("login failed");
                 Err(AuthError::InvalidCredentials)
@@ -198,6 +214,75 @@ impl AuthService {
         let access_token = self.sign_access_token(&account)?;
         tx.commit().await?;
         Ok(self.token_pair(access_token, next_token))
+    }
+
+    /// Changes the caller's password: the current one is checked (a wrong
+    /// one counts as a failed login, so this is no way around the lockout),
+    /// then the new hash, the end of every session, a new session for the
+    /// caller and the `user.password_changed` event commit together.
+    async fn change_password(
+        &self,
+        caller: &Caller,
+        request: pb::ChangePasswordRequest,
+    ) -> Result<pb::TokenPair, AuthError> {
+        let user_id = parse_user_id(&request.user_id)?;
+        // Nobody changes another account's password, admins included; as
+        // elsewhere, someone else's account is "not found".
+        if caller.user_id != user_id {
+            return Err(AuthError::NotFound);
+        }
+        // The same password again is allowed: it ends every other session.
+        let new_password = Password::parse_field(&request.new_password, "new_password")?;
+
+        let mut conn = self.db.acquire().await?;
+        let Some(account) = db::find_account(&mut conn, user_id).await? else {
+            conn.keep();
+            return Err(AuthError::NotFound);
+        };
+        let keys = throttle::Keys::new(&account.email, &request.client_ip);
+        self.throttle.check(&mut conn, &keys.all()).await?;
+        // Release the connection while hashing, as a login does.
+        conn.keep();
+
+        let current_ok = self
+            .verify_password(
+                request.current_password,
+                Some(account.password_hash.clone()),
+            )
+            .await?;
+        if !current_ok {
+            let mut conn = self.db.acquire().await?;
+            self.throttle.record_failure(&mut conn, &keys).await?;
+            conn.keep();
+            tracing::info!(account_id = %account.id, "password change refused: wrong current password");
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        let new_hash = self.hasher.hash(new_password.expose().to_owned()).await?;
+
+        let mut tx = self.db.begin().await?;
+        // Compared with the hash the current password was checked against:
+        // of two changes made at once with the same current password, one wins.
+        if !db::replace_password_hash(&mut tx, account.id, &account.password_hash, &new_hash)
+            .await?
+        {
+            return Err(AuthError::PasswordChangedMeanwhile);
+        }
+        let ended = db::revoke_account_families(&mut tx, account.id, "password changed").await?;
+        db::clear_login_failures(&mut tx, &keys.account).await?;
+        let event = events::message(
+            SOURCE,
+            account.id,
+            Payload::UserPasswordChanged(UserPasswordChanged {
+                user_id: account.id.to_string(),
+                email: account.email.clone(),
+                name: account.name.clone(),
+            }),
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        let tokens = self.start_session(&mut tx, &account).await?;
+        tx.commit().await?;
+        tracing::info!(account_id = %account.id, sessions_ended = ended, "password changed");
+        Ok(tokens)
     }
 
     async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
@@ -337,6 +422,17 @@ impl pb::auth_service_server::AuthService for AuthService {
         tracing::info!(account_id = %account.id, role = %role, "role changed");
         Ok(Response::new(pb::SetUserRoleResponse {
             account: Some(account_to_proto(&account)),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let tokens = AuthService::change_password(self, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            tokens: Some(tokens),
         }))
     }
 

@@ -38,6 +38,29 @@ pub fn client_key(client: &str) -> String {
     format!("client:{client}")
 }
 
+/// What one attempt with a password is counted under: the account's email
+/// and, when the gateway passed it on, the client's address.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub account: String,
+    pub client: Option<String>,
+}
+
+impl Keys {
+    pub fn new(email: &str, client_ip: &str) -> Self {
+        Self {
+            account: account_key(email),
+            client: (!client_ip.is_empty()).then(|| client_key(client_ip)),
+        }
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        std::iter::once(self.account.clone())
+            .chain(self.client.clone())
+            .collect()
+    }
+}
+
 impl Policy {
     /// `Throttled` while the account or the client is locked.
     pub async fn check(&self, conn: &mut PgConnection, keys: &[String]) -> Result<(), AuthError> {
@@ -54,13 +77,12 @@ impl Policy {
     pub async fn record_failure(
         &self,
         conn: &mut PgConnection,
-        account: &str,
-        client: Option<&str>,
+        keys: &Keys,
     ) -> Result<(), AuthError> {
         let window = self.window.as_secs_f64();
         let lock = self.lock.as_secs_f64();
-        db::record_login_failure(conn, account, self.per_account, window, lock).await?;
-        if let Some(client) = client {
+        db::record_login_failure(conn, &keys.account, self.per_account, window, lock).await?;
+        if let Some(client) = &keys.client {
             db::record_login_failure(conn, client, self.per_client, window, lock).await?;
         }
         Ok(())

@@ -23,6 +23,7 @@ use crate::routes::auth;
         auth::login,
         auth::refresh,
         auth::logout,
+        auth::change_password,
         auth::me,
         auth::jwks,
         crate::startup::healthz,

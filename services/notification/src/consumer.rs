@@ -25,8 +25,9 @@ pub type UserClient = UserServiceClient<gocommerce_platform::grpc::Traced>;
 /// The events some template renders: the queue's bindings. They are the
 /// mandatory ones (`events::mandatory`), so the outbox keeps one that is
 /// published before this queue exists until it does.
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 7] = [
     "user.registered",
+    "user.password_changed",
     "order.paid",
     "order.cancelled",
     "order.shipped",
@@ -149,7 +150,7 @@ impl Handler {
                 body: &message.body,
                 skipped: skip_reason(
                     exists,
-                    channels.email,
+                    rendered.security || channels.email,
                     self.channels.has_email(),
                     email,
                     "email",
@@ -165,7 +166,7 @@ impl Handler {
                 body: text,
                 skipped: skip_reason(
                     exists,
-                    channels.sms,
+                    rendered.security || channels.sms,
                     self.channels.has_sms(),
                     phone,
                     "phone number",
@@ -181,7 +182,7 @@ impl Handler {
                 body: &push.body,
                 skipped: skip_reason(
                     exists,
-                    channels.push,
+                    rendered.security || channels.push,
                     self.channels.has_push(),
                     &user,
                     "user",
@@ -349,6 +350,7 @@ mod tests {
         }
         let payloads = for_the_user!(
             UserRegistered,
+            UserPasswordChanged,
             OrderCreated,
             OrderPaid,
             OrderCancelled,

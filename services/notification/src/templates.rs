@@ -23,6 +23,9 @@ pub struct Push {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
     pub user_id: Uuid,
+    /// A security notice: sent on its channels whatever the user's channel
+    /// preferences say, as a change they did not make must reach them.
+    pub security: bool,
     pub email: Option<Email>,
     pub sms: Option<String>,
     pub push: Option<Push>,
@@ -80,6 +83,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
     match envelope.payload.as_ref()? {
         Payload::UserRegistered(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
+            security: false,
             email: Some(Email {
                 subject: format!("Welcome to GoCommerce, {}", e.name),
                 body: format!(
@@ -90,10 +94,26 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
             sms: None,
             push: None,
         }),
+        Payload::UserPasswordChanged(e) => Some(Rendered {
+            user_id: user(&e.user_id)?,
+            security: true,
+            email: Some(Email {
+                subject: "Your GoCommerce password was changed".to_owned(),
+                body: format!(
+                    "Hello {},\n\nthe password of your GoCommerce account {} was just changed, \
+                     and every device signed in to it was signed out.\n\n\
+                     If that was not you, someone else knows your password: contact us at once.\n",
+                    e.name, e.email
+                ),
+            }),
+            sms: None,
+            push: None,
+        }),
         Payload::OrderPaid(e) => {
             let total = format_money(e.total.as_ref());
             Some(Rendered {
                 user_id: user(&e.user_id)?,
+                security: false,
                 email: Some(Email {
                     subject: format!("Order {} confirmed", e.order_id),
                     body: format!(
@@ -121,6 +141,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                 .unwrap_or_default();
             Some(Rendered {
                 user_id: user(&e.user_id)?,
+                security: false,
                 email: Some(Email {
                     subject: format!("Order {} cancelled", e.order_id),
                     body: format!(
@@ -143,6 +164,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
         }
         Payload::OrderShipped(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
+            security: false,
             email: Some(Email {
                 subject: format!("Order {} shipped", e.order_id),
                 body: format!(
@@ -164,6 +186,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
         }),
         Payload::OrderDelivered(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
+            security: false,
             email: Some(Email {
                 subject: format!("Order {} delivered", e.order_id),
                 body: format!(
@@ -182,6 +205,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
             let amount = format_money(e.amount.as_ref());
             Some(Rendered {
                 user_id: user(&e.user_id)?,
+                security: false,
                 email: Some(Email {
                     subject: format!("Refund of {amount} for order {}", e.order_id),
                     body: format!(

@@ -25,6 +25,7 @@ pub fn event_type(payload: &Payload) -> &'static str {
         Payload::PaymentSucceeded(_) => "payment.succeeded",
         Payload::PaymentFailed(_) => "payment.failed",
         Payload::PaymentRefunded(_) => "payment.refunded",
+        Payload::UserPasswordChanged(_) => "user.password_changed",
     }
 }
 
@@ -38,6 +39,7 @@ pub fn event_type(payload: &Payload) -> &'static str {
 pub fn mandatory(payload: &Payload) -> bool {
     match payload {
         Payload::UserRegistered(_)
+        | Payload::UserPasswordChanged(_)
         | Payload::OrderPaid(_)
         | Payload::OrderCancelled(_)
         | Payload::OrderShipped(_)

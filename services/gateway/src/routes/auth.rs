@@ -1,5 +1,5 @@
-//! `/v1/auth/*` and the JWKS: registration, login, refresh, logout, and the
-//! caller's own account.
+//! `/v1/auth/*` and the JWKS: registration, login, refresh, logout, password
+//! changes, and the caller's own account.
 
 use crate::json::Json;
 use axum::extract::State;
@@ -95,6 +95,42 @@ impl Validate for RefreshTokenBody {
         if self.refresh_token.chars().count() > 256 {
             errors.push(too_long("refresh_token", 256));
         }
+        errors
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordBody {
+    /// The account's password now.
+    #[schema(min_length = 1, max_length = 1024, example = "correct horse battery")]
+    pub current_password: String,
+    /// 8 to 128 characters; the current one again just ends every other
+    /// session.
+    #[schema(
+        min_length = 8,
+        max_length = 128,
+        example = "battery staple horse correct"
+    )]
+    pub new_password: String,
+}
+
+impl Validate for ChangePasswordBody {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        // The current password is only checked against the account, as a
+        // login's is.
+        if self.current_password.is_empty() {
+            errors.push(required("current_password"));
+        }
+        if self.current_password.chars().count() > 1024 {
+            errors.push(too_long("current_password", 1024));
+        }
+        check(
+            &mut errors,
+            "new_password",
+            validate::password(&self.new_password),
+        );
         errors
     }
 }
@@ -325,6 +361,47 @@ pub async fn logout(
         .await
         .map_err(backend_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change the caller's password. Every session of the account ends (their
+/// refresh tokens are refused; access tokens run out within their lifetime)
+/// and the answer is a new session for this client. The account's owner is
+/// told by email.
+#[utoipa::path(
+    post, path = "/v1/auth/password", tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangePasswordBody,
+    responses(
+        (status = 200, description = "Changed: a new token pair, every other session has ended", body = TokenResponse),
+        (status = 401, description = "Missing, malformed, expired or forged access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The current password is wrong (counted as a failed login)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The account no longer exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The password was changed by another request meanwhile; try again", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ClientIp(ip): ClientIp,
+    ValidJson(body): ValidJson<ChangePasswordBody>,
+) -> Result<Json<TokenResponse>, Problem> {
+    let request = state.backends.request(
+        pb::ChangePasswordRequest {
+            user_id: caller.user_id.to_string(),
+            current_password: body.current_password,
+            new_password: body.new_password,
+            client_ip: ip.to_string(),
+        },
+        Some(&caller),
+    );
+    let response = state
+        .backends
+        .auth
+        .clone()
+        .change_password(request)
+        .await
+        .map_err(backend_error)?;
+    TokenResponse::from_pair(response.into_inner().tokens).map(Json)
 }
 
 /// The caller's own account.

@@ -377,3 +377,282 @@ async fn registering_records_a_user_registered_event_in_the_same_transaction() {
     };
     assert_eq!(user.email, email.to_lowercase());
 }
+
+const NEW_PASSWORD: &str = "a brand new passphrase";
+
+async fn change_password(
+    app: &crate::helpers::TestApp,
+    tokens: &Value,
+    current: &str,
+    new: &str,
+) -> reqwest::Response {
+    app.request(reqwest::Method::POST, "/v1/auth/password")
+        .bearer_auth(tokens["access_token"].as_str().expect("access token"))
+        .json(&json!({"current_password": current, "new_password": new}))
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn stored_hash(app: &crate::helpers::TestApp, email: &str) -> String {
+    sqlx::query_scalar("SELECT password_hash FROM accounts WHERE email = $1")
+        .bind(email.to_lowercase())
+        .fetch_one(&app.auth_db().await)
+        .await
+        .expect("the account")
+}
+
+#[tokio::test]
+async fn changing_the_password_ends_every_session_and_only_the_new_password_logs_in() {
+    // Arrange: one customer signed in twice
+    let app = spawn_app().await;
+    let (email, first) = app.customer().await;
+    let second: Value = app
+        .login(&email, PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    // Act
+    let response = change_password(&app, &first, PASSWORD, NEW_PASSWORD).await;
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::OK);
+    let fresh: Value = response.json().await.expect("json");
+    assert_eq!(fresh["token_type"], "Bearer");
+    for ended in [&first, &second] {
+        assert_problem(
+            refresh(&app, &ended["refresh_token"]).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    assert_eq!(
+        refresh(&app, &fresh["refresh_token"]).await.status(),
+        StatusCode::OK,
+        "the answer is a live session"
+    );
+    assert_problem(app.login(&email, PASSWORD).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.login(&email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_current_password_is_a_403_that_changes_nothing_and_counts_toward_the_lockout() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    let before = stored_hash(&app, &email).await;
+
+    // Act: five wrong guesses, then the right password
+    let mut wrong = Vec::new();
+    for _ in 0..5 {
+        wrong.push(change_password(&app, &tokens, "not my password", NEW_PASSWORD).await);
+    }
+    let locked_change = change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
+    let locked_login = app.login(&email, PASSWORD).await;
+
+    // Assert
+    for response in wrong {
+        let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
+        assert_eq!(
+            problem["detail"],
+            "current_password: is not the account's password"
+        );
+    }
+    // Five failures lock the account for changes and logins alike, as five
+    // failed logins do: an access token is no way to guess the password.
+    for locked in [locked_change, locked_login] {
+        assert!(retry_after(&locked).is_some());
+        assert_problem(locked, StatusCode::TOO_MANY_REQUESTS).await;
+    }
+    assert_eq!(stored_hash(&app, &email).await, before);
+    assert_eq!(
+        refresh(&app, &tokens["refresh_token"]).await.status(),
+        StatusCode::OK,
+        "the session is not ended by a failed change"
+    );
+}
+
+#[tokio::test]
+async fn a_new_password_too_short_or_too_long_is_refused_naming_the_field() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    let before = stored_hash(&app, &email).await;
+    let too_long = "é".repeat(129);
+    let cases = [
+        (PASSWORD, "short", "new_password"),
+        (PASSWORD, too_long.as_str(), "new_password"),
+        ("", NEW_PASSWORD, "current_password"),
+    ];
+
+    for (current, new, field) in cases {
+        // Act
+        let response = change_password(&app, &tokens, current, new).await;
+
+        // Assert
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(
+            crate::helpers::problem_fields(&problem),
+            [field],
+            "{current:?} to {new:?}: {problem}"
+        );
+    }
+    let unknown_field = app
+        .request(reqwest::Method::POST, "/v1/auth/password")
+        .bearer_auth(tokens["access_token"].as_str().expect("token"))
+        .json(
+            &json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD, "email": "x@y.z"}),
+        )
+        .send()
+        .await
+        .expect("request sent");
+    assert_problem(unknown_field, StatusCode::BAD_REQUEST).await;
+    assert_eq!(stored_hash(&app, &email).await, before);
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn setting_the_same_password_again_ends_every_other_session() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+
+    let response = change_password(&app, &tokens, PASSWORD, PASSWORD).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_problem(
+        refresh(&app, &tokens["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn changing_a_password_needs_an_access_token() {
+    let app = spawn_app().await;
+
+    let response = app
+        .post_json(
+            "/v1/auth/password",
+            &json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+        )
+        .await;
+
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn of_two_changes_made_at_once_one_wins_and_only_its_password_logs_in() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    let candidates = ["first new passphrase", "second new passphrase"];
+
+    // Act
+    let (a, b) = tokio::join!(
+        change_password(&app, &tokens, PASSWORD, candidates[0]),
+        change_password(&app, &tokens, PASSWORD, candidates[1]),
+    );
+
+    // Assert: the loser either met the winner's write (409) or, starting
+    // after it, a current password that no longer is (403).
+    let statuses = [a.status(), b.status()];
+    let winners: Vec<usize> = (0..2).filter(|&i| statuses[i] == StatusCode::OK).collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    let loser = statuses[1 - winners[0]];
+    assert!(
+        matches!(loser, StatusCode::CONFLICT | StatusCode::FORBIDDEN),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        app.login(&email, candidates[winners[0]]).await.status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        app.login(&email, candidates[1 - winners[0]]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_auth_service_changes_no_password_but_the_callers_own() {
+    // The gateway always names the caller; a peer calling the service
+    // directly must not reach another account either.
+    use gocommerce_platform::config::ServiceName;
+    use gocommerce_platform::{Caller, Role};
+    use gocommerce_proto::auth::v1 as pb;
+
+    let app = spawn_app().await;
+    let (victim_email, victim) = app.customer().await;
+    let victim_id: String = sqlx::query_scalar("SELECT id::text FROM accounts WHERE email = $1")
+        .bind(&victim_email)
+        .fetch_one(&app.auth_db().await)
+        .await
+        .expect("the account");
+    let ports = &app.running.as_ref().expect("running").ports;
+    let mut auth = pb::auth_service_client::AuthServiceClient::connect(format!(
+        "http://127.0.0.1:{}",
+        ports[&ServiceName::Auth]
+    ))
+    .await
+    .expect("auth service");
+    let mut request = tonic::Request::new(pb::ChangePasswordRequest {
+        user_id: victim_id,
+        current_password: PASSWORD.to_owned(),
+        new_password: NEW_PASSWORD.to_owned(),
+        client_ip: String::new(),
+    });
+    // Even an admin: nobody sets a password they then know.
+    Caller {
+        user_id: Uuid::now_v7(),
+        role: Role::Admin,
+    }
+    .write_to(request.metadata_mut());
+
+    let refused = auth.change_password(request).await.expect_err("refused");
+
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert_eq!(
+        app.login(&victim_email, PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        refresh(&app, &victim["refresh_token"]).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn changing_the_password_records_a_password_changed_event_in_the_same_transaction() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+
+    let response = change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE routing_key = 'user.password_changed'",
+    )
+    .fetch_all(&app.auth_db().await)
+    .await
+    .expect("outbox");
+    let changed: Vec<_> = payloads
+        .iter()
+        .map(|p| gocommerce_platform::events::decode(p).expect("an event envelope"))
+        .filter_map(|e| match e.payload {
+            Some(gocommerce_proto::events::v1::event_envelope::Payload::UserPasswordChanged(p)) => {
+                Some(p)
+            }
+            _ => None,
+        })
+        .filter(|p| p.email == email.to_lowercase())
+        .collect();
+    assert_eq!(changed.len(), 1);
+}

@@ -159,6 +159,7 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/auth/login", "post"),
         ("/v1/auth/refresh", "post"),
         ("/v1/auth/logout", "post"),
+        ("/v1/auth/password", "post"),
         ("/v1/auth/me", "get"),
         ("/.well-known/jwks.json", "get"),
         ("/healthz", "get"),
@@ -172,6 +173,14 @@ async fn the_openapi_document_describes_every_route() {
     for status in ["201", "400", "409", "413", "415", "429", "503"] {
         assert!(register[status].is_object(), "register documents {status}");
     }
+    let change = &doc["paths"]["/v1/auth/password"]["post"];
+    for status in ["200", "400", "401", "403", "409", "429"] {
+        assert!(
+            change["responses"][status].is_object(),
+            "a password change documents {status}"
+        );
+    }
+    assert_eq!(change["security"], json!([{"bearer": []}]));
     assert_eq!(
         doc["components"]["schemas"]["RegisterBody"]["additionalProperties"],
         json!(false),
