@@ -230,6 +230,111 @@ pub async fn revoke_account_families(
     Ok(revoked.rows_affected())
 }
 
+/// Sets the account's password hash.
+#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+pub async fn set_password_hash(
+    conn: &mut PgConnection,
+    id: Uuid,
+    hash: &str,
+) -> Result<(), AuthError> {
+    sqlx::query("UPDATE accounts SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A password reset, by the hash of its token.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PasswordResetRow {
+    pub account_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+impl PasswordResetRow {
+    /// Neither used nor expired.
+    pub fn is_live(&self) -> bool {
+        self.used_at.is_none() && self.expires_at > Utc::now()
+    }
+}
+
+/// Whether the account was sent a reset token that is still unused within
+/// the last `within_secs`.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn recent_password_reset(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+    within_secs: f64,
+) -> Result<bool, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM password_resets WHERE account_id = $1 \
+         AND used_at IS NULL AND created_at > now() - make_interval(secs => $2))",
+    )
+    .bind(account_id)
+    .bind(within_secs)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Records a reset token, and forgets the account's used and expired ones.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn insert_password_reset(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+    account_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "DELETE FROM password_resets WHERE account_id = $1 \
+         AND (used_at IS NOT NULL OR expires_at <= now())",
+    )
+    .bind(account_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO password_resets (token_hash, account_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash)
+    .bind(account_id)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Finds a reset by its token's hash and locks it for the transaction, so
+/// two uses of one token serialise and the second finds it used.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_password_reset(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+) -> Result<Option<PasswordResetRow>, AuthError> {
+    Ok(sqlx::query_as(
+        "SELECT account_id, expires_at, used_at FROM password_resets \
+         WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks every unused reset token of the account used: one reset spends them all.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn spend_password_resets(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "UPDATE password_resets SET used_at = now() WHERE account_id = $1 AND used_at IS NULL",
+    )
+    .bind(account_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct StoredKeys {
     pub current_pem: String,

@@ -22,6 +22,8 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
     #[error("the refresh token is invalid, expired or revoked")]
     InvalidRefreshToken,
+    #[error("the reset token is invalid, expired or used")]
+    InvalidResetToken,
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -46,6 +48,7 @@ impl From<AuthError> for tonic::Status {
             AuthError::EmailTaken => ErrorCode::AlreadyExists,
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
+            | AuthError::InvalidResetToken
             | AuthError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             AuthError::Throttled { retry_after } => {
                 let mut status = ErrorCode::ResourceExhausted.status(error.to_string());

@@ -11,7 +11,9 @@ use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
 use gocommerce_proto::events::v1::event_envelope::Payload;
-use gocommerce_proto::events::v1::{UserPasswordChanged, UserRegistered};
+use gocommerce_proto::events::v1::{
+    UserPasswordChanged, UserPasswordResetRequested, UserRegistered,
+};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -31,6 +33,13 @@ const SOURCE: &str = "gocommerce-auth";
 
 /// Refresh tokens carry this prefix so leaked ones are easy to spot in scans.
 const REFRESH_TOKEN_PREFIX: &str = "gcr_";
+/// Password reset tokens carry this one.
+const RESET_TOKEN_PREFIX: &str = "gcp_";
+/// How long a reset token works.
+const RESET_TTL: Duration = Duration::from_secs(30 * 60);
+/// At most one reset token is sent to an account in this time: asking again
+/// sooner sends nothing, so nobody floods an inbox.
+const RESET_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
@@ -109,7 +118,7 @@ impl AuthService {
         account: &AccountRow,
     ) -> Result<pb::TokenPair, AuthError> {
         let family_id = Uuid::now_v7();
-        let (refresh_token, refresh_hash) = new_refresh_token();
+        let (refresh_token, refresh_hash) = new_token(REFRESH_TOKEN_PREFIX);
         let expires_at = Utc::now() + self.refresh_ttl;
         db::create_refresh_family(conn, family_id, account.id, expires_at).await?;
         db::insert_refresh_token(conn, family_id, &refresh_hash).await?;
@@ -190,7 +199,8 @@ impl AuthService {
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, AuthError> {
-        let hash = hash_refresh_token(refresh_token).ok_or(AuthError::InvalidRefreshToken)?;
+        let hash = hash_token(refresh_token, REFRESH_TOKEN_PREFIX)
+            .ok_or(AuthError::InvalidRefreshToken)?;
         let mut tx = self.db.begin().await?;
         let Some(row) = db::lock_refresh_token(&mut tx, &hash).await? else {
             return Err(AuthError::InvalidRefreshToken);
@@ -209,7 +219,7 @@ impl AuthService {
             .await?
             .ok_or(AuthError::InvalidRefreshToken)?;
         db::mark_refresh_token_used(&mut tx, row.token_id).await?;
-        let (next_token, next_hash) = new_refresh_token();
+        let (next_token, next_hash) = new_token(REFRESH_TOKEN_PREFIX);
         db::insert_refresh_token(&mut tx, row.family_id, &next_hash).await?;
         let access_token = self.sign_access_token(&account)?;
         tx.commit().await?;
@@ -269,25 +279,96 @@ impl AuthService {
         }
         let ended = db::revoke_account_families(&mut tx, account.id, "password changed").await?;
         db::clear_login_failures(&mut tx, &keys.account).await?;
-        let event = events::message(
-            SOURCE,
-            account.id,
-            Payload::UserPasswordChanged(UserPasswordChanged {
-                user_id: account.id.to_string(),
-                email: account.email.clone(),
-                name: account.name.clone(),
-            }),
-        );
-        outbox::enqueue(&mut tx, &event).await?;
+        outbox::enqueue(&mut tx, &password_changed(&account)).await?;
         let tokens = self.start_session(&mut tx, &account).await?;
         tx.commit().await?;
         tracing::info!(account_id = %account.id, sessions_ended = ended, "password changed");
         Ok(tokens)
     }
 
+    /// Sends a reset token to the account with `email`, if there is one and
+    /// none went out within [`RESET_INTERVAL`]. The answer is the same in
+    /// every case.
+    async fn request_password_reset(&self, email: &str) -> Result<(), AuthError> {
+        let email = Email::parse(email)?;
+        let mut conn = self.db.acquire().await?;
+        let Some(account) = db::find_account_by_email(&mut conn, email.as_str()).await? else {
+            conn.keep();
+            tracing::info!("password reset asked for an email without an account");
+            return Ok(());
+        };
+        let recent =
+            db::recent_password_reset(&mut conn, account.id, RESET_INTERVAL.as_secs_f64()).await?;
+        conn.keep();
+        if recent {
+            tracing::info!(account_id = %account.id, "password reset asked again too soon, none sent");
+            return Ok(());
+        }
+        let (token, hash) = new_token(RESET_TOKEN_PREFIX);
+        let expires_at = Utc::now() + RESET_TTL;
+        // The token and the event that emails it commit together.
+        let mut tx = self.db.begin().await?;
+        db::insert_password_reset(&mut tx, &hash, account.id, expires_at).await?;
+        let event = events::message(
+            SOURCE,
+            account.id,
+            Payload::UserPasswordResetRequested(UserPasswordResetRequested {
+                user_id: account.id.to_string(),
+                email: account.email.clone(),
+                name: account.name.clone(),
+                token,
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: expires_at.timestamp(),
+                    nanos: 0,
+                }),
+            }),
+        );
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        tracing::info!(account_id = %account.id, "password reset token sent");
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token: the token and every other one
+    /// of the account are spent, every session ends, the account's lockout
+    /// is lifted, and its owner is told as after a change.
+    async fn reset_password(&self, request: pb::ResetPasswordRequest) -> Result<(), AuthError> {
+        let new_password = Password::parse_field(&request.new_password, "new_password")?;
+        let hash =
+            hash_token(&request.token, RESET_TOKEN_PREFIX).ok_or(AuthError::InvalidResetToken)?;
+        // Looked at before hashing, so a made-up token costs no Argon2 work.
+        let mut conn = self.db.acquire().await?;
+        let live = db::lock_password_reset(&mut conn, &hash)
+            .await?
+            .is_some_and(|r| r.is_live());
+        conn.keep();
+        if !live {
+            return Err(AuthError::InvalidResetToken);
+        }
+        let new_hash = self.hasher.hash(new_password.expose().to_owned()).await?;
+
+        let mut tx = self.db.begin().await?;
+        // Again under the lock: the same token used twice at once wins once.
+        let reset = db::lock_password_reset(&mut tx, &hash).await?;
+        let Some(reset) = reset.filter(db::PasswordResetRow::is_live) else {
+            return Err(AuthError::InvalidResetToken);
+        };
+        let account = db::find_account(&mut tx, reset.account_id)
+            .await?
+            .ok_or(AuthError::InvalidResetToken)?;
+        db::set_password_hash(&mut tx, account.id, &new_hash).await?;
+        db::spend_password_resets(&mut tx, account.id).await?;
+        let ended = db::revoke_account_families(&mut tx, account.id, "password reset").await?;
+        db::clear_login_failures(&mut tx, &throttle::account_key(&account.email)).await?;
+        outbox::enqueue(&mut tx, &password_changed(&account)).await?;
+        tx.commit().await?;
+        tracing::info!(account_id = %account.id, sessions_ended = ended, "password reset");
+        Ok(())
+    }
+
     async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
         // Unknown tokens are fine: logout is idempotent and says nothing (RFC 7009).
-        let Some(hash) = hash_refresh_token(refresh_token) else {
+        let Some(hash) = hash_token(refresh_token, REFRESH_TOKEN_PREFIX) else {
             return Ok(());
         };
         let mut tx = self.db.begin().await?;
@@ -299,17 +380,32 @@ impl AuthService {
     }
 }
 
-fn new_refresh_token() -> (String, Vec<u8>) {
+/// The `user.password_changed` event that tells the account's owner.
+fn password_changed(account: &AccountRow) -> outbox::OutboxMessage {
+    events::message(
+        SOURCE,
+        account.id,
+        Payload::UserPasswordChanged(UserPasswordChanged {
+            user_id: account.id.to_string(),
+            email: account.email.clone(),
+            name: account.name.clone(),
+        }),
+    )
+}
+
+/// A new opaque token (`prefix` and 256 random bits) and its stored form.
+fn new_token(prefix: &str) -> (String, Vec<u8>) {
     let mut bytes = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
     let hash = Sha256::digest(token.as_bytes()).to_vec();
     (token, hash)
 }
 
-/// The stored form of a refresh token, or `None` when it cannot be one.
-fn hash_refresh_token(token: &str) -> Option<Vec<u8>> {
-    let body = token.strip_prefix(REFRESH_TOKEN_PREFIX)?;
+/// The stored form of a token made by [`new_token`] with `prefix`, or `None`
+/// when it cannot be one.
+fn hash_token(token: &str, prefix: &str) -> Option<Vec<u8>> {
+    let body = token.strip_prefix(prefix)?;
     (body.len() == 43).then(|| Sha256::digest(token.as_bytes()).to_vec())
 }
 
@@ -436,6 +532,22 @@ impl pb::auth_service_server::AuthService for AuthService {
         }))
     }
 
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        AuthService::request_password_reset(self, &request.into_inner().email).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        AuthService::reset_password(self, request.into_inner()).await?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
     async fn get_account(
         &self,
         request: Request<pb::GetAccountRequest>,
@@ -462,16 +574,24 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_hash_to_their_stored_form() {
-        let (a, hash_a) = new_refresh_token();
-        let (b, _) = new_refresh_token();
+        let (a, hash_a) = new_token(REFRESH_TOKEN_PREFIX);
+        let (b, _) = new_token(REFRESH_TOKEN_PREFIX);
         assert_ne!(a, b);
-        assert_eq!(hash_refresh_token(&a), Some(hash_a));
+        assert_eq!(hash_token(&a, REFRESH_TOKEN_PREFIX), Some(hash_a));
+        assert_eq!(
+            hash_token(&a, RESET_TOKEN_PREFIX),
+            None,
+            "a refresh token is no reset token"
+        );
     }
 
     #[test]
     fn strings_that_cannot_be_refresh_tokens_are_refused_before_any_query() {
-        assert_eq!(hash_refresh_token(""), None);
-        assert_eq!(hash_refresh_token("gcr_short"), None);
-        assert_eq!(hash_refresh_token("eyJhbGciOiJFZERTQSJ9.e30.sig"), None);
+        assert_eq!(hash_token("", REFRESH_TOKEN_PREFIX), None);
+        assert_eq!(hash_token("gcr_short", REFRESH_TOKEN_PREFIX), None);
+        assert_eq!(
+            hash_token("eyJhbGciOiJFZERTQSJ9.e30.sig", REFRESH_TOKEN_PREFIX),
+            None
+        );
     }
 }

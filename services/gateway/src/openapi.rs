@@ -24,6 +24,8 @@ use crate::routes::auth;
         auth::refresh,
         auth::logout,
         auth::change_password,
+        auth::request_password_reset,
+        auth::confirm_password_reset,
         auth::me,
         auth::jwks,
         crate::startup::healthz,

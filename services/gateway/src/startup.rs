@@ -136,6 +136,14 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/password", post(auth::change_password))
+        .route(
+            "/v1/auth/password-reset",
+            post(auth::request_password_reset),
+        )
+        .route(
+            "/v1/auth/password-reset/confirm",
+            post(auth::confirm_password_reset),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_auth,

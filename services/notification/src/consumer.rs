@@ -25,9 +25,10 @@ pub type UserClient = UserServiceClient<gocommerce_platform::grpc::Traced>;
 /// The events some template renders: the queue's bindings. They are the
 /// mandatory ones (`events::mandatory`), so the outbox keeps one that is
 /// published before this queue exists until it does.
-pub const EVENTS: [&str; 7] = [
+pub const EVENTS: [&str; 8] = [
     "user.registered",
     "user.password_changed",
+    "user.password_reset_requested",
     "order.paid",
     "order.cancelled",
     "order.shipped",
@@ -351,6 +352,7 @@ mod tests {
         let payloads = for_the_user!(
             UserRegistered,
             UserPasswordChanged,
+            UserPasswordResetRequested,
             OrderCreated,
             OrderPaid,
             OrderCancelled,

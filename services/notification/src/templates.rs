@@ -74,6 +74,13 @@ fn lines(items: &[OrderLine]) -> String {
         .join("\n")
 }
 
+/// `2026-12-07 15:10 UTC`.
+fn utc_minute(at: Option<&prost_types::Timestamp>) -> String {
+    at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
 fn user(raw: &str) -> Option<Uuid> {
     Uuid::parse_str(raw).ok()
 }
@@ -104,6 +111,25 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                      and every device signed in to it was signed out.\n\n\
                      If that was not you, someone else knows your password: contact us at once.\n",
                     e.name, e.email
+                ),
+            }),
+            sms: None,
+            push: None,
+        }),
+        Payload::UserPasswordResetRequested(e) => Some(Rendered {
+            user_id: user(&e.user_id)?,
+            security: true,
+            email: Some(Email {
+                subject: "Reset your GoCommerce password".to_owned(),
+                body: format!(
+                    "Hello {},\n\nsomeone asked to reset the password of your GoCommerce account {}. \
+                     To choose a new one, send this token with it to POST /v1/auth/password-reset/confirm; \
+                     it works once, until {}:\n\n{}\n\n\
+                     If that was not you, ignore this email: your password stays as it is.\n",
+                    e.name,
+                    e.email,
+                    utc_minute(e.expires_at.as_ref()),
+                    e.token
                 ),
             }),
             sms: None,
@@ -286,6 +312,40 @@ mod tests {
         assert!(email.body.contains("Total: USD 20.00"));
         assert!(rendered.sms.expect("an sms").contains(&order_id));
         assert!(rendered.push.is_some());
+    }
+
+    #[test]
+    fn a_reset_email_carries_the_token_and_when_it_runs_out_whatever_the_preferences() {
+        let user_id = Uuid::new_v4();
+        let envelope = EventEnvelope {
+            payload: Some(Payload::UserPasswordResetRequested(
+                gocommerce_proto::events::v1::UserPasswordResetRequested {
+                    user_id: user_id.to_string(),
+                    email: "ada@example.com".to_owned(),
+                    name: "Ada".to_owned(),
+                    token: "gcp_secret".to_owned(),
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: 1_796_656_200,
+                        nanos: 0,
+                    }),
+                },
+            )),
+            ..EventEnvelope::default()
+        };
+
+        let rendered = render(&envelope).expect("rendered");
+
+        assert_eq!(rendered.user_id, user_id);
+        assert!(rendered.security);
+        let email = rendered.email.expect("an email");
+        assert!(email.body.contains("\n\ngcp_secret\n\n"), "{}", email.body);
+        assert!(
+            email.body.contains("until 2026-12-07 15:10 UTC"),
+            "{}",
+            email.body
+        );
+        assert_eq!(rendered.sms, None, "a secret goes by email only");
+        assert_eq!(rendered.push, None);
     }
 
     #[test]

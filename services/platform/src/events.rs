@@ -26,6 +26,7 @@ pub fn event_type(payload: &Payload) -> &'static str {
         Payload::PaymentFailed(_) => "payment.failed",
         Payload::PaymentRefunded(_) => "payment.refunded",
         Payload::UserPasswordChanged(_) => "user.password_changed",
+        Payload::UserPasswordResetRequested(_) => "user.password_reset_requested",
     }
 }
 
@@ -40,6 +41,7 @@ pub fn mandatory(payload: &Payload) -> bool {
     match payload {
         Payload::UserRegistered(_)
         | Payload::UserPasswordChanged(_)
+        | Payload::UserPasswordResetRequested(_)
         | Payload::OrderPaid(_)
         | Payload::OrderCancelled(_)
         | Payload::OrderShipped(_)

@@ -1,5 +1,5 @@
 //! `/v1/auth/*` and the JWKS: registration, login, refresh, logout, password
-//! changes, and the caller's own account.
+//! changes and resets, and the caller's own account.
 
 use crate::json::Json;
 use axum::extract::State;
@@ -125,6 +125,55 @@ impl Validate for ChangePasswordBody {
         }
         if self.current_password.chars().count() > 1024 {
             errors.push(too_long("current_password", 1024));
+        }
+        check(
+            &mut errors,
+            "new_password",
+            validate::password(&self.new_password),
+        );
+        errors
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetBody {
+    /// The account's email.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
+    pub email: String,
+}
+
+impl Validate for PasswordResetBody {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check(&mut errors, "email", validate::email(&self.email));
+        errors
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmPasswordResetBody {
+    /// The token from the reset email.
+    #[schema(min_length = 1, max_length = 256)]
+    pub token: String,
+    /// 8 to 128 characters.
+    #[schema(
+        min_length = 8,
+        max_length = 128,
+        example = "battery staple horse correct"
+    )]
+    pub new_password: String,
+}
+
+impl Validate for ConfirmPasswordResetBody {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.token.is_empty() {
+            errors.push(required("token"));
+        }
+        if self.token.chars().count() > 256 {
+            errors.push(too_long("token", 256));
         }
         check(
             &mut errors,
@@ -402,6 +451,63 @@ pub async fn change_password(
         .await
         .map_err(backend_error)?;
     TokenResponse::from_pair(response.into_inner().tokens).map(Json)
+}
+
+/// Ask for a password reset: if an account has this email, a single-use
+/// token that works for 30 minutes is emailed to it (at most one a minute).
+/// The answer is the same whether or not the account exists.
+#[utoipa::path(
+    post, path = "/v1/auth/password-reset", tag = "auth",
+    request_body = PasswordResetBody,
+    responses((status = 202, description = "Accepted: an email is on its way if the account exists"))
+)]
+pub async fn request_password_reset(
+    State(state): State<AppState>,
+    ValidJson(body): ValidJson<PasswordResetBody>,
+) -> Result<StatusCode, Problem> {
+    let request = state
+        .backends
+        .request(pb::RequestPasswordResetRequest { email: body.email }, None);
+    state
+        .backends
+        .auth
+        .clone()
+        .request_password_reset(request)
+        .await
+        .map_err(backend_error)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Set a new password with the token from a reset email. Every session of
+/// the account ends and its login lockout is lifted; log in with the new
+/// password.
+#[utoipa::path(
+    post, path = "/v1/auth/password-reset/confirm", tag = "auth",
+    request_body = ConfirmPasswordResetBody,
+    responses(
+        (status = 204, description = "The password is set"),
+        (status = 401, description = "The token is invalid, expired or already used", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm_password_reset(
+    State(state): State<AppState>,
+    ValidJson(body): ValidJson<ConfirmPasswordResetBody>,
+) -> Result<StatusCode, Problem> {
+    let request = state.backends.request(
+        pb::ResetPasswordRequest {
+            token: body.token,
+            new_password: body.new_password,
+        },
+        None,
+    );
+    state
+        .backends
+        .auth
+        .clone()
+        .reset_password(request)
+        .await
+        .map_err(backend_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The caller's own account.

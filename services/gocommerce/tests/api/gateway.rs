@@ -160,6 +160,8 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/auth/refresh", "post"),
         ("/v1/auth/logout", "post"),
         ("/v1/auth/password", "post"),
+        ("/v1/auth/password-reset", "post"),
+        ("/v1/auth/password-reset/confirm", "post"),
         ("/v1/auth/me", "get"),
         ("/.well-known/jwks.json", "get"),
         ("/healthz", "get"),

@@ -9,6 +9,7 @@ mod helpers;
 mod mailbox;
 mod notifications;
 mod orders;
+mod passwords;
 mod platform;
 mod process;
 mod tokens;

@@ -228,49 +228,6 @@ async fn a_paid_order_sends_a_confirmation_email_with_its_id_items_and_total() {
 }
 
 #[tokio::test]
-async fn a_password_change_is_emailed_even_to_a_customer_who_turned_email_off() {
-    // Arrange: a customer who wants no email, SMS or push at all
-    let smtp = SmtpServer::start().await;
-    let app = spawn_with_smtp(&smtp).await;
-    let (email, tokens) = app.customer().await;
-    let token = tokens["access_token"].as_str().expect("token");
-    let quiet = json!({
-        "channels": {"email": false, "sms": false, "push": false},
-        "locale": "en",
-        "marketing_opt_in": false,
-    });
-    let stored = crate::helpers::send(
-        &app,
-        Method::PUT,
-        "/v1/users/me/preferences",
-        Some(token),
-        Some(&quiet),
-    )
-    .await;
-    assert_eq!(stored.status(), StatusCode::OK);
-
-    // Act
-    let changed = crate::helpers::send(
-        &app,
-        Method::POST,
-        "/v1/auth/password",
-        Some(token),
-        Some(&json!({"current_password": crate::helpers::PASSWORD, "new_password": "a brand new passphrase"})),
-    )
-    .await;
-
-    // Assert: a change they did not make must reach them
-    assert_eq!(changed.status(), StatusCode::OK);
-    let mails = smtp
-        .wait_for(1, Duration::from_secs(15), |mail| {
-            mail.to == email && mail.subject == "Your GoCommerce password was changed"
-        })
-        .await;
-    assert!(mails[0].body.contains(&email), "{}", mails[0].body);
-    assert!(mails[0].body.contains("signed out"), "{}", mails[0].body);
-}
-
-#[tokio::test]
 async fn while_smtp_is_down_an_email_retries_is_dead_lettered_and_is_sent_once_after_replay() {
     // Arrange: the customer's welcome email proves SMTP works, then it goes down.
     let mut smtp = SmtpServer::start().await;
