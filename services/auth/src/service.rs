@@ -228,8 +228,9 @@ impl AuthService {
 
     /// Changes the caller's password: the current one is checked (a wrong
     /// one counts as a failed login, so this is no way around the lockout),
-    /// then the new hash, the end of every session, a new session for the
-    /// caller and the `user.password_changed` event commit together.
+    /// then the new hash, the end of every session and of every reset token,
+    /// a new session for the caller and the `user.password_changed` event
+    /// commit together.
     async fn change_password(
         &self,
         caller: &Caller,
@@ -278,6 +279,8 @@ impl AuthService {
             return Err(AuthError::PasswordChangedMeanwhile);
         }
         let ended = db::revoke_account_families(&mut tx, account.id, "password changed").await?;
+        // A reset asked for before is answered by this change.
+        db::spend_password_resets(&mut tx, account.id).await?;
         db::clear_login_failures(&mut tx, &keys.account).await?;
         outbox::enqueue(&mut tx, &password_changed(&account)).await?;
         let tokens = self.start_session(&mut tx, &account).await?;

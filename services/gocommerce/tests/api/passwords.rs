@@ -538,3 +538,24 @@ async fn one_reset_token_used_twice_at_once_sets_one_password() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_reset_token_sent_before_a_password_change_no_longer_works() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    ask_for_reset(&app, &email).await;
+    let token = reset_token(&app, &email).await;
+    let changed = change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+
+    // Act
+    let response = confirm_reset(&app, &token, "yet another passphrase").await;
+
+    // Assert
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        app.login(&email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
