@@ -108,7 +108,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                 subject: "Your GoCommerce password was changed".to_owned(),
                 body: format!(
                     "Hello {},\n\nthe password of your GoCommerce account {} was just changed, \
-                     and every device signed in to it was signed out.\n\n\
+                     and every session signed in with the old password was ended.\n\n\
                      If that was not you, someone else knows your password: contact us at once.\n",
                     e.name, e.email
                 ),

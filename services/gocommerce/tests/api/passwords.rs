@@ -333,7 +333,13 @@ async fn a_password_change_is_emailed_even_to_a_customer_who_turned_email_off() 
         })
         .await;
     assert!(mails[0].body.contains(&email), "{}", mails[0].body);
-    assert!(mails[0].body.contains("signed out"), "{}", mails[0].body);
+    assert!(
+        mails[0]
+            .body
+            .contains("every session signed in with the old password was ended"),
+        "{}",
+        mails[0].body
+    );
 }
 
 async fn ask_for_reset(app: &TestApp, email: &str) -> reqwest::Response {
