@@ -16,6 +16,8 @@ pub struct NotificationConfig {
     pub smtp_from: String,
     pub sms_webhook_url: Option<String>,
     pub push_webhook_url: Option<String>,
+    /// A shop's page for choosing a new password, linked from reset emails.
+    pub password_reset_url: Option<String>,
     /// Deliveries of one event before it is dead-lettered.
     pub max_attempts: u32,
     /// The retry tiers' delays.
@@ -62,6 +64,7 @@ impl NotificationConfig {
             smtp_from: config::string(env, "SMTP_FROM", "GoCommerce <no-reply@gocommerce.local>"),
             sms_webhook_url: url(env, "SMS_WEBHOOK_URL", &["http", "https"])?,
             push_webhook_url: url(env, "PUSH_WEBHOOK_URL", &["http", "https"])?,
+            password_reset_url: url(env, "PASSWORD_RESET_URL", &["http", "https"])?,
             max_attempts,
             retry_delays,
         })
@@ -105,6 +108,7 @@ mod tests {
             ("NOTIFICATION_MAX_ATTEMPTS", "many"),
             ("SMTP_URL", "mail.example.com:25"),
             ("SMS_WEBHOOK_URL", "ftp://sms"),
+            ("PASSWORD_RESET_URL", "shop.example/reset"),
         ] {
             let result = NotificationConfig::from_env(&env(&[(name, value)]));
             // An empty variable counts as unset: the default applies.

@@ -67,6 +67,7 @@ pub struct Handler {
     pub user: UserClient,
     pub channels: Channels,
     pub max_attempts: u32,
+    pub links: templates::Links,
 }
 
 impl Handler {
@@ -76,7 +77,7 @@ impl Handler {
         let event_id = Uuid::parse_str(&envelope.id)
             .map_err(|_| HandlerError::Reject("the event id is not a UUID".to_owned()))?;
         // Nothing to send is nothing to remember either.
-        let Some(rendered) = templates::render(&envelope) else {
+        let Some(rendered) = templates::render(&envelope, &self.links) else {
             return Ok(());
         };
         let retry = |e: sqlx::Error| HandlerError::Retry(format!("database: {e}"));
@@ -369,7 +370,7 @@ mod tests {
                 ..Default::default()
             };
             let mandatory = events::mandatory(envelope.payload.as_ref().expect("payload"));
-            let rendered = templates::render(&envelope).is_some();
+            let rendered = templates::render(&envelope, &templates::Links::default()).is_some();
             assert_eq!(EVENTS.contains(&key), rendered, "{key}: bound iff rendered");
             assert_eq!(mandatory, rendered, "{key}: mandatory iff rendered");
             assert_eq!(

@@ -17,6 +17,7 @@ use crate::channels::{ChannelError, Channels};
 use crate::config::NotificationConfig;
 use crate::consumer::{self, Handler};
 use crate::service::NotificationService;
+use crate::templates;
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -57,6 +58,9 @@ impl Application {
             user: UserServiceClient::new(grpc::traced(&config.user_url)?),
             channels,
             max_attempts: config.max_attempts,
+            links: templates::Links {
+                password_reset: config.password_reset_url.clone(),
+            },
         };
         let service = NotificationService {
             db,

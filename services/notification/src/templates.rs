@@ -31,6 +31,26 @@ pub struct Rendered {
     pub push: Option<Push>,
 }
 
+/// Where the messages send people, from the service's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// A shop's page for choosing a new password (`PASSWORD_RESET_URL`): a
+    /// reset email links to it with the token as the `token` query
+    /// parameter. Unset: the email holds the token and names the API route.
+    pub password_reset: Option<String>,
+}
+
+impl Links {
+    /// `password_reset` with `token=<token>` added to its query. The token
+    /// is URL-safe base64, so it needs no escaping.
+    fn password_reset(&self, token: &str) -> Option<String> {
+        self.password_reset.as_ref().map(|url| {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}token={token}")
+        })
+    }
+}
+
 /// `USD 25.99`: minor units in the currency's own exponent.
 pub fn format_money(money: Option<&Money>) -> String {
     let Some(money) = money else {
@@ -86,7 +106,7 @@ fn user(raw: &str) -> Option<Uuid> {
 }
 
 /// The messages for an event, or None when it notifies nobody.
-pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
+pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
     match envelope.payload.as_ref()? {
         Payload::UserRegistered(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
@@ -123,13 +143,19 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                 subject: "Reset your GoCommerce password".to_owned(),
                 body: format!(
                     "Hello {},\n\nsomeone asked to reset the password of your GoCommerce account {}. \
-                     To choose a new one, send this token with it to POST /v1/auth/password-reset/confirm; \
-                     it works once, until {}:\n\n{}\n\n\
+                     To choose a new one, {}; it works once, until {}:\n\n{}\n\n\
                      If that was not you, ignore this email: your password stays as it is.\n",
                     e.name,
                     e.email,
+                    if links.password_reset.is_some() {
+                        "open this link"
+                    } else {
+                        "send this token with it to POST /v1/auth/password-reset/confirm"
+                    },
                     utc_minute(e.expires_at.as_ref()),
-                    e.token
+                    links
+                        .password_reset(&e.token)
+                        .unwrap_or_else(|| e.token.clone()),
                 ),
             }),
             sms: None,
@@ -300,7 +326,7 @@ mod tests {
             ..EventEnvelope::default()
         };
 
-        let rendered = render(&envelope).expect("order.paid notifies");
+        let rendered = render(&envelope, &Links::default()).expect("order.paid notifies");
 
         let email = rendered.email.expect("an email");
         assert!(email.subject.contains(&order_id));
@@ -333,7 +359,7 @@ mod tests {
             ..EventEnvelope::default()
         };
 
-        let rendered = render(&envelope).expect("rendered");
+        let rendered = render(&envelope, &Links::default()).expect("rendered");
 
         assert_eq!(rendered.user_id, user_id);
         assert!(rendered.security);
@@ -349,11 +375,44 @@ mod tests {
     }
 
     #[test]
+    fn with_a_reset_page_configured_the_email_links_to_it_with_the_token() {
+        let envelope = EventEnvelope {
+            payload: Some(Payload::UserPasswordResetRequested(
+                gocommerce_proto::events::v1::UserPasswordResetRequested {
+                    user_id: Uuid::new_v4().to_string(),
+                    token: "gcp_secret".to_owned(),
+                    ..Default::default()
+                },
+            )),
+            ..EventEnvelope::default()
+        };
+        let page = |url: &str| Links {
+            password_reset: Some(url.to_owned()),
+        };
+
+        let plain = render(&envelope, &page("https://shop.example/reset")).expect("rendered");
+        let with_query =
+            render(&envelope, &page("https://shop.example/account?step=reset")).expect("rendered");
+
+        let body = plain.email.expect("an email").body;
+        assert!(body.contains("open this link"), "{body}");
+        assert!(
+            body.contains("\n\nhttps://shop.example/reset?token=gcp_secret\n\n"),
+            "{body}"
+        );
+        let body = with_query.email.expect("an email").body;
+        assert!(
+            body.contains("https://shop.example/account?step=reset&token=gcp_secret"),
+            "{body}"
+        );
+    }
+
+    #[test]
     fn events_a_customer_need_not_hear_about_render_nothing() {
         let envelope = EventEnvelope {
             payload: Some(Payload::PaymentSucceeded(Default::default())),
             ..EventEnvelope::default()
         };
-        assert_eq!(render(&envelope), None);
+        assert_eq!(render(&envelope, &Links::default()), None);
     }
 }
