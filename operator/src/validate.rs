@@ -141,13 +141,17 @@ pub const DEFAULT_DATABASE_STARTUP_WAIT_SECONDS: u64 = 60;
 
 /// The database wait an extra `env` sets, in seconds, if it sets one as a
 /// literal value (the last one wins, as in a pod). A value from a reference
-/// cannot be read here and counts as unset. Refused, with why, if the service
-/// would refuse it at start.
+/// cannot be read here and counts as unset, as an empty one does for the
+/// service. Refused, with why, if the service would refuse it at start.
 pub fn database_startup_wait(env: &[EnvVar]) -> Result<Option<u64>, String> {
     let Some(var) = env.iter().rev().find(|v| v.name == DATABASE_STARTUP_WAIT) else {
         return Ok(None);
     };
-    let Some(value) = var.value.as_deref().filter(|_| var.value_from.is_none()) else {
+    let Some(value) = var
+        .value
+        .as_deref()
+        .filter(|v| !v.is_empty() && var.value_from.is_none())
+    else {
         return Ok(None);
     };
     // Trimmed as the services trim it.

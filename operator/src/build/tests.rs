@@ -965,6 +965,8 @@ fn a_longer_database_wait_in_env_lengthens_that_services_startup_probe() {
     // The last of two wins, as in a pod.
     gc.spec.services.order.env = vec![wait("30"), wait(" 600 ")];
     gc.spec.services.product.env = vec![wait("0")];
+    // Empty is unset, for the operator as for the service.
+    gc.spec.services.payment.env = vec![wait("")];
     // A reference cannot be read here: the default's budget stays.
     gc.spec.services.user.env = vec![EnvVar {
         name: "DATABASE_STARTUP_WAIT_SECONDS".to_owned(),
