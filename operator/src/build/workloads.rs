@@ -281,12 +281,12 @@ const START_AFTER_DATABASE_SECONDS: u64 = 120;
 /// since the gRPC port only opens after migrations.
 pub fn startup_budget_seconds(service: Service, env: &[EnvVar]) -> u64 {
     // A service without a database (the gateway) gets the default's budget.
-    let wait = database_startup_wait(env)
+    let set = database_startup_wait(env)
         .ok()
         .flatten()
-        .filter(|_| service.owns_database())
-        .unwrap_or(DEFAULT_DATABASE_STARTUP_WAIT_SECONDS);
-    wait.max(DEFAULT_DATABASE_STARTUP_WAIT_SECONDS)
+        .filter(|_| service.owns_database());
+    set.unwrap_or_default()
+        .max(DEFAULT_DATABASE_STARTUP_WAIT_SECONDS)
         .saturating_add(START_AFTER_DATABASE_SECONDS)
 }
 

@@ -320,10 +320,7 @@ impl AuthService {
                 email: account.email.clone(),
                 name: account.name.clone(),
                 token,
-                expires_at: Some(prost_types::Timestamp {
-                    seconds: expires_at.timestamp(),
-                    nanos: 0,
-                }),
+                expires_at: Some(timestamp(expires_at)),
             }),
         );
         outbox::enqueue(&mut tx, &event).await?;
@@ -418,10 +415,14 @@ pub fn account_to_proto(account: &AccountRow) -> pb::Account {
         email: account.email.clone(),
         name: account.name.clone(),
         role: role_to_proto(account.role()) as i32,
-        created_at: Some(prost_types::Timestamp {
-            seconds: account.created_at.timestamp(),
-            nanos: i32::try_from(account.created_at.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        created_at: Some(timestamp(account.created_at)),
+    }
+}
+
+fn timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 

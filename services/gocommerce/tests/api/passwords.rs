@@ -29,6 +29,14 @@ async fn change_password(
         .expect("request sent")
 }
 
+/// Of two answers to requests made at once, the index of the only one that
+/// is `won`.
+fn sole_winner(statuses: [StatusCode; 2], won: StatusCode) -> usize {
+    let winners: Vec<usize> = (0..2).filter(|&i| statuses[i] == won).collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    winners[0]
+}
+
 /// `email` logs in with `now` and no longer with `before`.
 async fn assert_password_is(app: &TestApp, email: &str, now: &str, before: &str) {
     assert_problem(app.login(email, before).await, StatusCode::UNAUTHORIZED).await;
@@ -210,20 +218,15 @@ async fn of_two_changes_made_at_once_one_wins_and_only_its_password_logs_in() {
     // Assert: the loser either met the winner's write (409) or, starting
     // after it, a current password that no longer is (403).
     let statuses = [a.status(), b.status()];
-    let winners: Vec<usize> = (0..2).filter(|&i| statuses[i] == StatusCode::OK).collect();
-    assert_eq!(winners.len(), 1, "{statuses:?}");
-    let loser = statuses[1 - winners[0]];
+    let winner = sole_winner(statuses, StatusCode::OK);
     assert!(
-        matches!(loser, StatusCode::CONFLICT | StatusCode::FORBIDDEN),
+        matches!(
+            statuses[1 - winner],
+            StatusCode::CONFLICT | StatusCode::FORBIDDEN
+        ),
         "{statuses:?}"
     );
-    assert_password_is(
-        &app,
-        &email,
-        candidates[winners[0]],
-        candidates[1 - winners[0]],
-    )
-    .await;
+    assert_password_is(&app, &email, candidates[winner], candidates[1 - winner]).await;
 }
 
 #[tokio::test]
@@ -531,18 +534,9 @@ async fn one_reset_token_used_twice_at_once_sets_one_password() {
 
     // Assert
     let statuses = [a.status(), b.status()];
-    let winners: Vec<usize> = (0..2)
-        .filter(|&i| statuses[i] == StatusCode::NO_CONTENT)
-        .collect();
-    assert_eq!(winners.len(), 1, "{statuses:?}");
-    assert_eq!(statuses[1 - winners[0]], StatusCode::UNAUTHORIZED);
-    assert_password_is(
-        &app,
-        &email,
-        candidates[winners[0]],
-        candidates[1 - winners[0]],
-    )
-    .await;
+    let winner = sole_winner(statuses, StatusCode::NO_CONTENT);
+    assert_eq!(statuses[1 - winner], StatusCode::UNAUTHORIZED);
+    assert_password_is(&app, &email, candidates[winner], candidates[1 - winner]).await;
 }
 
 #[tokio::test]
