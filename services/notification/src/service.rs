@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use gocommerce_platform::Caller;
 use gocommerce_platform::broker::{self, Broker, QueueSpec};
 use gocommerce_platform::db::Db;
+use gocommerce_platform::time::timestamp;
 use gocommerce_proto::notification::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -26,13 +27,6 @@ pub struct NotificationService {
 
 fn invalid(message: impl Into<String>) -> NotificationError {
     NotificationError::InvalidArgument(message.into())
-}
-
-fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
 }
 
 fn status_name(status: pb::NotificationStatus) -> Option<&'static str> {
@@ -70,9 +64,9 @@ fn to_proto(row: &NotificationRow) -> pb::Notification {
         subject: row.subject.clone().unwrap_or_default(),
         attempts: u32::try_from(row.attempts).unwrap_or(0),
         last_error: row.last_error.clone().unwrap_or_default(),
-        created_at: timestamp(row.created_at),
-        sent_at: row.sent_at.and_then(timestamp),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        sent_at: row.sent_at.map(timestamp),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 

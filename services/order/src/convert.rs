@@ -1,8 +1,8 @@
 //! Rows to protobuf, the address snapshot, and the events an order emits.
 
-use chrono::{DateTime, Utc};
 use gocommerce_platform::events;
 use gocommerce_platform::outbox::OutboxMessage;
+use gocommerce_platform::time::timestamp;
 use gocommerce_proto::common::v1::{Money, PostalAddress};
 use gocommerce_proto::events::v1 as ev;
 use gocommerce_proto::order::v1 as pb;
@@ -11,13 +11,6 @@ use crate::db::{self, Changes, HistoryRow, ItemRow, NewOrder, OrderRow, Shipping
 use crate::domain::Status;
 
 pub const SOURCE: &str = "gocommerce-order";
-
-pub fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
-}
 
 pub fn money(amount: i64, currency: &str) -> Option<Money> {
     Some(Money {
@@ -62,7 +55,7 @@ pub fn history_to_proto(entry: &HistoryRow) -> pb::OrderHistoryEntry {
             .as_deref()
             .map_or(pb::OrderStatus::Unspecified as i32, status_proto),
         to_status: status_proto(&entry.to_status),
-        at: timestamp(entry.at),
+        at: Some(timestamp(entry.at)),
         actor: entry.actor.clone(),
         reason: entry.reason.clone(),
     }
@@ -83,8 +76,8 @@ pub fn order_to_proto(order: &OrderRow, items: &[ItemRow], history: &[HistoryRow
     let shipment = order.carrier.as_ref().map(|carrier| pb::Shipment {
         carrier: carrier.clone(),
         tracking_number: order.tracking_number.clone().unwrap_or_default(),
-        shipped_at: order.shipped_at.and_then(timestamp),
-        delivered_at: order.delivered_at.and_then(timestamp),
+        shipped_at: order.shipped_at.map(timestamp),
+        delivered_at: order.delivered_at.map(timestamp),
     });
     pb::Order {
         id: order.id.to_string(),
@@ -102,8 +95,8 @@ pub fn order_to_proto(order: &OrderRow, items: &[ItemRow], history: &[HistoryRow
         shipment,
         refunded_amount: money(order.refunded_amount, &order.currency),
         history: history.iter().map(history_to_proto).collect(),
-        created_at: timestamp(order.created_at),
-        updated_at: timestamp(order.updated_at),
+        created_at: Some(timestamp(order.created_at)),
+        updated_at: Some(timestamp(order.updated_at)),
     }
 }
 

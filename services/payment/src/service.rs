@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use gocommerce_platform::db::Db;
 use gocommerce_platform::outbox::{self, OutboxMessage};
+use gocommerce_platform::time::timestamp;
 use gocommerce_platform::{Caller, events, grpc, validate};
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::events::v1 as ev;
@@ -286,13 +287,6 @@ fn charge_event(payment: &PaymentRow, outcome: &Outcome) -> OutboxMessage {
     events::message(SOURCE, payment.id, payload)
 }
 
-pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
-}
-
 pub fn refund_to_proto(refund: &RefundRow, payment: &PaymentRow) -> pb::Refund {
     pb::Refund {
         id: refund.id.to_string(),
@@ -303,8 +297,8 @@ pub fn refund_to_proto(refund: &RefundRow, payment: &PaymentRow) -> pb::Refund {
         reason: refund.reason.clone(),
         processor_reference: refund.processor_reference.clone().unwrap_or_default(),
         failure_reason: refund.failure_reason.clone().unwrap_or_default(),
-        created_at: timestamp(refund.created_at),
-        updated_at: timestamp(refund.updated_at),
+        created_at: Some(timestamp(refund.created_at)),
+        updated_at: Some(timestamp(refund.updated_at)),
     }
 }
 
@@ -324,8 +318,8 @@ pub fn payment_to_proto(payment: &PaymentRow, refunds: &[RefundRow]) -> pb::Paym
             .map(|r| refund_to_proto(r, payment))
             .collect(),
         attempts: u32::try_from(payment.attempts).unwrap_or(0),
-        created_at: timestamp(payment.created_at),
-        updated_at: timestamp(payment.updated_at),
+        created_at: Some(timestamp(payment.created_at)),
+        updated_at: Some(timestamp(payment.updated_at)),
     }
 }
 

@@ -62,10 +62,7 @@ pub fn message(source: &str, aggregate_id: Uuid, payload: Payload) -> OutboxMess
     let envelope = EventEnvelope {
         id: id.to_string(),
         event_type: event_type.to_owned(),
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: now.timestamp(),
-            nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        occurred_at: Some(crate::time::timestamp(now)),
         aggregate_id: aggregate_id.to_string(),
         schema_version: SCHEMA_VERSION,
         source: source.to_owned(),

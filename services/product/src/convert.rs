@@ -1,6 +1,6 @@
 //! Database rows as protobuf messages.
 
-use chrono::{DateTime, Utc};
+use gocommerce_platform::time::timestamp;
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::product::v1 as pb;
 
@@ -8,21 +8,14 @@ use crate::db::{
     CategoryRow, MovementRow, ProductRow, ReservationItemRow, ReservationRow, StockRow,
 };
 
-pub fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
-}
-
 pub fn category(row: &CategoryRow) -> pb::Category {
     pb::Category {
         id: row.id.to_string(),
         name: row.name.clone(),
         slug: row.slug.clone(),
         parent_id: row.parent_id.map(|id| id.to_string()).unwrap_or_default(),
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
@@ -41,8 +34,8 @@ pub fn product(row: &ProductRow) -> pb::Product {
         images: row.images.clone(),
         active: row.active,
         in_stock: row.in_stock,
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
@@ -52,7 +45,7 @@ pub fn stock(row: &StockRow) -> pb::Stock {
         on_hand: row.on_hand,
         reserved: row.reserved,
         available: row.on_hand - row.reserved,
-        updated_at: timestamp(row.updated_at),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
@@ -77,7 +70,7 @@ pub fn movement(row: &MovementRow) -> pb::StockMovement {
         reason: row.reason.clone(),
         order_id: row.order_id.map(|id| id.to_string()).unwrap_or_default(),
         actor: row.actor.clone(),
-        created_at: timestamp(row.created_at),
+        created_at: Some(timestamp(row.created_at)),
     }
 }
 
@@ -98,7 +91,7 @@ pub fn reservation(row: &ReservationRow, items: &[ReservationItemRow]) -> pb::Re
                 quantity: i.quantity,
             })
             .collect(),
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }

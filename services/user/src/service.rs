@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Role;
 use gocommerce_platform::db::Db;
+use gocommerce_platform::time::timestamp;
 use gocommerce_platform::validate::EMAIL_MAX_CHARS;
 use gocommerce_proto::common::v1::PostalAddress;
 use gocommerce_proto::user::v1 as pb;
@@ -24,13 +25,6 @@ pub struct UserService {
     pub db: Db,
 }
 
-fn timestamp(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
-}
-
 fn profile_to_proto(row: &ProfileRow) -> pb::Profile {
     pb::Profile {
         id: row.id.to_string(),
@@ -38,8 +32,8 @@ fn profile_to_proto(row: &ProfileRow) -> pb::Profile {
         name: row.name.clone(),
         phone: row.phone.clone().unwrap_or_default(),
         role: domain::role_to_proto(&row.role) as i32,
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
@@ -52,7 +46,7 @@ fn preferences_to_proto(row: &PreferencesRow) -> pb::Preferences {
         }),
         locale: row.locale.clone(),
         marketing_opt_in: row.marketing_opt_in,
-        updated_at: timestamp(row.updated_at),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
@@ -70,8 +64,8 @@ fn address_to_proto(row: &AddressRow) -> pb::Address {
             country: row.country.clone(),
         }),
         is_default: row.is_default,
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
     }
 }
 
