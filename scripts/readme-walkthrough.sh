@@ -62,6 +62,13 @@ eventually() { # a command, tried every 0.25 s for up to 10 s
 check "a reused refresh token and its successor are both refused" \
   test "$(count '"detail": "the refresh token is invalid, expired or revoked"')" -eq 2
 check "logging out answers 204" said 204
+check "the password change answered a new token pair" \
+  eval "tr -d ' \n' <'$work/out.txt' | grep -qF '[\"access_token\",\"expires_in\",\"refresh_token\",\"token_type\"]'"
+check "only the new password logs in" eval "
+  curl -fsS -o /dev/null -X POST '$base/v1/auth/login' -H 'content-type: application/json' \
+    -d '{\"email\": \"ada@example.com\", \"password\": \"correct horse battery staple\"}' &&
+  test \"\$(curl -s -o /dev/null -w '%{http_code}' -X POST '$base/v1/auth/login' -H 'content-type: application/json' \
+    -d '{\"email\": \"ada@example.com\", \"password\": \"correct horse battery\"}')\" = 401"
 check "the admin and the customer logged in" test "$ADMIN" != null -a "$ACCESS" != null
 check "the category, product, address and order were created" \
   eval 'uuid "$CATEGORY" && uuid "$PRODUCT" && uuid "$ADDRESS" && uuid "$ORDER"'
@@ -79,12 +86,12 @@ check "one copy is refunded" \
   eventually eval "get /v1/orders/$ORDER/payment $ACCESS | jq -e '.refunded_amount.amount == 2599'"
 check "the order went through every state to partly refunded" \
   eval "get /v1/orders/$ORDER $ACCESS | jq -e '[.history[].to] == [\"PENDING\", \"RESERVED\", \"PAID\", \"SHIPPED\", \"DELIVERED\", \"PARTIALLY_REFUNDED\"]'"
-for event in user.registered order.paid order.shipped order.delivered payment.refunded; do
+for event in user.registered user.password_changed order.paid order.shipped order.delivered payment.refunded; do
   check "Ada was emailed about $event" \
     eventually eval "get /v1/notifications $ACCESS | jq -e 'any(.items[]; .event_type == \"$event\" and .channel == \"email\" and .status == \"sent\")'"
 done
 check "the SMTP server received the emails" \
-  eval "test \"\$(grep -c '^---------- MESSAGE FOLLOWS' '$work/smtp.log')\" -ge 5"
+  eval "test \"\$(grep -c '^---------- MESSAGE FOLLOWS' '$work/smtp.log')\" -ge 6"
 
 if ((failures > 0)); then
   echo "the README's walk-through went wrong in $failures places; what it printed:"

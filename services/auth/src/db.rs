@@ -2,6 +2,8 @@
 //! transaction; PostgreSQL error codes become domain errors here and nowhere
 //! else.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Role;
 use gocommerce_platform::db::{codes, constraint, sqlstate};
@@ -67,8 +69,17 @@ pub async fn find_account_by_email(
     conn: &mut PgConnection,
     email: &str,
 ) -> Result<Option<AccountRow>, AuthError> {
+    account_by_email(conn, email, "").await
+}
+
+/// The account with `email`, its row locked as `locking` says (or not).
+async fn account_by_email(
+    conn: &mut PgConnection,
+    email: &str,
+    locking: &str,
+) -> Result<Option<AccountRow>, AuthError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1"
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1{locking}"
     ))
     .bind(email)
     .fetch_optional(conn)
@@ -260,25 +271,48 @@ impl PasswordResetRow {
     }
 }
 
-/// Whether the account was sent a reset token that is still unused within
-/// the last `within_secs`.
+/// The reset tokens sent to an account lately: how many within `window`, and
+/// whether one still unused went out within `interval`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RecentResets {
+    pub in_window: i64,
+    pub unused_in_interval: bool,
+}
+
+/// Counts the account's recent reset tokens; call it under
+/// [`lock_account_for_reset`] so two requests cannot both pass.
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
-pub async fn recent_password_reset(
+pub async fn recent_password_resets(
     conn: &mut PgConnection,
     account_id: Uuid,
-    within_secs: f64,
-) -> Result<bool, AuthError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM password_resets WHERE account_id = $1 \
-         AND used_at IS NULL AND created_at > now() - make_interval(secs => $2))",
+    interval: Duration,
+    window: Duration,
+) -> Result<RecentResets, AuthError> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE created_at > now() - make_interval(secs => $3)) AS in_window, \
+           coalesce(bool_or(used_at IS NULL AND created_at > now() - make_interval(secs => $2)), false) \
+             AS unused_in_interval \
+         FROM password_resets WHERE account_id = $1 AND created_at > now() - make_interval(secs => $3)",
     )
     .bind(account_id)
-    .bind(within_secs)
+    .bind(interval.as_secs_f64())
+    .bind(window.as_secs_f64())
     .fetch_one(conn)
     .await?)
 }
 
-/// Records a reset token, and forgets the account's used and expired ones.
+/// Finds the account with this email and locks it against other reset
+/// requests (and changes of it) until the transaction ends: the check of
+/// its recent tokens and the insert of a new one are then one step.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_account_for_reset(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<AccountRow>, AuthError> {
+    account_by_email(conn, email, " FOR NO KEY UPDATE").await
+}
+
+/// Records a reset token.
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
 pub async fn insert_password_reset(
     conn: &mut PgConnection,
@@ -286,13 +320,6 @@ pub async fn insert_password_reset(
     account_id: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<(), AuthError> {
-    sqlx::query(
-        "DELETE FROM password_resets WHERE account_id = $1 \
-         AND (used_at IS NOT NULL OR expires_at <= now())",
-    )
-    .bind(account_id)
-    .execute(&mut *conn)
-    .await?;
     sqlx::query(
         "INSERT INTO password_resets (token_hash, account_id, expires_at) VALUES ($1, $2, $3)",
     )
@@ -333,6 +360,70 @@ pub async fn spend_password_resets(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Deletes up to `limit` sessions (refresh families, with their tokens)
+/// that expired or were revoked more than `retention` ago.
+#[tracing::instrument(skip_all, err)]
+pub async fn delete_ended_sessions(
+    conn: &mut PgConnection,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, AuthError> {
+    Ok(sqlx::query(
+        "DELETE FROM refresh_families WHERE id IN ( \
+           SELECT id FROM refresh_families \
+           WHERE expires_at < now() - make_interval(secs => $1) \
+              OR revoked_at < now() - make_interval(secs => $1) \
+           LIMIT $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes up to `limit` reset tokens sent more than `retention` ago.
+#[tracing::instrument(skip_all, err)]
+pub async fn delete_old_password_resets(
+    conn: &mut PgConnection,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, AuthError> {
+    Ok(sqlx::query(
+        "DELETE FROM password_resets WHERE token_hash IN ( \
+           SELECT token_hash FROM password_resets \
+           WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes up to `limit` login-failure counts that no longer count: their
+/// window (`window`) has passed and any lock has ended. The next failure of
+/// such a key would start from one anyway.
+#[tracing::instrument(skip_all, err)]
+pub async fn delete_stale_login_failures(
+    conn: &mut PgConnection,
+    window: Duration,
+    limit: i64,
+) -> Result<u64, AuthError> {
+    Ok(sqlx::query(
+        "DELETE FROM login_failures WHERE key IN ( \
+           SELECT key FROM login_failures \
+           WHERE window_start < now() - make_interval(secs => $1) \
+             AND (locked_until IS NULL OR locked_until <= now()) \
+           LIMIT $2)",
+    )
+    .bind(window.as_secs_f64())
+    .bind(limit)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 #[derive(Debug)]

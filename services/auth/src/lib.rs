@@ -9,6 +9,7 @@ mod error;
 mod keys;
 mod password;
 mod profiles;
+pub mod retention;
 mod service;
 mod startup;
 mod throttle;

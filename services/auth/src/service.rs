@@ -7,6 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use gocommerce_platform::db::Db;
+use gocommerce_platform::time::timestamp;
 use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
@@ -40,6 +41,10 @@ const RESET_TTL: Duration = Duration::from_secs(30 * 60);
 /// At most one reset token is sent to an account in this time: asking again
 /// sooner sends nothing, so nobody floods an inbox.
 const RESET_INTERVAL: Duration = Duration::from_secs(60);
+/// And at most this many in [`RESET_WINDOW`], used or not: an inbox gets a
+/// handful of reset emails an hour, however many addresses ask.
+const RESETS_PER_WINDOW: i64 = 5;
+const RESET_WINDOW: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
@@ -289,28 +294,39 @@ impl AuthService {
         Ok(tokens)
     }
 
-    /// Sends a reset token to the account with `email`, if there is one and
-    /// none went out within [`RESET_INTERVAL`]. The answer is the same in
-    /// every case.
+    /// Sends a reset token to the account with `email`, if there is one, no
+    /// unused token went out within [`RESET_INTERVAL`] and fewer than
+    /// [`RESETS_PER_WINDOW`] within [`RESET_WINDOW`]. The answer is the same
+    /// in every case.
     async fn request_password_reset(&self, email: &str) -> Result<(), AuthError> {
         let email = Email::parse(email)?;
-        let mut conn = self.db.acquire().await?;
-        let Some(account) = db::find_account_by_email(&mut conn, email.as_str()).await? else {
-            conn.keep();
+        // The account's row stays locked until the token and its event
+        // commit, so requests made at once send one token, not one each.
+        let mut tx = self.db.begin().await?;
+        let Some(account) = db::lock_account_for_reset(&mut tx, email.as_str()).await? else {
+            tx.rollback().await?;
             tracing::info!("password reset asked for an email without an account");
             return Ok(());
         };
         let recent =
-            db::recent_password_reset(&mut conn, account.id, RESET_INTERVAL.as_secs_f64()).await?;
-        conn.keep();
-        if recent {
+            db::recent_password_resets(&mut tx, account.id, RESET_INTERVAL, RESET_WINDOW).await?;
+        if recent.unused_in_interval {
+            tx.rollback().await?;
             tracing::info!(account_id = %account.id, "password reset asked again too soon, none sent");
+            return Ok(());
+        }
+        if recent.in_window >= RESETS_PER_WINDOW {
+            tx.rollback().await?;
+            tracing::info!(
+                account_id = %account.id,
+                sent = recent.in_window,
+                "password reset asked too often this hour, none sent"
+            );
             return Ok(());
         }
         let (token, hash) = new_token(RESET_TOKEN_PREFIX);
         let expires_at = Utc::now() + RESET_TTL;
         // The token and the event that emails it commit together.
-        let mut tx = self.db.begin().await?;
         db::insert_password_reset(&mut tx, &hash, account.id, expires_at).await?;
         let event = events::message(
             SOURCE,
@@ -416,13 +432,6 @@ pub fn account_to_proto(account: &AccountRow) -> pb::Account {
         name: account.name.clone(),
         role: role_to_proto(account.role()) as i32,
         created_at: Some(timestamp(account.created_at)),
-    }
-}
-
-fn timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 

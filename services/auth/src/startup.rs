@@ -21,6 +21,7 @@ use crate::error::AuthError;
 use crate::keys::KeyStore;
 use crate::password::Hasher;
 use crate::profiles::Profiles;
+use crate::retention;
 use crate::service::AuthService;
 use crate::throttle::Policy;
 
@@ -108,7 +109,8 @@ impl Application {
         self.service.db.pool()
     }
 
-    /// Serves and relays the outbox until the shutdown signal, then closes the pools.
+    /// Serves, relays the outbox and sweeps old records until the shutdown
+    /// signal, then closes the pools.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let db = self.service.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
@@ -116,9 +118,15 @@ impl Application {
             Publisher::new(self.broker.clone()),
             self.readiness.shutdown().clone(),
         ));
+        let retention = tokio::spawn(retention::run(
+            db.background().clone(),
+            self.service.throttle.window,
+            self.readiness.shutdown().clone(),
+        ));
         let routes = tonic::service::Routes::new(AuthServiceServer::new(self.service));
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = relay.await;
+        let _ = retention.await;
         self.broker.close().await;
         db.close().await;
         result

@@ -454,7 +454,8 @@ pub async fn change_password(
 }
 
 /// Ask for a password reset: if an account has this email, a single-use
-/// token that works for 30 minutes is emailed to it (at most one a minute).
+/// token that works for 30 minutes is emailed to it (at most one a minute
+/// and five an hour).
 /// The answer is the same whether or not the account exists.
 #[utoipa::path(
     post, path = "/v1/auth/password-reset", tag = "auth",

@@ -12,5 +12,6 @@ mod orders;
 mod passwords;
 mod platform;
 mod process;
+mod retention;
 mod tokens;
 mod users;

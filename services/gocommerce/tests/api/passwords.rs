@@ -450,6 +450,87 @@ async fn asking_again_within_a_minute_sends_no_second_token() {
 }
 
 #[tokio::test]
+async fn requests_made_at_once_send_one_reset_token() {
+    // Arrange: a lock on the table holds every request's insert until two
+    // of them wait on a lock, so none commits before the others have checked
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let db = app.auth_db().await;
+    let mut blocker = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE password_resets IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let release = async {
+        for _ in 0..400 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db)
+            .await
+            .expect("activity");
+            if waiting >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        blocker.rollback().await.expect("rollback");
+    };
+
+    // Act
+    let (responses, ()) = tokio::join!(
+        futures::future::join_all((0..8).map(|_| ask_for_reset(&app, &email))),
+        release
+    );
+
+    // Assert
+    assert!(responses.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+    assert_eq!(reset_tokens(&app, &email).await.len(), 1);
+}
+
+#[tokio::test]
+async fn at_most_five_reset_tokens_are_sent_an_hour() {
+    // Arrange: each token is made two minutes older after it is sent, so the
+    // one-a-minute rule never applies
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let db = app.auth_db().await;
+    let age = |by: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query(
+                "UPDATE password_resets SET created_at = created_at - $1::interval, \
+                 expires_at = expires_at - $1::interval",
+            )
+            .bind(by)
+            .execute(&db)
+            .await
+            .expect("update");
+        }
+    };
+    for _ in 0..5 {
+        ask_for_reset(&app, &email).await;
+        age("2 minutes").await;
+    }
+
+    // Act
+    let sixth = ask_for_reset(&app, &email).await;
+    let sent_within_the_hour = reset_tokens(&app, &email).await.len();
+    age("1 hour").await;
+    ask_for_reset(&app, &email).await;
+
+    // Assert
+    assert_eq!(sixth.status(), StatusCode::ACCEPTED);
+    assert_eq!(sent_within_the_hour, 5);
+    assert_eq!(
+        reset_tokens(&app, &email).await.len(),
+        6,
+        "an hour later one more goes out"
+    );
+}
+
+#[tokio::test]
 async fn an_expired_reset_token_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let (email, tokens) = app.customer().await;

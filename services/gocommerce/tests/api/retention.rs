@@ -40,11 +40,7 @@ async fn family_ids(db: &PgPool, email: &str) -> Vec<Uuid> {
 }
 
 async fn set(db: &PgPool, sql: &str, id: Uuid) {
-    sqlx::query(sql)
-        .bind(id)
-        .execute(db)
-        .await
-        .expect("update");
+    sqlx::query(sql).bind(id).execute(db).await.expect("update");
 }
 
 #[tokio::test]
@@ -56,10 +52,14 @@ async fn sessions_are_deleted_a_week_after_they_expire_or_are_revoked() {
     let pairs = sessions(&app, &email, 4).await;
     let ids = family_ids(&db, &email).await;
     assert_eq!(ids.len(), 5);
-    let expired_long_ago = "UPDATE refresh_families SET expires_at = now() - interval '8 days' WHERE id = $1";
-    let revoked_long_ago = "UPDATE refresh_families SET revoked_at = now() - interval '8 days' WHERE id = $1";
-    let expired_lately = "UPDATE refresh_families SET expires_at = now() - interval '6 days' WHERE id = $1";
-    let revoked_lately = "UPDATE refresh_families SET revoked_at = now() - interval '6 days' WHERE id = $1";
+    let expired_long_ago =
+        "UPDATE refresh_families SET expires_at = now() - interval '8 days' WHERE id = $1";
+    let revoked_long_ago =
+        "UPDATE refresh_families SET revoked_at = now() - interval '8 days' WHERE id = $1";
+    let expired_lately =
+        "UPDATE refresh_families SET expires_at = now() - interval '6 days' WHERE id = $1";
+    let revoked_lately =
+        "UPDATE refresh_families SET revoked_at = now() - interval '6 days' WHERE id = $1";
     set(&db, expired_long_ago, ids[0]).await;
     set(&db, revoked_long_ago, ids[1]).await;
     set(&db, expired_lately, ids[2]).await;
@@ -70,13 +70,12 @@ async fn sessions_are_deleted_a_week_after_they_expire_or_are_revoked() {
 
     // Assert: the two ended over a week ago are gone with their tokens
     assert_eq!(family_ids(&db, &email).await, ids[2..].to_vec());
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM refresh_tokens WHERE family_id = ANY($1)",
-    )
-    .bind(&ids[..2])
-    .fetch_one(&db)
-    .await
-    .expect("count");
+    let orphans: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE family_id = ANY($1)")
+            .bind(&ids[..2])
+            .fetch_one(&db)
+            .await
+            .expect("count");
     assert_eq!(orphans, 0);
     // A deleted session's token is as dead as it was; the live one works.
     assert_problem(
@@ -160,24 +159,4 @@ async fn login_failures_are_deleted_once_their_window_has_passed_and_no_lock_hol
     left.sort();
     assert_eq!(left, ["counting", "passed, still locked"]);
     assert_eq!(again, Swept::default(), "nothing is left to delete");
-}
-
-#[tokio::test]
-async fn a_locked_account_stays_locked_through_a_sweep() {
-    // Arrange: five wrong passwords lock the account
-    let app = spawn_app().await;
-    let db = app.auth_db().await;
-    let (email, _) = app.customer().await;
-    for _ in 0..5 {
-        app.login(&email, "wrong password").await;
-    }
-
-    // Act
-    retention::sweep(&db, FAILURE_WINDOW).await.expect("sweep");
-
-    // Assert
-    assert_eq!(
-        app.login(&email, PASSWORD).await.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
 }
