@@ -20,6 +20,8 @@ pub struct AccountRow {
     pub password_hash: String,
     pub role: String,
     pub created_at: DateTime<Utc>,
+    /// Set while an admin has the account disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 impl AccountRow {
@@ -29,7 +31,7 @@ impl AccountRow {
     }
 }
 
-const ACCOUNT_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
+const ACCOUNT_COLUMNS: &str = "id, email, name, password_hash, role, created_at, disabled_at";
 
 // A taken email is the client's mistake: INFO, not ERROR (what is internal
 // is logged at ERROR where the gRPC answer is made).
@@ -110,6 +112,24 @@ pub async fn set_role(
     ))
     .bind(id)
     .bind(role.as_str())
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Disables the account (keeping the time it was first disabled) or enables
+/// it; None when there is no such account.
+#[tracing::instrument(skip_all, fields(account_id = %id, disabled), err)]
+pub async fn set_disabled(
+    conn: &mut PgConnection,
+    id: Uuid,
+    disabled: bool,
+) -> Result<Option<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "UPDATE accounts SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, \
+         updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(disabled)
     .fetch_optional(conn)
     .await?)
 }

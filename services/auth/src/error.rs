@@ -30,6 +30,12 @@ pub enum AuthError {
     PermissionDenied(String),
     #[error("account not found")]
     NotFound,
+    /// Only told to someone who proved they hold the account's password or
+    /// an access token of it.
+    #[error("the account is disabled")]
+    AccountDisabled,
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("password hashing failed: {0}")]
@@ -57,9 +63,10 @@ impl From<AuthError> for tonic::Status {
                 }
                 return status;
             }
-            AuthError::PermissionDenied(_) | AuthError::WrongCurrentPassword => {
-                ErrorCode::PermissionDenied
-            }
+            AuthError::PermissionDenied(_)
+            | AuthError::WrongCurrentPassword
+            | AuthError::AccountDisabled => ErrorCode::PermissionDenied,
+            AuthError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             AuthError::NotFound => ErrorCode::NotFound,
             AuthError::Profile(crate::profiles::ProfileError::Unavailable(_)) => {
                 // Nothing was written: the client may simply try again.

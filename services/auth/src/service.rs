@@ -191,6 +191,10 @@ impl AuthService {
             Some(account) if password_ok => {
                 db::clear_login_failures(&mut conn, &keys.account).await?;
                 conn.keep();
+                if account.disabled_at.is_some() {
+                    tracing::info!(account_id = %account.id, "login refused: account disabled");
+                    return Err(AuthError::AccountDisabled);
+                }
                 tracing::info!(account_id = %account.id, "login succeeded");
                 self.issue_tokens(&account).await
             }
@@ -220,8 +224,11 @@ impl AuthService {
         if row.revoked_at.is_some() || row.expires_at <= Utc::now() {
             return Err(AuthError::InvalidRefreshToken);
         }
+        // Disabling revokes every session; this also catches one started
+        // by a login that checked the account just before.
         let account = db::find_account(&mut tx, row.account_id)
             .await?
+            .filter(|a| a.disabled_at.is_none())
             .ok_or(AuthError::InvalidRefreshToken)?;
         db::mark_refresh_token_used(&mut tx, row.token_id).await?;
         let (next_token, next_hash) = new_token(REFRESH_TOKEN_PREFIX);
@@ -255,6 +262,10 @@ impl AuthService {
             conn.keep();
             return Err(AuthError::NotFound);
         };
+        if account.disabled_at.is_some() {
+            conn.keep();
+            return Err(AuthError::AccountDisabled);
+        }
         let keys = throttle::Keys::new(&account.email, &request.client_ip);
         self.throttle.check(&mut conn, &keys.all()).await?;
         // Release the connection while hashing, as a login does.
@@ -308,6 +319,11 @@ impl AuthService {
             tracing::info!("password reset asked for an email without an account");
             return Ok(());
         };
+        if account.disabled_at.is_some() {
+            tx.rollback().await?;
+            tracing::info!(account_id = %account.id, "password reset asked for a disabled account, none sent");
+            return Ok(());
+        }
         let recent =
             db::recent_password_resets(&mut tx, account.id, RESET_INTERVAL, RESET_WINDOW).await?;
         if recent.unused_in_interval {
@@ -371,6 +387,7 @@ impl AuthService {
         };
         let account = db::find_account(&mut tx, reset.account_id)
             .await?
+            .filter(|a| a.disabled_at.is_none())
             .ok_or(AuthError::InvalidResetToken)?;
         db::set_password_hash(&mut tx, account.id, &new_hash).await?;
         db::spend_password_resets(&mut tx, account.id).await?;
@@ -380,6 +397,40 @@ impl AuthService {
         tx.commit().await?;
         tracing::info!(account_id = %account.id, sessions_ended = ended, "password reset");
         Ok(())
+    }
+
+    /// Disables an account, ending its sessions and spending its reset
+    /// tokens in the same transaction, or enables it again. Idempotent.
+    async fn set_account_disabled(
+        &self,
+        caller: &Caller,
+        request: &pb::SetAccountDisabledRequest,
+    ) -> Result<AccountRow, AuthError> {
+        let user_id = parse_user_id(&request.user_id)?;
+        // An admin who could lock themselves out could lock out the last admin.
+        if request.disabled && user_id == caller.user_id {
+            return Err(AuthError::FailedPrecondition(
+                "an admin cannot disable their own account".to_owned(),
+            ));
+        }
+        let mut tx = self.db.begin().await?;
+        let account = db::set_disabled(&mut tx, user_id, request.disabled)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let mut ended = 0;
+        if request.disabled {
+            ended = db::revoke_account_families(&mut tx, account.id, "account disabled").await?;
+            db::spend_password_resets(&mut tx, account.id).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            account_id = %account.id,
+            admin_id = %caller.user_id,
+            disabled = request.disabled,
+            sessions_ended = ended,
+            "account status set"
+        );
+        Ok(account)
     }
 
     async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
@@ -432,6 +483,7 @@ pub fn account_to_proto(account: &AccountRow) -> pb::Account {
         name: account.name.clone(),
         role: role_to_proto(account.role()) as i32,
         created_at: Some(timestamp(account.created_at)),
+        disabled_at: account.disabled_at.map(timestamp),
     }
 }
 
@@ -530,6 +582,18 @@ impl pb::auth_service_server::AuthService for AuthService {
             .map_err(AuthError::from)?;
         tracing::info!(account_id = %account.id, role = %role, "role changed");
         Ok(Response::new(pb::SetUserRoleResponse {
+            account: Some(account_to_proto(&account)),
+        }))
+    }
+
+    async fn set_account_disabled(
+        &self,
+        request: Request<pb::SetAccountDisabledRequest>,
+    ) -> Result<Response<pb::SetAccountDisabledResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        caller.require_admin()?;
+        let account = AuthService::set_account_disabled(self, &caller, request.get_ref()).await?;
+        Ok(Response::new(pb::SetAccountDisabledResponse {
             account: Some(account_to_proto(&account)),
         }))
     }

@@ -332,6 +332,7 @@ pub async fn register(
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Wrong email or password (the same answer whether the email exists or not)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The password is right but an admin has disabled the account", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login(

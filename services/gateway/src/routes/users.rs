@@ -1,5 +1,6 @@
 //! `/v1/users/me` and `/v1/admin/users`: the caller's profile, notification
-//! preferences and address book, and the admins' user list and role changes.
+//! preferences and address book, and the admins' user list, role changes and
+//! disabling of accounts.
 
 use crate::json::Json;
 use axum::Router;
@@ -39,18 +40,23 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/admin/users", get(list_users))
         .route("/v1/admin/users/{id}/role", put(set_role))
+        .route(
+            "/v1/admin/users/{id}/status",
+            get(get_status).put(set_status),
+        )
 }
 
 #[derive(Debug, OpenApi)]
 #[openapi(
     paths(
         get_me, update_me, get_preferences, put_preferences, list_addresses, create_address,
-        get_address, update_address, delete_address, list_users, set_role
+        get_address, update_address, delete_address, list_users, set_role, get_status,
+        set_status
     ),
     components(schemas(
         ProfileView, ProfileList, UserRole, UpdateProfileBody, Channels, PreferencesView,
         PreferencesBody, SavedAddressView, AddressList, CreateAddressBody, UpdateAddressBody,
-        SetRoleBody
+        SetRoleBody, AccountStatusView, SetStatusBody
     )),
     tags((name = "users", description = "Profiles, notification preferences and address books"))
 )]
@@ -1033,6 +1039,117 @@ async fn mirror_role(
         })?
         .into_inner();
     profile_view(response.profile)
+}
+
+/// Whether an account may sign in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountStatusView {
+    /// True while an admin has the account disabled: it cannot log in,
+    /// refresh, or change or reset its password.
+    pub disabled: bool,
+    /// When it was disabled (RFC 3339); null while it is enabled.
+    #[schema(format = DateTime)]
+    pub disabled_at: Option<String>,
+}
+
+impl AccountStatusView {
+    fn from_account(account: Option<auth_pb::Account>) -> Result<Self, Problem> {
+        let account = account.ok_or_else(|| {
+            Problem::from_status(&tonic::Status::internal("empty account"), "auth")
+        })?;
+        let disabled_at = account.disabled_at.map(rfc3339);
+        Ok(Self {
+            disabled: disabled_at.is_some(),
+            disabled_at,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatusBody {
+    /// True disables the account, false enables it again.
+    pub disabled: bool,
+}
+
+impl Validate for SetStatusBody {
+    fn validate(&self) -> Vec<FieldError> {
+        Vec::new()
+    }
+}
+
+/// Admin: whether a user's account is disabled.
+#[utoipa::path(
+    get, path = "/v1/admin/users/{id}/status", tag = "users",
+    params(("id" = Uuid, Path, description = "The user")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account's status", body = AccountStatusView),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_status(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<Uuid>,
+) -> Result<Json<AccountStatusView>, Problem> {
+    let request = state.backends.request(
+        auth_pb::GetAccountRequest {
+            user_id: id.to_string(),
+        },
+        Some(&caller),
+    );
+    let response = state
+        .backends
+        .auth
+        .clone()
+        .get_account(request)
+        .await
+        .map_err(|s| Problem::from_status(&s, "auth"))?;
+    AccountStatusView::from_account(response.into_inner().account).map(Json)
+}
+
+/// Admin: disable a user's account (fraud, abuse), or enable it again.
+/// Disabling ends every session of the account at once and spends its reset
+/// tokens; access tokens already issued run out within their 15 minutes. A
+/// disabled account's login with the right password is a 403 saying so.
+/// Admins cannot disable their own account (409).
+#[utoipa::path(
+    put, path = "/v1/admin/users/{id}/status", tag = "users",
+    params(("id" = Uuid, Path, description = "The user")),
+    request_body = SetStatusBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account's new status", body = AccountStatusView),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The caller's own account cannot be disabled", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn set_status(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<Uuid>,
+    ValidJson(body): ValidJson<SetStatusBody>,
+) -> Result<Json<AccountStatusView>, Problem> {
+    let request = state.backends.request(
+        auth_pb::SetAccountDisabledRequest {
+            user_id: id.to_string(),
+            disabled: body.disabled,
+        },
+        Some(&caller),
+    );
+    let response = state
+        .backends
+        .auth
+        .clone()
+        .set_account_disabled(request)
+        .await
+        .map_err(|s| Problem::from_status(&s, "auth"))?;
+    AccountStatusView::from_account(response.into_inner().account).map(Json)
 }
 
 #[cfg(test)]

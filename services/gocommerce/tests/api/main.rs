@@ -1,6 +1,7 @@
 //! Integration tests of the whole platform through its public interfaces,
 //! against the real PostgreSQL on this machine.
 
+mod accounts;
 mod auth;
 mod catalog;
 mod e2e;

@@ -1,0 +1,260 @@
+//! Admins disabling and enabling accounts: what a disabled account can no
+//! longer do, and who may disable whom.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::auth::refresh;
+use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
+
+async fn user_id(app: &TestApp, tokens: &Value) -> String {
+    let me = app
+        .get_with_token(
+            "/v1/auth/me",
+            tokens["access_token"].as_str().expect("token"),
+        )
+        .await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: Value = me.json().await.expect("json");
+    me["id"].as_str().expect("id").to_owned()
+}
+
+async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) -> reqwest::Response {
+    app.request(Method::PUT, &format!("/v1/admin/users/{id}/status"))
+        .bearer_auth(admin)
+        .json(&json!({"disabled": disabled}))
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn ask_for_reset(app: &TestApp, email: &str) -> StatusCode {
+    app.post_json("/v1/auth/password-reset", &json!({"email": email}))
+        .await
+        .status()
+}
+
+async fn reset_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM password_resets")
+        .fetch_one(&app.auth_db().await)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_disabled_account_loses_its_sessions_and_cannot_log_in_refresh_or_reset() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+
+    // Act
+    let disabled = set_status(&app, &admin, &id, true).await;
+
+    // Assert
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let status: Value = disabled.json().await.expect("json");
+    assert_eq!(status["disabled"], true);
+    assert!(status["disabled_at"].is_string(), "{status}");
+    let login = assert_problem(app.login(&email, PASSWORD).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(login["detail"], "the account is disabled");
+    // A wrong password says nothing about the account's status.
+    assert_problem(
+        app.login(&email, "wrong password").await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_problem(
+        refresh(&app, &tokens["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(ask_for_reset(&app, &email).await, StatusCode::ACCEPTED);
+    assert_eq!(reset_rows(&app).await, 0, "no reset token was sent");
+}
+
+#[tokio::test]
+async fn a_session_that_outlived_the_disabling_still_cannot_refresh() {
+    // Arrange: a login that checked the account just before it was disabled
+    // commits its session after the revocation; here its family is revived
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+    set_status(&app, &admin, &id, true).await;
+    sqlx::query("UPDATE refresh_families SET revoked_at = NULL, revoke_reason = NULL")
+        .execute(&app.auth_db().await)
+        .await
+        .expect("update");
+
+    // Act
+    let response = refresh(&app, &tokens["refresh_token"]).await;
+
+    // Assert
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn an_access_token_issued_before_disabling_cannot_change_the_password() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+    set_status(&app, &admin, &id, true).await;
+
+    // Act
+    let response = app
+        .request(Method::POST, "/v1/auth/password")
+        .bearer_auth(tokens["access_token"].as_str().expect("token"))
+        .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}))
+        .send()
+        .await
+        .expect("request");
+
+    // Assert
+    let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
+    assert_eq!(problem["detail"], "the account is disabled");
+    set_status(&app, &admin, &id, false).await;
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::OK,
+        "the password is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_token_sent_before_disabling_no_longer_works() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+    assert_eq!(ask_for_reset(&app, &email).await, StatusCode::ACCEPTED);
+    assert_eq!(reset_rows(&app).await, 1);
+    set_status(&app, &admin, &id, true).await;
+    let spent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM password_resets WHERE used_at IS NOT NULL")
+            .fetch_one(&app.auth_db().await)
+            .await
+            .expect("count");
+
+    // Act: enabled again, the old token still does not come back to life
+    set_status(&app, &admin, &id, false).await;
+    let live: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM password_resets WHERE used_at IS NULL")
+            .fetch_one(&app.auth_db().await)
+            .await
+            .expect("count");
+
+    // Assert
+    assert_eq!(spent, 1);
+    assert_eq!(live, 0);
+}
+
+#[tokio::test]
+async fn an_enabled_account_logs_in_again_and_reads_as_enabled() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+    set_status(&app, &admin, &id, true).await;
+
+    // Act
+    let enabled = set_status(&app, &admin, &id, false).await;
+    let read = app
+        .get_with_token(&format!("/v1/admin/users/{id}/status"), &admin)
+        .await;
+
+    // Assert
+    assert_eq!(enabled.status(), StatusCode::OK);
+    assert_eq!(
+        read.json::<Value>().await.expect("json"),
+        json!({"disabled": false, "disabled_at": null})
+    );
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn disabling_twice_keeps_the_time_it_was_first_disabled() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, tokens) = app.customer().await;
+    let id = user_id(&app, &tokens).await;
+
+    let first: Value = set_status(&app, &admin, &id, true)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let second: Value = set_status(&app, &admin, &id, true)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    assert_eq!(first["disabled_at"], second["disabled_at"]);
+}
+
+#[tokio::test]
+async fn an_admin_cannot_disable_their_own_account() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let me: Value = app
+        .get_with_token("/v1/auth/me", &admin)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    let response = set_status(&app, &admin, me["id"].as_str().expect("id"), true).await;
+
+    assert_problem(response, StatusCode::CONFLICT).await;
+    assert_eq!(
+        app.get_with_token("/v1/auth/me", &app.admin_token().await)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn only_admins_set_an_account_status_and_only_of_accounts_that_exist() {
+    // Arrange
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, tokens) = app.customer().await;
+    let (_, other) = app.customer().await;
+    let other_id = user_id(&app, &other).await;
+    let customer = tokens["access_token"].as_str().expect("token");
+
+    // Act
+    let by_customer = set_status(&app, customer, &other_id, true).await;
+    let read_by_customer = app
+        .get_with_token(&format!("/v1/admin/users/{other_id}/status"), customer)
+        .await;
+    let unknown = set_status(&app, &admin, "0190a000-0000-7000-8000-000000000000", true).await;
+    let not_a_uuid = set_status(&app, &admin, "nope", true).await;
+    let bad_body = app
+        .request(Method::PUT, &format!("/v1/admin/users/{other_id}/status"))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": "yes"}))
+        .send()
+        .await
+        .expect("request");
+
+    // Assert
+    assert_problem(by_customer, StatusCode::FORBIDDEN).await;
+    assert_problem(read_by_customer, StatusCode::FORBIDDEN).await;
+    assert_problem(unknown, StatusCode::NOT_FOUND).await;
+    assert_problem(not_a_uuid, StatusCode::BAD_REQUEST).await;
+    assert_problem(bad_body, StatusCode::BAD_REQUEST).await;
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(
+        refresh(&app, &other["refresh_token"]).await.status(),
+        StatusCode::OK,
+        "nothing was disabled"
+    );
+}
