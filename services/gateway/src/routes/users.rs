@@ -1085,6 +1085,7 @@ impl Validate for SetStatusBody {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The account's status", body = AccountStatusView),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
