@@ -546,6 +546,26 @@ impl pb::auth_service_server::AuthService for AuthService {
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
+    async fn logout_everywhere(
+        &self,
+        request: Request<pb::LogoutEverywhereRequest>,
+    ) -> Result<Response<pb::LogoutEverywhereResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let user_id = parse_user_id(&request.get_ref().user_id)?;
+        // Only one's own sessions: an admin disables an account instead.
+        if caller.user_id != user_id {
+            return Err(AuthError::NotFound.into());
+        }
+        let mut conn = self.db.acquire().await.map_err(AuthError::from)?;
+        let ended =
+            db::revoke_account_families(&mut conn, user_id, "logged out everywhere").await?;
+        conn.keep();
+        tracing::info!(account_id = %user_id, sessions_ended = ended, "logged out everywhere");
+        Ok(Response::new(pb::LogoutEverywhereResponse {
+            sessions_ended: ended,
+        }))
+    }
+
     async fn get_jwks(
         &self,
         _: Request<pb::GetJwksRequest>,

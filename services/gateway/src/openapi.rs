@@ -23,6 +23,7 @@ use crate::routes::auth;
         auth::login,
         auth::refresh,
         auth::logout,
+        auth::logout_everywhere,
         auth::change_password,
         auth::request_password_reset,
         auth::confirm_password_reset,

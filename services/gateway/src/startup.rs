@@ -135,6 +135,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/logout-everywhere", post(auth::logout_everywhere))
         .route("/v1/auth/password", post(auth::change_password))
         .route(
             "/v1/auth/password-reset",

@@ -413,6 +413,46 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Sessions ended by [`logout_everywhere`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogoutEverywhereView {
+    /// How many sessions were still live.
+    pub sessions_ended: u64,
+}
+
+/// End every session of the caller's account, on every device: their
+/// refresh tokens are refused from now on, and access tokens already issued
+/// (this one too) run out within their 15 minutes. Idempotent.
+#[utoipa::path(
+    post, path = "/v1/auth/logout-everywhere", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every session has ended", body = LogoutEverywhereView),
+        (status = 401, description = "Missing, malformed, expired or forged access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn logout_everywhere(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<LogoutEverywhereView>, Problem> {
+    let request = state.backends.request(
+        pb::LogoutEverywhereRequest {
+            user_id: caller.user_id.to_string(),
+        },
+        Some(&caller),
+    );
+    let response = state
+        .backends
+        .auth
+        .clone()
+        .logout_everywhere(request)
+        .await
+        .map_err(backend_error)?;
+    Ok(Json(LogoutEverywhereView {
+        sessions_ended: response.into_inner().sessions_ended,
+    }))
+}
+
 /// Change the caller's password. Every session of the account ends (their
 /// refresh tokens are refused; access tokens run out within their lifetime)
 /// and the answer is a new session for this client. The account's owner is

@@ -377,3 +377,111 @@ async fn registering_records_a_user_registered_event_in_the_same_transaction() {
     };
     assert_eq!(user.email, email.to_lowercase());
 }
+
+async fn logout_everywhere(app: &crate::helpers::TestApp, token: &Value) -> reqwest::Response {
+    app.request(reqwest::Method::POST, "/v1/auth/logout-everywhere")
+        .bearer_auth(token.as_str().expect("token"))
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_ends_every_session_of_the_account_and_no_other() {
+    // Arrange: three sessions of one customer, one of another
+    let app = spawn_app().await;
+    let (email, first) = app.customer().await;
+    let mut pairs = vec![first];
+    for _ in 0..2 {
+        pairs.push(
+            app.login(&email, PASSWORD)
+                .await
+                .json()
+                .await
+                .expect("json"),
+        );
+    }
+    let (_, other) = app.customer().await;
+
+    // Act
+    let response = logout_everywhere(&app, &pairs[1]["access_token"]).await;
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.expect("json"),
+        json!({"sessions_ended": 3})
+    );
+    for pair in &pairs {
+        assert_problem(
+            refresh(&app, &pair["refresh_token"]).await,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    assert_eq!(
+        refresh(&app, &other["refresh_token"]).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_again_ends_only_the_sessions_started_since() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    logout_everywhere(&app, &tokens["access_token"]).await;
+    app.login(&email, PASSWORD).await;
+
+    let again = logout_everywhere(&app, &tokens["access_token"]).await;
+    let once_more = logout_everywhere(&app, &tokens["access_token"]).await;
+
+    assert_eq!(
+        again.json::<Value>().await.expect("json")["sessions_ended"],
+        1
+    );
+    assert_eq!(
+        once_more.json::<Value>().await.expect("json")["sessions_ended"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_needs_an_access_token() {
+    let app = spawn_app().await;
+
+    let response = app
+        .request(reqwest::Method::POST, "/v1/auth/logout-everywhere")
+        .send()
+        .await
+        .expect("request");
+
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn the_auth_service_ends_no_sessions_but_the_callers_own() {
+    // A peer calling the service directly, even as an admin, must not end
+    // another account's sessions.
+    use gocommerce_platform::{Caller, Role};
+    use gocommerce_proto::auth::v1 as pb;
+
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    let victim_id = app.account_id(&email).await;
+    let mut auth = app.auth_service().await;
+    let mut request = tonic::Request::new(pb::LogoutEverywhereRequest { user_id: victim_id });
+    Caller {
+        user_id: Uuid::now_v7(),
+        role: Role::Admin,
+    }
+    .write_to(request.metadata_mut());
+
+    let refused = auth.logout_everywhere(request).await.expect_err("refused");
+
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert_eq!(
+        refresh(&app, &tokens["refresh_token"]).await.status(),
+        StatusCode::OK
+    );
+}

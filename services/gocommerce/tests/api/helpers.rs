@@ -209,6 +209,30 @@ impl TestApp {
             .expect("auth database")
     }
 
+    /// The id of the account with `email`, read off the auth database.
+    pub async fn account_id(&self, email: &str) -> String {
+        sqlx::query_scalar("SELECT id::text FROM accounts WHERE email = $1")
+            .bind(email)
+            .fetch_one(&self.auth_db().await)
+            .await
+            .expect("the account")
+    }
+
+    /// A gRPC client of the auth service itself, past the gateway, as a peer
+    /// inside the cluster would call it.
+    pub async fn auth_service(
+        &self,
+    ) -> gocommerce_proto::auth::v1::auth_service_client::AuthServiceClient<tonic::transport::Channel>
+    {
+        let ports = &self.running.as_ref().expect("running").ports;
+        gocommerce_proto::auth::v1::auth_service_client::AuthServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            ports[&gocommerce_platform::config::ServiceName::Auth]
+        ))
+        .await
+        .expect("auth service")
+    }
+
     /// Stops the platform and waits until everything has shut down; the
     /// databases stay for a restart with the same environment.
     pub async fn stop(mut self) {

@@ -233,24 +233,13 @@ async fn of_two_changes_made_at_once_one_wins_and_only_its_password_logs_in() {
 async fn the_auth_service_changes_no_password_but_the_callers_own() {
     // The gateway always names the caller; a peer calling the service
     // directly must not reach another account either.
-    use gocommerce_platform::config::ServiceName;
     use gocommerce_platform::{Caller, Role};
     use gocommerce_proto::auth::v1 as pb;
 
     let app = spawn_app().await;
     let (victim_email, victim) = app.customer().await;
-    let victim_id: String = sqlx::query_scalar("SELECT id::text FROM accounts WHERE email = $1")
-        .bind(&victim_email)
-        .fetch_one(&app.auth_db().await)
-        .await
-        .expect("the account");
-    let ports = &app.running.as_ref().expect("running").ports;
-    let mut auth = pb::auth_service_client::AuthServiceClient::connect(format!(
-        "http://127.0.0.1:{}",
-        ports[&ServiceName::Auth]
-    ))
-    .await
-    .expect("auth service");
+    let victim_id = app.account_id(&victim_email).await;
+    let mut auth = app.auth_service().await;
     let mut request = tonic::Request::new(pb::ChangePasswordRequest {
         user_id: victim_id,
         current_password: PASSWORD.to_owned(),
