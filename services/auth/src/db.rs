@@ -116,6 +116,21 @@ pub async fn set_role(
     .await?)
 }
 
+/// Locks the accounts with these ids, in id order so two transactions
+/// locking the same pair cannot deadlock, and returns them.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_accounts(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Disables the account (keeping the time it was first disabled) or enables
 /// it; None when there is no such account.
 #[tracing::instrument(skip_all, fields(account_id = %id, disabled), err)]

@@ -414,6 +414,17 @@ impl AuthService {
             ));
         }
         let mut tx = self.db.begin().await?;
+        // The caller's access token outlives a disabling by up to its 15
+        // minutes: a disabled admin must not use them to disable the admin
+        // who disabled them. Both rows stay locked, so two admins disabling
+        // each other at once cannot both succeed.
+        let locked = db::lock_accounts(&mut tx, &[caller.user_id, user_id]).await?;
+        if !locked
+            .iter()
+            .any(|a| a.id == caller.user_id && a.disabled_at.is_none())
+        {
+            return Err(AuthError::AccountDisabled);
+        }
         let account = db::set_disabled(&mut tx, user_id, request.disabled)
             .await?
             .ok_or(AuthError::NotFound)?;

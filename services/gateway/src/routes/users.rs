@@ -1125,7 +1125,7 @@ pub async fn get_status(
     responses(
         (status = 200, description = "The account's new status", body = AccountStatusView),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or an admin whose own account is disabled", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The caller's own account cannot be disabled", body = Problem, content_type = "application/problem+json"),
     )

@@ -221,6 +221,49 @@ async fn an_admin_cannot_disable_their_own_account() {
 }
 
 #[tokio::test]
+async fn a_disabled_admin_cannot_use_a_token_still_valid_to_disable_another() {
+    // Arrange: a second admin, disabled by the first while holding a token
+    let app = spawn_app().await;
+    let first = app.admin_token().await;
+    let first_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+    let (email, tokens) = app.customer().await;
+    let second_id = user_id(&app, &tokens).await;
+    let promoted = app
+        .request(Method::PUT, &format!("/v1/admin/users/{second_id}/role"))
+        .bearer_auth(&first)
+        .json(&json!({"role": "admin"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(promoted.status(), StatusCode::OK);
+    let second: Value = app
+        .login(&email, PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let second = second["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        set_status(&app, &first, &second_id, true).await.status(),
+        StatusCode::OK
+    );
+
+    // Act
+    let response = set_status(&app, &second, &first_id, true).await;
+
+    // Assert
+    let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
+    assert_eq!(problem["detail"], "the account is disabled");
+    let status: Value = app
+        .get_with_token(&format!("/v1/admin/users/{first_id}/status"), &first)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["disabled"], false);
+}
+
+#[tokio::test]
 async fn only_admins_set_an_account_status_and_only_of_accounts_that_exist() {
     // Arrange
     let app = spawn_app().await;
