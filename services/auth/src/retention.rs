@@ -76,11 +76,18 @@ async fn drain(
     }
 }
 
-/// Sweeps at start and then every ten minutes until the shutdown signal. A
-/// failed sweep (the database away, say) is logged and tried again next time.
+/// Sweeps at start and then every ten minutes until the shutdown signal,
+/// which also stops a sweep under way. A failed sweep (the database away,
+/// say) is logged and tried again next time.
 pub async fn run(pool: PgPool, failure_window: Duration, shutdown: Shutdown) {
     while !shutdown.is_triggered() {
-        match sweep(&pool, failure_window).await {
+        // A sweep waiting on a database that is away must not hold up the
+        // shutdown.
+        let swept = tokio::select! {
+            swept = sweep(&pool, failure_window) => swept,
+            () = shutdown.wait() => break,
+        };
+        match swept {
             Ok(swept) if swept == Swept::default() => {}
             Ok(swept) => tracing::info!(
                 sessions = swept.sessions,
