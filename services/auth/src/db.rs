@@ -399,66 +399,77 @@ pub async fn spend_password_resets(
 
 /// Deletes up to `limit` sessions (refresh families, with their tokens)
 /// that expired or were revoked more than `retention` ago.
-#[tracing::instrument(skip_all, err)]
 pub async fn delete_ended_sessions(
     conn: &mut PgConnection,
     retention: Duration,
     limit: i64,
 ) -> Result<u64, AuthError> {
-    Ok(sqlx::query(
+    delete_chunk(
+        conn,
         "DELETE FROM refresh_families WHERE id IN ( \
            SELECT id FROM refresh_families \
            WHERE expires_at < now() - make_interval(secs => $1) \
               OR revoked_at < now() - make_interval(secs => $1) \
            LIMIT $2)",
+        retention,
+        limit,
     )
-    .bind(retention.as_secs_f64())
-    .bind(limit)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .await
 }
 
 /// Deletes up to `limit` reset tokens sent more than `retention` ago.
-#[tracing::instrument(skip_all, err)]
 pub async fn delete_old_password_resets(
     conn: &mut PgConnection,
     retention: Duration,
     limit: i64,
 ) -> Result<u64, AuthError> {
-    Ok(sqlx::query(
+    delete_chunk(
+        conn,
         "DELETE FROM password_resets WHERE token_hash IN ( \
            SELECT token_hash FROM password_resets \
            WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        retention,
+        limit,
     )
-    .bind(retention.as_secs_f64())
-    .bind(limit)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .await
 }
 
 /// Deletes up to `limit` login-failure counts that no longer count: their
 /// window (`window`) has passed and any lock has ended. The next failure of
 /// such a key would start from one anyway.
-#[tracing::instrument(skip_all, err)]
 pub async fn delete_stale_login_failures(
     conn: &mut PgConnection,
     window: Duration,
     limit: i64,
 ) -> Result<u64, AuthError> {
-    Ok(sqlx::query(
+    delete_chunk(
+        conn,
         "DELETE FROM login_failures WHERE key IN ( \
            SELECT key FROM login_failures \
            WHERE window_start < now() - make_interval(secs => $1) \
              AND (locked_until IS NULL OR locked_until <= now()) \
            LIMIT $2)",
+        window,
+        limit,
     )
-    .bind(window.as_secs_f64())
-    .bind(limit)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .await
+}
+
+/// Runs one of the retention deletes above: `$1` is an age in seconds, `$2`
+/// the most rows to delete.
+#[tracing::instrument(skip_all, err)]
+async fn delete_chunk(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    age: Duration,
+    limit: i64,
+) -> Result<u64, AuthError> {
+    Ok(sqlx::query(sql)
+        .bind(age.as_secs_f64())
+        .bind(limit)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 #[derive(Debug)]

@@ -6,18 +6,7 @@ use serde_json::{Value, json};
 
 use crate::auth::refresh;
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
-
-async fn user_id(app: &TestApp, tokens: &Value) -> String {
-    let me = app
-        .get_with_token(
-            "/v1/auth/me",
-            tokens["access_token"].as_str().expect("token"),
-        )
-        .await;
-    assert_eq!(me.status(), StatusCode::OK);
-    let me: Value = me.json().await.expect("json");
-    me["id"].as_str().expect("id").to_owned()
-}
+use crate::passwords::ask_for_reset;
 
 async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) -> reqwest::Response {
     app.request(Method::PUT, &format!("/v1/admin/users/{id}/status"))
@@ -26,12 +15,6 @@ async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) -> req
         .send()
         .await
         .expect("request")
-}
-
-async fn ask_for_reset(app: &TestApp, email: &str) -> StatusCode {
-    app.post_json("/v1/auth/password-reset", &json!({"email": email}))
-        .await
-        .status()
 }
 
 async fn reset_rows(app: &TestApp) -> i64 {
@@ -47,7 +30,7 @@ async fn a_disabled_account_loses_its_sessions_and_cannot_log_in_refresh_or_rese
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (email, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
+    let id = app.account_id(&email).await;
 
     // Act
     let disabled = set_status(&app, &admin, &id, true).await;
@@ -70,7 +53,10 @@ async fn a_disabled_account_loses_its_sessions_and_cannot_log_in_refresh_or_rese
         StatusCode::UNAUTHORIZED,
     )
     .await;
-    assert_eq!(ask_for_reset(&app, &email).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        ask_for_reset(&app, &email).await.status(),
+        StatusCode::ACCEPTED
+    );
     assert_eq!(reset_rows(&app).await, 0, "no reset token was sent");
 }
 
@@ -80,8 +66,8 @@ async fn a_session_that_outlived_the_disabling_still_cannot_refresh() {
     // commits its session after the revocation; here its family is revived
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let (_, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
+    let (email, tokens) = app.customer().await;
+    let id = app.account_id(&email).await;
     set_status(&app, &admin, &id, true).await;
     sqlx::query("UPDATE refresh_families SET revoked_at = NULL, revoke_reason = NULL")
         .execute(&app.auth_db().await)
@@ -101,7 +87,7 @@ async fn an_access_token_issued_before_disabling_cannot_change_the_password() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (email, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
+    let id = app.account_id(&email).await;
     set_status(&app, &admin, &id, true).await;
 
     // Act
@@ -129,9 +115,12 @@ async fn a_reset_token_sent_before_disabling_no_longer_works() {
     // Arrange
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let (email, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
-    assert_eq!(ask_for_reset(&app, &email).await, StatusCode::ACCEPTED);
+    let (email, _) = app.customer().await;
+    let id = app.account_id(&email).await;
+    assert_eq!(
+        ask_for_reset(&app, &email).await.status(),
+        StatusCode::ACCEPTED
+    );
     assert_eq!(reset_rows(&app).await, 1);
     set_status(&app, &admin, &id, true).await;
     let spent: i64 =
@@ -158,8 +147,8 @@ async fn an_enabled_account_logs_in_again_and_reads_as_enabled() {
     // Arrange
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let (email, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
+    let (email, _) = app.customer().await;
+    let id = app.account_id(&email).await;
     set_status(&app, &admin, &id, true).await;
 
     // Act
@@ -181,8 +170,8 @@ async fn an_enabled_account_logs_in_again_and_reads_as_enabled() {
 async fn disabling_twice_keeps_the_time_it_was_first_disabled() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let (_, tokens) = app.customer().await;
-    let id = user_id(&app, &tokens).await;
+    let (email, _) = app.customer().await;
+    let id = app.account_id(&email).await;
 
     let first: Value = set_status(&app, &admin, &id, true)
         .await
@@ -226,8 +215,8 @@ async fn a_disabled_admin_cannot_use_a_token_still_valid_to_disable_another() {
     let app = spawn_app().await;
     let first = app.admin_token().await;
     let first_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
-    let (email, tokens) = app.customer().await;
-    let second_id = user_id(&app, &tokens).await;
+    let (email, _) = app.customer().await;
+    let second_id = app.account_id(&email).await;
     let promoted = app
         .request(Method::PUT, &format!("/v1/admin/users/{second_id}/role"))
         .bearer_auth(&first)
@@ -269,8 +258,8 @@ async fn only_admins_set_an_account_status_and_only_of_accounts_that_exist() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (email, tokens) = app.customer().await;
-    let (_, other) = app.customer().await;
-    let other_id = user_id(&app, &other).await;
+    let (other_email, other) = app.customer().await;
+    let other_id = app.account_id(&other_email).await;
     let customer = tokens["access_token"].as_str().expect("token");
 
     // Act

@@ -334,7 +334,7 @@ async fn a_password_change_is_emailed_even_to_a_customer_who_turned_email_off() 
     );
 }
 
-async fn ask_for_reset(app: &TestApp, email: &str) -> reqwest::Response {
+pub async fn ask_for_reset(app: &TestApp, email: &str) -> reqwest::Response {
     app.post_json("/v1/auth/password-reset", &json!({"email": email}))
         .await
 }

@@ -95,18 +95,14 @@ async fn reset_tokens_are_deleted_a_day_after_they_were_sent() {
     let app = spawn_app().await;
     let db = app.auth_db().await;
     let (email, _) = app.customer().await;
-    let account: Uuid = sqlx::query_scalar("SELECT id FROM accounts WHERE email = $1")
-        .bind(&email)
-        .fetch_one(&db)
-        .await
-        .expect("account");
+    let account = app.account_id(&email).await;
     for (hash, age) in [(b"old", "25 hours"), (b"new", "23 hours")] {
         sqlx::query(
             "INSERT INTO password_resets (token_hash, account_id, created_at, expires_at) \
-             VALUES ($1, $2, now() - $3::interval, now() - $3::interval + interval '30 minutes')",
+             VALUES ($1, $2::uuid, now() - $3::interval, now() - $3::interval + interval '30 minutes')",
         )
         .bind(&hash[..])
-        .bind(account)
+        .bind(&account)
         .bind(age)
         .execute(&db)
         .await
