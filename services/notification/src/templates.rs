@@ -136,31 +136,32 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
             sms: None,
             push: None,
         }),
-        Payload::UserPasswordResetRequested(e) => Some(Rendered {
-            user_id: user(&e.user_id)?,
-            security: true,
-            email: Some(Email {
-                subject: "Reset your GoCommerce password".to_owned(),
-                body: format!(
-                    "Hello {},\n\nsomeone asked to reset the password of your GoCommerce account {}. \
-                     To choose a new one, {}; it works once, until {}:\n\n{}\n\n\
-                     If that was not you, ignore this email: your password stays as it is.\n",
-                    e.name,
-                    e.email,
-                    if links.password_reset.is_some() {
-                        "open this link"
-                    } else {
-                        "send this token with it to POST /v1/auth/password-reset/confirm"
-                    },
-                    utc_minute(e.expires_at.as_ref()),
-                    links
-                        .password_reset(&e.token)
-                        .unwrap_or_else(|| e.token.clone()),
+        Payload::UserPasswordResetRequested(e) => {
+            let (how, what) = match links.password_reset(&e.token) {
+                Some(link) => ("open this link", link),
+                None => (
+                    "send this token with it to POST /v1/auth/password-reset/confirm",
+                    e.token.clone(),
                 ),
-            }),
-            sms: None,
-            push: None,
-        }),
+            };
+            Some(Rendered {
+                user_id: user(&e.user_id)?,
+                security: true,
+                email: Some(Email {
+                    subject: "Reset your GoCommerce password".to_owned(),
+                    body: format!(
+                        "Hello {},\n\nsomeone asked to reset the password of your GoCommerce account {}. \
+                         To choose a new one, {how}; it works once, until {}:\n\n{what}\n\n\
+                         If that was not you, ignore this email: your password stays as it is.\n",
+                        e.name,
+                        e.email,
+                        utc_minute(e.expires_at.as_ref()),
+                    ),
+                }),
+                sms: None,
+                push: None,
+            })
+        }
         Payload::OrderPaid(e) => {
             let total = format_money(e.total.as_ref());
             Some(Rendered {
