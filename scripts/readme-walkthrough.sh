@@ -64,6 +64,8 @@ check "a reused refresh token and its successor are both refused" \
 check "logging out answers 204" said 204
 check "the password change answered a new token pair" \
   eval "tr -d ' \n' <'$work/out.txt' | grep -qF '[\"access_token\",\"expires_in\",\"refresh_token\",\"token_type\"]'"
+check "the token the password was changed with is refused" \
+  said "\"the token's session has ended; log in again\""
 check "only the new password logs in" eval "
   curl -fsS -o /dev/null -X POST '$base/v1/auth/login' -H 'content-type: application/json' \
     -d '{\"email\": \"ada@example.com\", \"password\": \"correct horse battery staple\"}' &&

@@ -220,6 +220,9 @@ pub async fn mark_refresh_token_used(
     Ok(())
 }
 
+// Sessions end at `clock_timestamp()`, not at the transaction's start
+// (`now()`): the gateway reads them by that time, and the closer it is to
+// the commit, the less a reader must look back for ones committed late.
 #[tracing::instrument(skip_all, fields(family_id = %family_id, reason), err)]
 pub async fn revoke_family(
     conn: &mut PgConnection,
@@ -227,7 +230,7 @@ pub async fn revoke_family(
     reason: &str,
 ) -> Result<(), AuthError> {
     sqlx::query(
-        "UPDATE refresh_families SET revoked_at = now(), revoke_reason = $2 \
+        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = $2 \
          WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(family_id)
@@ -235,6 +238,34 @@ pub async fn revoke_family(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A session that ended: its id and when.
+#[derive(Debug, sqlx::FromRow)]
+pub struct EndedSessionRow {
+    pub id: Uuid,
+    pub revoked_at: DateTime<Utc>,
+}
+
+/// Up to `limit` sessions that ended after `(after, after_id)`, in
+/// `(revoked_at, id)` order.
+#[tracing::instrument(skip_all, err)]
+pub async fn ended_sessions(
+    conn: &mut PgConnection,
+    after: DateTime<Utc>,
+    after_id: Uuid,
+    limit: i64,
+) -> Result<Vec<EndedSessionRow>, AuthError> {
+    Ok(sqlx::query_as(
+        "SELECT id, revoked_at FROM refresh_families \
+         WHERE revoked_at IS NOT NULL AND (revoked_at, id) > ($1, $2) \
+         ORDER BY revoked_at, id LIMIT $3",
+    )
+    .bind(after)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// Replaces the account's password hash if it is still `old_hash`: false
@@ -266,7 +297,7 @@ pub async fn revoke_account_families(
     reason: &str,
 ) -> Result<u64, AuthError> {
     let revoked = sqlx::query(
-        "UPDATE refresh_families SET revoked_at = now(), revoke_reason = $2 \
+        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = $2 \
          WHERE account_id = $1 AND revoked_at IS NULL",
     )
     .bind(account_id)

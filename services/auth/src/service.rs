@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use gocommerce_platform::db::Db;
-use gocommerce_platform::time::timestamp;
-use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
+use gocommerce_platform::time::{self, timestamp};
+use gocommerce_platform::token::{self, ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
 use gocommerce_proto::events::v1::event_envelope::Payload;
@@ -45,6 +45,8 @@ const RESET_INTERVAL: Duration = Duration::from_secs(60);
 /// handful of reset emails an hour, however many addresses ask.
 const RESETS_PER_WINDOW: i64 = 5;
 const RESET_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Most ended sessions in one answer to `ListEndedSessions`.
+const ENDED_SESSIONS_PAGE: i64 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
@@ -127,11 +129,16 @@ impl AuthService {
         let expires_at = Utc::now() + self.refresh_ttl;
         db::create_refresh_family(conn, family_id, account.id, expires_at).await?;
         db::insert_refresh_token(conn, family_id, &refresh_hash).await?;
-        let access_token = self.sign_access_token(account)?;
+        let access_token = self.sign_access_token(account, family_id)?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
-    fn sign_access_token(&self, account: &AccountRow) -> Result<String, AuthError> {
+    /// Signs an access token of `account` for the session `session_id`.
+    fn sign_access_token(
+        &self,
+        account: &AccountRow,
+        session_id: Uuid,
+    ) -> Result<String, AuthError> {
         let now = Utc::now().timestamp();
         let ttl = i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX);
         self.keys.sign(&AccessClaims {
@@ -142,6 +149,7 @@ impl AuthService {
             iat: now,
             nbf: now,
             jti: Uuid::new_v4().to_string(),
+            sid: Some(session_id.to_string()),
             role: account.role().as_str().to_owned(),
             token_type: ACCESS_TOKEN_TYPE.to_owned(),
         })
@@ -233,7 +241,7 @@ impl AuthService {
         db::mark_refresh_token_used(&mut tx, row.token_id).await?;
         let (next_token, next_hash) = new_token(REFRESH_TOKEN_PREFIX);
         db::insert_refresh_token(&mut tx, row.family_id, &next_hash).await?;
-        let access_token = self.sign_access_token(&account)?;
+        let access_token = self.sign_access_token(&account, row.family_id)?;
         tx.commit().await?;
         Ok(self.token_pair(access_token, next_token))
     }
@@ -444,6 +452,101 @@ impl AuthService {
         Ok(account)
     }
 
+    /// Changes an account's role. A demoted admin's sessions end with it:
+    /// their access tokens say "admin" until they expire, and the gateway
+    /// refuses the tokens of ended sessions. A promoted customer keeps them
+    /// and is an admin from the next token on. An admin cannot demote
+    /// themselves, so nobody demotes the last admin.
+    async fn set_user_role(
+        &self,
+        caller: &Caller,
+        user_id: Uuid,
+        role: Role,
+    ) -> Result<AccountRow, AuthError> {
+        if user_id == caller.user_id && role != Role::Admin {
+            return Err(AuthError::FailedPrecondition(
+                "an admin cannot demote themselves".to_owned(),
+            ));
+        }
+        let mut tx = self.db.begin().await?;
+        let before = db::lock_accounts(&mut tx, &[user_id])
+            .await?
+            .pop()
+            .ok_or(AuthError::NotFound)?;
+        let account = db::set_role(&mut tx, user_id, role)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let mut ended = 0;
+        if before.role() == Role::Admin && role != Role::Admin {
+            ended = db::revoke_account_families(&mut tx, user_id, "demoted").await?;
+        }
+        tx.commit().await?;
+        tracing::info!(account_id = %account.id, role = %role, sessions_ended = ended, "role changed");
+        Ok(account)
+    }
+
+    /// A page of the sessions that ended after the request's position and
+    /// whose access tokens may not all have expired yet.
+    async fn list_ended_sessions(
+        &self,
+        request: &pb::ListEndedSessionsRequest,
+    ) -> Result<pb::ListEndedSessionsResponse, AuthError> {
+        let as_of = Utc::now();
+        // How long after a session ends one of its access tokens can still
+        // pass a verifier: its lifetime, signed just before, plus the leeway.
+        let lifetime = chrono::Duration::from_std(self.access_ttl)
+            .unwrap_or(chrono::Duration::MAX)
+            .checked_add(&chrono::Duration::seconds(
+                i64::try_from(token::LEEWAY_SECONDS).unwrap_or(0),
+            ))
+            .unwrap_or(chrono::Duration::MAX);
+        let oldest_live = as_of
+            .checked_sub_signed(lifetime)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let after = request
+            .after
+            .as_ref()
+            .map(|ts| {
+                time::from_timestamp(ts)
+                    .ok_or_else(|| AuthError::InvalidArgument("after: not a valid time".to_owned()))
+            })
+            .transpose()?;
+        let after_id = if request.after_id.is_empty() {
+            Uuid::nil()
+        } else {
+            Uuid::parse_str(&request.after_id)
+                .map_err(|_| AuthError::InvalidArgument("after_id: must be a UUID".to_owned()))?
+        };
+        // Sessions that ended before `oldest_live` have no live token left.
+        let (after, after_id) = match after {
+            Some(after) if after >= oldest_live => (after, after_id),
+            _ => (oldest_live, Uuid::nil()),
+        };
+        let mut conn = self.db.acquire().await?;
+        let mut rows =
+            db::ended_sessions(&mut conn, after, after_id, ENDED_SESSIONS_PAGE + 1).await?;
+        conn.keep();
+        let more = rows.len() > usize::try_from(ENDED_SESSIONS_PAGE).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(ENDED_SESSIONS_PAGE).unwrap_or(usize::MAX));
+        let sessions = rows
+            .into_iter()
+            .map(|row| pb::EndedSession {
+                id: row.id.to_string(),
+                ended_at: Some(timestamp(row.revoked_at)),
+                tokens_expired_at: Some(timestamp(
+                    row.revoked_at
+                        .checked_add_signed(lifetime)
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                )),
+            })
+            .collect();
+        Ok(pb::ListEndedSessionsResponse {
+            sessions,
+            more,
+            as_of: Some(timestamp(as_of)),
+        })
+    }
+
     async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
         // Unknown tokens are fine: logout is idempotent and says nothing (RFC 7009).
         let Some(hash) = hash_token(refresh_token, REFRESH_TOKEN_PREFIX) else {
@@ -586,11 +689,20 @@ impl pb::auth_service_server::AuthService for AuthService {
         }))
     }
 
+    async fn list_ended_sessions(
+        &self,
+        request: Request<pb::ListEndedSessionsRequest>,
+    ) -> Result<Response<pb::ListEndedSessionsResponse>, Status> {
+        let page = AuthService::list_ended_sessions(self, request.get_ref()).await?;
+        Ok(Response::new(page))
+    }
+
     async fn set_user_role(
         &self,
         request: Request<pb::SetUserRoleRequest>,
     ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
-        Caller::from_metadata(request.metadata())?.require_admin()?;
+        let caller = Caller::from_metadata(request.metadata())?;
+        caller.require_admin()?;
         let request = request.into_inner();
         let user_id = parse_user_id(&request.user_id)?;
         let role = match pb::Role::try_from(request.role) {
@@ -603,15 +715,11 @@ impl pb::auth_service_server::AuthService for AuthService {
                 .into());
             }
         };
-        let mut conn = self.db.acquire().await.map_err(AuthError::from)?;
-        let account = db::set_role(&mut conn, user_id, role).await?;
-        conn.keep();
-        let account = account.ok_or(AuthError::NotFound)?;
+        let account = AuthService::set_user_role(self, &caller, user_id, role).await?;
         self.profiles
             .set_role(account.id, role, self.profile_budget)
             .await
             .map_err(AuthError::from)?;
-        tracing::info!(account_id = %account.id, role = %role, "role changed");
         Ok(Response::new(pb::SetUserRoleResponse {
             account: Some(account_to_proto(&account)),
         }))

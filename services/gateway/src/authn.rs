@@ -7,9 +7,11 @@
 //! client sends the same access token with every request for its lifetime, so
 //! tokens that verified are remembered (by their exact text) until they
 //! expire; a JWKS change forgets them all, since a key may have been retired.
+//! Either way, a token whose session has ended is refused (see
+//! [`crate::sessions`]).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 
 use crate::backend::Backends;
 use crate::problem::Problem;
+use crate::sessions::EndedSessions;
 use crate::startup::AppState;
 
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -62,6 +65,8 @@ pub enum TokenError {
     Claims,
     #[error("the token is not an access token")]
     NotAccessToken,
+    #[error("the token's session has ended; log in again")]
+    SessionEnded,
 }
 
 /// Verifies access tokens against a cached JWKS.
@@ -71,11 +76,20 @@ pub struct TokenVerifier {
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
     verified: VerifiedTokens,
+    sessions: Arc<EndedSessions>,
 }
 
-/// Tokens whose signature and claims were checked, with the caller they
-/// name, until the Unix time from which they are refused (`exp` plus leeway).
-type VerifiedTokens = std::sync::Mutex<ExpiringMap<String, Caller, i64>>;
+/// What a valid token says: who calls, and in which session (tokens signed
+/// before sessions were named have none).
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    caller: Caller,
+    session_id: Option<Uuid>,
+}
+
+/// Tokens whose signature and claims were checked, with what they say,
+/// until the Unix time from which they are refused (`exp` plus leeway).
+type VerifiedTokens = std::sync::Mutex<ExpiringMap<String, Verified, i64>>;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -90,7 +104,13 @@ impl TokenVerifier {
             last_fetch: Mutex::new(None),
             validation: token::validation(issuer, audience),
             verified: std::sync::Mutex::new(ExpiringMap::new(VERIFIED_CAPACITY)),
+            sessions: Arc::default(),
         }
+    }
+
+    /// The ended sessions whose tokens this verifier refuses.
+    pub fn sessions(&self) -> &Arc<EndedSessions> {
+        &self.sessions
     }
 
     pub fn has_keys(&self) -> bool {
@@ -144,9 +164,23 @@ impl TokenVerifier {
 
     /// Verifies a bearer token and returns the caller it names.
     pub async fn verify(&self, token: &str, backends: &Backends) -> Result<Caller, Problem> {
+        let verified = self.verify_signed(token, backends).await?;
+        if verified
+            .session_id
+            .is_some_and(|session| self.sessions.contains(&session))
+        {
+            return Err(Problem::unauthenticated(
+                TokenError::SessionEnded.to_string(),
+            ));
+        }
+        Ok(verified.caller)
+    }
+
+    /// Checks the token's signature and claims, or finds it checked before.
+    async fn verify_signed(&self, token: &str, backends: &Backends) -> Result<Verified, Problem> {
         let now = unix_now();
-        if let Some(caller) = self.verified().get(token, now) {
-            return Ok(*caller);
+        if let Some(verified) = self.verified().get(token, now) {
+            return Ok(*verified);
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthenticated(TokenError::Malformed.to_string()))?;
@@ -166,24 +200,24 @@ impl TokenVerifier {
                     .ok_or_else(|| Problem::unauthenticated(TokenError::UnknownKey.to_string()))?
             }
         };
-        let (caller, exp) = self
+        let (verified, exp) = self
             .check(token, &key)
             .map_err(|e| Problem::unauthenticated(e.to_string()))?;
         // Remembered for as long as a fresh check would accept it: until
         // `exp` plus the clock-skew leeway.
         let leeway = i64::try_from(token::LEEWAY_SECONDS).unwrap_or(0);
         self.verified()
-            .insert(token.to_owned(), caller, exp.saturating_add(leeway), now);
-        Ok(caller)
+            .insert(token.to_owned(), verified, exp.saturating_add(leeway), now);
+        Ok(verified)
     }
 
-    fn verified(&self) -> std::sync::MutexGuard<'_, ExpiringMap<String, Caller, i64>> {
+    fn verified(&self) -> std::sync::MutexGuard<'_, ExpiringMap<String, Verified, i64>> {
         self.verified
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn check(&self, token: &str, key: &DecodingKey) -> Result<(Caller, i64), TokenError> {
+    fn check(&self, token: &str, key: &DecodingKey) -> Result<(Verified, i64), TokenError> {
         let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -201,7 +235,17 @@ impl TokenVerifier {
         }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Claims)?;
         let role = claims.role.parse().map_err(|_| TokenError::Claims)?;
-        Ok((Caller { user_id, role }, claims.exp))
+        let session_id = claims
+            .sid
+            .as_deref()
+            .map(Uuid::parse_str)
+            .transpose()
+            .map_err(|_| TokenError::Claims)?;
+        let verified = Verified {
+            caller: Caller { user_id, role },
+            session_id,
+        };
+        Ok((verified, claims.exp))
     }
 }
 

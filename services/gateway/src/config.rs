@@ -22,6 +22,10 @@ pub struct GatewayConfig {
     pub trust_forwarded_for: bool,
     pub issuer: String,
     pub audience: String,
+    /// How often the ended sessions are read from the auth service: at
+    /// most this long after a session ends on another gateway (or by an
+    /// admin's hand in the database), its access tokens still pass here.
+    pub ended_sessions_poll: Duration,
 }
 
 impl GatewayConfig {
@@ -31,6 +35,8 @@ impl GatewayConfig {
             config::at_least(env, "GATEWAY_EVENT_STREAM_MAX_SECONDS", 300u64, 1)?;
         let body_limit = config::at_least(env, "GATEWAY_BODY_LIMIT_BYTES", 64 * 1024usize, 1024)?;
         let auth_rate_per_minute = config::at_least(env, "GATEWAY_AUTH_RATE_PER_MINUTE", 60u32, 1)?;
+        let ended_sessions_poll_ms =
+            config::at_least(env, "GATEWAY_ENDED_SESSIONS_POLL_MS", 1000u64, 10)?;
         Ok(Self {
             addr: config::addr(env, "GATEWAY_ADDR", "0.0.0.0:8080")?,
             auth_url: ServiceName::Auth.url(env)?,
@@ -46,6 +52,7 @@ impl GatewayConfig {
             trust_forwarded_for: config::boolean(env, "GATEWAY_TRUST_FORWARDED_FOR", false)?,
             issuer: config::string(env, "JWT_ISSUER", "gocommerce"),
             audience: config::string(env, "JWT_AUDIENCE", "gocommerce-api"),
+            ended_sessions_poll: Duration::from_millis(ended_sessions_poll_ms),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The REST gateway, GoCommerce's one entry point: it validates requests,
-//! verifies access tokens against the auth service's JWKS, rate-limits,
+//! verifies access tokens against the auth service's JWKS (refusing those
+//! of sessions that have ended), rate-limits,
 //! translates REST to gRPC with a deadline on every call, answers errors as
 //! `application/problem+json`, and serves its own OpenAPI document.
 
@@ -12,6 +13,7 @@ mod openapi;
 mod problem;
 mod ratelimit;
 mod routes;
+mod sessions;
 mod startup;
 
 pub use config::GatewayConfig;

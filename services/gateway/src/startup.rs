@@ -1,5 +1,6 @@
-//! Builds the gateway: backend clients, token verifier, rate limiter, the
-//! router with its layers, and the bound listener (port 0 allowed).
+//! Builds the gateway: backend clients, token verifier (with the poller of
+//! ended sessions), rate limiter, the router with its layers, and the bound
+//! listener (port 0 allowed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::json::Json;
 use crate::problem;
 use crate::ratelimit::{self, KeyedLimiter};
 use crate::routes::{self, auth};
+use crate::sessions;
 
 /// What every handler shares. Cloned for every request (axum's `State`), so
 /// the clients sit behind one `Arc`: cloning six gRPC clients (each with its
@@ -89,6 +91,31 @@ impl Application {
                 })
             });
         }
+        {
+            // And once it knows which sessions have ended, or it would let
+            // their tokens through.
+            let sessions = verifier.sessions().clone();
+            let backends = backends.clone();
+            readiness.add_check("auth-ended-sessions", move || {
+                let sessions = sessions.clone();
+                let backends = backends.clone();
+                Box::pin(async move {
+                    if sessions.is_synced() {
+                        return Ok(());
+                    }
+                    sessions
+                        .sync(&backends)
+                        .await
+                        .map_err(|s| s.message().to_owned())
+                })
+            });
+        }
+        sessions::spawn_poller(
+            verifier.sessions().clone(),
+            backends.clone(),
+            config.ended_sessions_poll,
+            readiness.shutdown().clone(),
+        );
         let auth_limiter = ratelimit::limiter(config.auth_rate_per_minute);
         ratelimit::spawn_cleanup(auth_limiter.clone(), readiness.shutdown().clone());
         let state = AppState {
@@ -211,7 +238,8 @@ pub async fn healthz() -> Json<HealthView> {
     })
 }
 
-/// Readiness: the gateway can serve requests (not shutting down, token keys loaded).
+/// Readiness: the gateway can serve requests (not shutting down, token keys
+/// and ended sessions loaded).
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses(

@@ -27,6 +27,12 @@ pub struct AccessClaims {
     pub nbf: i64,
     /// Unique token id.
     pub jti: String,
+    /// The session (refresh family, a UUID) the token was issued for: when
+    /// the session ends, the gateway refuses its tokens before they expire.
+    /// Absent from tokens signed before sessions were named, which simply
+    /// run out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     /// `customer` or `admin`.
     pub role: String,
     /// Always `access`; refresh tokens are opaque and never JWTs.

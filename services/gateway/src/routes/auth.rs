@@ -387,7 +387,8 @@ pub async fn refresh(
     TokenResponse::from_pair(response.into_inner().tokens).map(Json)
 }
 
-/// End the session the refresh token belongs to. Idempotent.
+/// End the session the refresh token belongs to: its refresh token and its
+/// access tokens are refused from now on. Idempotent.
 #[utoipa::path(
     post, path = "/v1/auth/logout", tag = "auth",
     request_body = RefreshTokenBody,
@@ -410,6 +411,7 @@ pub async fn logout(
         .logout(request)
         .await
         .map_err(backend_error)?;
+    state.verifier.sessions().catch_up(&state.backends).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -421,8 +423,8 @@ pub struct LogoutEverywhereView {
 }
 
 /// End every session of the caller's account, on every device: their
-/// refresh tokens are refused from now on, and access tokens already issued
-/// (this one too) run out within their 15 minutes. Idempotent.
+/// refresh tokens and access tokens (this one too) are refused from now on.
+/// Idempotent.
 #[utoipa::path(
     post, path = "/v1/auth/logout-everywhere", tag = "auth",
     security(("bearer" = [])),
@@ -448,15 +450,15 @@ pub async fn logout_everywhere(
         .logout_everywhere(request)
         .await
         .map_err(backend_error)?;
+    state.verifier.sessions().catch_up(&state.backends).await;
     Ok(Json(LogoutEverywhereView {
         sessions_ended: response.into_inner().sessions_ended,
     }))
 }
 
 /// Change the caller's password. Every session of the account ends (their
-/// refresh tokens are refused; access tokens run out within their lifetime)
-/// and the answer is a new session for this client. The account's owner is
-/// told by email.
+/// refresh and access tokens, this one too, are refused) and the answer is a
+/// new session for this client. The account's owner is told by email.
 #[utoipa::path(
     post, path = "/v1/auth/password", tag = "auth",
     security(("bearer" = [])),
@@ -491,6 +493,7 @@ pub async fn change_password(
         .change_password(request)
         .await
         .map_err(backend_error)?;
+    state.verifier.sessions().catch_up(&state.backends).await;
     TokenResponse::from_pair(response.into_inner().tokens).map(Json)
 }
 
@@ -549,6 +552,7 @@ pub async fn confirm_password_reset(
         .reset_password(request)
         .await
         .map_err(backend_error)?;
+    state.verifier.sessions().catch_up(&state.backends).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -973,8 +973,10 @@ impl Validate for SetRoleBody {
     }
 }
 
-/// Admin: change a user's role. It takes effect with the user's next access
-/// token (at the latest when the current one expires).
+/// Admin: change a user's role. A promoted customer is an admin from their
+/// next access token on (a refresh gives one). A demoted admin's sessions
+/// end at once, access tokens with them: they log in again as a customer.
+/// Admins cannot demote themselves (409), so the last admin stays one.
 #[utoipa::path(
     put, path = "/v1/admin/users/{id}/role", tag = "users",
     params(("id" = Uuid, Path, description = "The user")),
@@ -985,6 +987,7 @@ impl Validate for SetRoleBody {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An admin cannot demote themselves", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn set_role(
@@ -1009,6 +1012,8 @@ pub async fn set_role(
         .set_user_role(request)
         .await
         .map_err(|s| Problem::from_status(&s, "auth"))?;
+    // A demoted admin's sessions have ended.
+    state.verifier.sessions().catch_up(&state.backends).await;
     mirror_role(&state, &caller, id, role).await.map(Json)
 }
 
@@ -1113,9 +1118,9 @@ pub async fn get_status(
 }
 
 /// Admin: disable a user's account (fraud, abuse), or enable it again.
-/// Disabling ends every session of the account at once and spends its reset
-/// tokens; access tokens already issued run out within their 15 minutes. A
-/// disabled account's login with the right password is a 403 saying so.
+/// Disabling ends every session of the account at once, its access tokens
+/// refused with them, and spends its reset tokens. A disabled account's
+/// login with the right password is a 403 saying so.
 /// Admins cannot disable their own account (409).
 #[utoipa::path(
     put, path = "/v1/admin/users/{id}/status", tag = "users",
@@ -1150,6 +1155,9 @@ pub async fn set_status(
         .set_account_disabled(request)
         .await
         .map_err(|s| Problem::from_status(&s, "auth"))?;
+    if body.disabled {
+        state.verifier.sessions().catch_up(&state.backends).await;
+    }
     AccountStatusView::from_account(response.into_inner().account).map(Json)
 }
 

@@ -1,20 +1,59 @@
 //! Admins disabling and enabling accounts: what a disabled account can no
 //! longer do, and who may disable whom.
 
+use gocommerce_platform::{Caller, Role};
+use gocommerce_proto::auth::v1 as pb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::auth::refresh;
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
 use crate::passwords::ask_for_reset;
+use crate::sessions::assert_ended;
 
-async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) -> reqwest::Response {
-    app.request(Method::PUT, &format!("/v1/admin/users/{id}/status"))
+/// `PUT /v1/admin/users/{id}/<what>` with `body`, as `admin`.
+async fn put_user(
+    app: &TestApp,
+    admin: &str,
+    id: &str,
+    what: &str,
+    body: Value,
+) -> reqwest::Response {
+    app.request(Method::PUT, &format!("/v1/admin/users/{id}/{what}"))
         .bearer_auth(admin)
-        .json(&json!({"disabled": disabled}))
+        .json(&body)
         .send()
         .await
         .expect("request")
+}
+
+pub async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) -> reqwest::Response {
+    put_user(app, admin, id, "status", json!({ "disabled": disabled })).await
+}
+
+pub async fn set_role(app: &TestApp, admin: &str, id: &str, role: &str) -> reqwest::Response {
+    put_user(app, admin, id, "role", json!({ "role": role })).await
+}
+
+/// The caller a gateway would name for the account `id`.
+fn caller(id: &str, role: Role) -> Caller {
+    Caller {
+        user_id: Uuid::parse_str(id).expect("uuid"),
+        role,
+    }
+}
+
+/// The gateway refused a disabled account's token as that of an ended
+/// session, and the auth service, asked directly, refused the account.
+async fn assert_refused_both_ways<T: std::fmt::Debug>(
+    through_gateway: reqwest::Response,
+    past_gateway: Result<T, tonic::Status>,
+) {
+    assert_ended(through_gateway).await;
+    let refused = past_gateway.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(refused.message(), "the account is disabled");
 }
 
 async fn reset_rows(app: &TestApp) -> i64 {
@@ -89,19 +128,29 @@ async fn an_access_token_issued_before_disabling_cannot_change_the_password() {
     let (email, tokens) = app.customer().await;
     let id = app.account_id(&email).await;
     set_status(&app, &admin, &id, true).await;
+    let body = json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"});
+    // Past the gateway, as from a replica that has not yet read the ended
+    // sessions: the auth service checks the account itself.
+    let mut direct = tonic::Request::new(pb::ChangePasswordRequest {
+        user_id: id.clone(),
+        current_password: PASSWORD.to_owned(),
+        new_password: "a brand new passphrase".to_owned(),
+        client_ip: "127.0.0.1".to_owned(),
+    });
+    caller(&id, Role::Customer).write_to(direct.metadata_mut());
 
     // Act
-    let response = app
+    let through_gateway = app
         .request(Method::POST, "/v1/auth/password")
         .bearer_auth(tokens["access_token"].as_str().expect("token"))
-        .json(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}))
+        .json(&body)
         .send()
         .await
         .expect("request");
+    let past_gateway = app.auth_service().await.change_password(direct).await;
 
     // Assert
-    let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
-    assert_eq!(problem["detail"], "the account is disabled");
+    assert_refused_both_ways(through_gateway, past_gateway).await;
     set_status(&app, &admin, &id, false).await;
     assert_eq!(
         app.login(&email, PASSWORD).await.status(),
@@ -210,20 +259,33 @@ async fn an_admin_cannot_disable_their_own_account() {
 }
 
 #[tokio::test]
-async fn a_disabled_admin_cannot_use_a_token_still_valid_to_disable_another() {
+async fn an_admin_cannot_demote_themselves_and_keeps_their_session() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+
+    let response = set_role(&app, &admin, &id, "customer").await;
+
+    let problem = assert_problem(response, StatusCode::CONFLICT).await;
+    assert_eq!(problem["detail"], "an admin cannot demote themselves");
+    let me: Value = app
+        .get_with_token("/v1/auth/me", &admin)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["role"], "admin");
+}
+
+#[tokio::test]
+async fn a_disabled_admin_cannot_disable_another_through_the_gateway_or_past_it() {
     // Arrange: a second admin, disabled by the first while holding a token
     let app = spawn_app().await;
     let first = app.admin_token().await;
     let first_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
     let (email, _) = app.customer().await;
     let second_id = app.account_id(&email).await;
-    let promoted = app
-        .request(Method::PUT, &format!("/v1/admin/users/{second_id}/role"))
-        .bearer_auth(&first)
-        .json(&json!({"role": "admin"}))
-        .send()
-        .await
-        .expect("request");
+    let promoted = set_role(&app, &first, &second_id, "admin").await;
     assert_eq!(promoted.status(), StatusCode::OK);
     let second: Value = app
         .login(&email, PASSWORD)
@@ -237,12 +299,20 @@ async fn a_disabled_admin_cannot_use_a_token_still_valid_to_disable_another() {
         StatusCode::OK
     );
 
+    // Past the gateway, as from a replica that has not yet read the ended
+    // sessions: the auth service checks the caller itself.
+    let mut direct = tonic::Request::new(pb::SetAccountDisabledRequest {
+        user_id: first_id.clone(),
+        disabled: true,
+    });
+    caller(&second_id, Role::Admin).write_to(direct.metadata_mut());
+
     // Act
-    let response = set_status(&app, &second, &first_id, true).await;
+    let through_gateway = set_status(&app, &second, &first_id, true).await;
+    let past_gateway = app.auth_service().await.set_account_disabled(direct).await;
 
     // Assert
-    let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
-    assert_eq!(problem["detail"], "the account is disabled");
+    assert_refused_both_ways(through_gateway, past_gateway).await;
     let status: Value = app
         .get_with_token(&format!("/v1/admin/users/{first_id}/status"), &first)
         .await

@@ -428,22 +428,50 @@ async fn logging_out_everywhere_ends_every_session_of_the_account_and_no_other()
 
 #[tokio::test]
 async fn logging_out_everywhere_again_ends_only_the_sessions_started_since() {
+    use gocommerce_platform::{Caller, Role};
+    use gocommerce_proto::auth::v1 as pb;
+
+    // Arrange: every session ended once, then one more login
     let app = spawn_app().await;
     let (email, tokens) = app.customer().await;
-    logout_everywhere(&app, &tokens["access_token"]).await;
-    app.login(&email, PASSWORD).await;
+    let first = logout_everywhere(&app, &tokens["access_token"]).await;
+    let next: Value = app
+        .login(&email, PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = app.account_id(&email).await;
+    // With no session left the gateway refuses every token of the account,
+    // so the service is asked directly.
+    let mut nothing_left = tonic::Request::new(pb::LogoutEverywhereRequest {
+        user_id: id.clone(),
+    });
+    Caller {
+        user_id: Uuid::parse_str(&id).expect("uuid"),
+        role: Role::Customer,
+    }
+    .write_to(nothing_left.metadata_mut());
 
-    let again = logout_everywhere(&app, &tokens["access_token"]).await;
-    let once_more = logout_everywhere(&app, &tokens["access_token"]).await;
+    // Act
+    let again = logout_everywhere(&app, &next["access_token"]).await;
+    let once_more = app
+        .auth_service()
+        .await
+        .logout_everywhere(nothing_left)
+        .await
+        .expect("idempotent");
 
+    // Assert
+    assert_eq!(
+        first.json::<Value>().await.expect("json")["sessions_ended"],
+        1
+    );
     assert_eq!(
         again.json::<Value>().await.expect("json")["sessions_ended"],
         1
     );
-    assert_eq!(
-        once_more.json::<Value>().await.expect("json")["sessions_ended"],
-        0
-    );
+    assert_eq!(once_more.into_inner().sessions_ended, 0);
 }
 
 #[tokio::test]

@@ -14,5 +14,6 @@ mod passwords;
 mod platform;
 mod process;
 mod retention;
+mod sessions;
 mod tokens;
 mod users;
