@@ -101,6 +101,20 @@ pub async fn find_account(
     .await?)
 }
 
+/// The accounts with these ids; unknown ids are left out.
+#[tracing::instrument(skip_all, fields(ids = ids.len()), err)]
+pub async fn find_accounts(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 #[tracing::instrument(skip_all, fields(account_id = %id, role = %role), err)]
 pub async fn set_role(
     conn: &mut PgConnection,

@@ -45,6 +45,8 @@ const RESET_INTERVAL: Duration = Duration::from_secs(60);
 /// handful of reset emails an hour, however many addresses ask.
 const RESETS_PER_WINDOW: i64 = 5;
 const RESET_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// Most accounts one `GetAccounts` reads: a page of profiles.
+const MAX_ACCOUNTS_READ: usize = 100;
 /// Most ended sessions in one answer to `ListEndedSessions`.
 const ENDED_SESSIONS_PAGE: i64 = 1000;
 
@@ -762,6 +764,31 @@ impl pb::auth_service_server::AuthService for AuthService {
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         AuthService::reset_password(self, request.into_inner()).await?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
+    async fn get_accounts(
+        &self,
+        request: Request<pb::GetAccountsRequest>,
+    ) -> Result<Response<pb::GetAccountsResponse>, Status> {
+        Caller::from_metadata(request.metadata())?.require_admin()?;
+        let raw = &request.get_ref().user_ids;
+        if raw.len() > MAX_ACCOUNTS_READ {
+            return Err(AuthError::InvalidArgument(format!(
+                "user_ids: at most {MAX_ACCOUNTS_READ}"
+            ))
+            .into());
+        }
+        let ids = raw
+            .iter()
+            .map(|id| Uuid::parse_str(id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthError::InvalidArgument("user_ids: must be UUIDs".to_owned()))?;
+        let mut conn = self.db.acquire().await.map_err(AuthError::from)?;
+        let accounts = db::find_accounts(&mut conn, &ids).await?;
+        conn.keep();
+        Ok(Response::new(pb::GetAccountsResponse {
+            accounts: accounts.iter().map(account_to_proto).collect(),
+        }))
     }
 
     async fn get_account(

@@ -3,6 +3,8 @@
 //! disabling of accounts.
 
 use crate::json::Json;
+use std::collections::HashMap;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -104,6 +106,12 @@ pub struct ProfileView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// When an admin disabled the account; null while it is enabled. Read
+    /// from the auth service for an admin's answers (the user list, a role
+    /// change); a user's own profile always has null, since a disabled
+    /// account's tokens are refused.
+    #[schema(format = DateTime)]
+    pub disabled_at: Option<String>,
 }
 
 impl From<pb::Profile> for ProfileView {
@@ -116,6 +124,7 @@ impl From<pb::Profile> for ProfileView {
             role: UserRole::from_proto(profile.role),
             created_at: profile.created_at.map(rfc3339).unwrap_or_default(),
             updated_at: profile.updated_at.map(rfc3339).unwrap_or_default(),
+            disabled_at: None,
         }
     }
 }
@@ -917,7 +926,8 @@ impl Validate for UserListQuery {
     }
 }
 
-/// Admin: every user's profile, oldest first, optionally by role or email.
+/// Admin: every user's profile, oldest first, optionally by role or email,
+/// each with when an admin disabled the account, if one has.
 #[utoipa::path(
     get, path = "/v1/admin/users", tag = "users",
     params(UserListQuery),
@@ -955,10 +965,50 @@ pub async fn list_users(
         .await
         .map_err(backend_error)?
         .into_inner();
+    let mut disabled = disabled_accounts(&state, &caller, &response.items).await?;
     Ok(Json(ProfileList {
-        items: response.items.into_iter().map(ProfileView::from).collect(),
+        items: response
+            .items
+            .into_iter()
+            .map(|profile| {
+                let mut view = ProfileView::from(profile);
+                view.disabled_at = disabled.remove(&view.id).map(rfc3339);
+                view
+            })
+            .collect(),
         next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
     }))
+}
+
+/// When each of the profiles' accounts that is disabled was disabled, by
+/// id. Auth owns the status, so it is read there, one call for the page.
+async fn disabled_accounts(
+    state: &AppState,
+    caller: &Caller,
+    profiles: &[pb::Profile],
+) -> Result<HashMap<String, prost_types::Timestamp>, Problem> {
+    if profiles.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let request = state.backends.request(
+        auth_pb::GetAccountsRequest {
+            user_ids: profiles.iter().map(|p| p.id.clone()).collect(),
+        },
+        Some(caller),
+    );
+    let accounts = state
+        .backends
+        .auth
+        .clone()
+        .get_accounts(request)
+        .await
+        .map_err(|s| Problem::from_status(&s, "auth"))?
+        .into_inner()
+        .accounts;
+    Ok(accounts
+        .into_iter()
+        .filter_map(|account| Some((account.id, account.disabled_at?)))
+        .collect())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -1005,16 +1055,20 @@ pub async fn set_role(
         },
         Some(&caller),
     );
-    state
+    let account = state
         .backends
         .auth
         .clone()
         .set_user_role(request)
         .await
-        .map_err(|s| Problem::from_status(&s, "auth"))?;
+        .map_err(|s| Problem::from_status(&s, "auth"))?
+        .into_inner()
+        .account;
     // A demoted admin's sessions have ended.
     state.verifier.sessions().catch_up(&state.backends).await;
-    mirror_role(&state, &caller, id, role).await.map(Json)
+    let mut view = mirror_role(&state, &caller, id, role).await?;
+    view.disabled_at = account.and_then(|a| a.disabled_at).map(rfc3339);
+    Ok(Json(view))
 }
 
 /// Updates the user service's copy of the role. It is idempotent, so a

@@ -360,3 +360,92 @@ async fn only_admins_set_an_account_status_and_only_of_accounts_that_exist() {
         "nothing was disabled"
     );
 }
+
+#[tokio::test]
+async fn the_admins_user_list_and_a_role_change_say_which_accounts_are_disabled() {
+    // Arrange: two customers, one of them disabled
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (disabled_email, _) = app.customer().await;
+    let (enabled_email, _) = app.customer().await;
+    let disabled_id = app.account_id(&disabled_email).await;
+    let status: Value = set_status(&app, &admin, &disabled_id, true)
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    // Act
+    let list: Value = app
+        .get_with_token("/v1/admin/users?page_size=100", &admin)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let promoted: Value = set_role(&app, &admin, &disabled_id, "admin")
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    // Assert
+    let disabled_at = |email: &str| {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|p| p["email"] == email)
+            .unwrap_or_else(|| panic!("{email} in {list}"))["disabled_at"]
+            .clone()
+    };
+    assert!(status["disabled_at"].is_string(), "{status}");
+    assert_eq!(disabled_at(&disabled_email), status["disabled_at"]);
+    assert_eq!(disabled_at(&enabled_email), Value::Null);
+    assert_eq!(disabled_at(crate::helpers::ADMIN_EMAIL), Value::Null);
+    assert_eq!(promoted["disabled_at"], status["disabled_at"]);
+}
+
+#[tokio::test]
+async fn the_auth_service_reads_many_accounts_for_admins_only_and_at_most_a_page() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let id = app.account_id(&email).await;
+    let admin_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+    let mut auth = app.auth_service().await;
+    let ask = |ids: Vec<String>, role: Role| {
+        let mut request = tonic::Request::new(pb::GetAccountsRequest { user_ids: ids });
+        caller(&admin_id, role).write_to(request.metadata_mut());
+        request
+    };
+    let unknown = Uuid::new_v4().to_string();
+
+    // Act
+    let read = auth
+        .get_accounts(ask(vec![id.clone(), unknown], Role::Admin))
+        .await
+        .expect("read")
+        .into_inner();
+    let as_customer = auth
+        .get_accounts(ask(vec![id.clone()], Role::Customer))
+        .await
+        .expect_err("refused");
+    let too_many = auth
+        .get_accounts(ask(vec![id.clone(); 101], Role::Admin))
+        .await
+        .expect_err("refused");
+    let not_an_id = auth
+        .get_accounts(ask(vec!["me".to_owned()], Role::Admin))
+        .await
+        .expect_err("refused");
+
+    // Assert
+    assert_eq!(read.accounts.len(), 1, "unknown ids are left out");
+    assert_eq!(read.accounts[0].id, id);
+    assert_eq!(read.accounts[0].email, email);
+    assert_eq!(as_customer.code(), tonic::Code::PermissionDenied);
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert_eq!(too_many.message(), "user_ids: at most 100");
+    assert_eq!(not_an_id.code(), tonic::Code::InvalidArgument);
+    assert_eq!(not_an_id.message(), "user_ids: must be UUIDs");
+}
