@@ -4,7 +4,8 @@
 # cluster answers.
 #
 # Steps: install the chart, apply the minimal example, wait for Ready, register
-# and log in through the gateway's node port, scale, change the image, delete
+# and log in through the gateway's node port, log out everywhere through one of
+# two gateway replicas and see both refuse the token, scale, change the image, delete
 # with deletionPolicy Retain (volumes and credentials stay) and with Delete
 # (they go).
 #
@@ -133,6 +134,24 @@ token=$(json_field access_token </tmp/e2e-login.json)
 [[ -n $token ]] || token=$(json_field accessToken </tmp/e2e-login.json)
 [[ -n $token ]] || fail "login returned no access token: $(cat /tmp/e2e-login.json)"
 ok "login returns an access token"
+
+log "an ended session's token is refused by every gateway replica"
+k patch gocommerce shop --type merge -p '{"spec":{"gateway":{"replicas":2}}}'
+eventually 300 "the gateway runs two ready replicas" \
+  bash -c "[[ \$(\"$KUBECTL\" -n $NS get deploy shop-gateway -o jsonpath='{.status.readyReplicas}') == 2 ]]"
+status=$(curl -sS -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "$GATEWAY_URL/v1/auth/me")
+[[ $status == 200 ]] || fail "GET /v1/auth/me answered $status before the logout"
+status=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H "authorization: Bearer $token" "$GATEWAY_URL/v1/auth/logout-everywhere")
+[[ $status == 200 ]] || fail "logout-everywhere answered $status"
+# One replica ended the session; the other reads it within its poll (1 s).
+# Each curl is a new connection, which the node port spreads over both.
+sleep 3
+for _ in $(seq 20); do
+  status=$(curl -sS -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "$GATEWAY_URL/v1/auth/me")
+  [[ $status == 401 ]] || fail "a replica answered $status to the token of an ended session"
+done
+ok "both gateway replicas refuse the token of an ended session"
+k patch gocommerce shop --type merge -p '{"spec":{"gateway":{"replicas":1}}}'
 
 log "scale"
 k patch gocommerce shop --type merge -p '{"spec":{"services":{"product":{"replicas":2}}}}'
