@@ -69,8 +69,11 @@ impl From<AuthError> for tonic::Status {
             AuthError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             AuthError::NotFound => ErrorCode::NotFound,
             AuthError::Profile(crate::profiles::ProfileError::Unavailable(_)) => {
-                // Nothing was written: the client may simply try again.
-                return ErrorCode::Unavailable.status("registration is unavailable, retry later");
+                // A registration wrote nothing; a role change is written and
+                // its mirror is idempotent: either way the client may simply
+                // try again.
+                return ErrorCode::Unavailable
+                    .status("the user service is unavailable, retry later");
             }
             AuthError::Database(e) => return gocommerce_platform::error::database(&error, e),
             AuthError::Hashing(_) | AuthError::Signing(_) | AuthError::Profile(_) => {

@@ -424,17 +424,7 @@ impl AuthService {
             ));
         }
         let mut tx = self.db.begin().await?;
-        // The caller's access token outlives a disabling by up to its 15
-        // minutes: a disabled admin must not use them to disable the admin
-        // who disabled them. Both rows stay locked, so two admins disabling
-        // each other at once cannot both succeed.
-        let locked = db::lock_accounts(&mut tx, &[caller.user_id, user_id]).await?;
-        if !locked
-            .iter()
-            .any(|a| a.id == caller.user_id && a.disabled_at.is_none())
-        {
-            return Err(AuthError::AccountDisabled);
-        }
+        lock_admin_and_account(&mut tx, caller, user_id).await?;
         let account = db::set_disabled(&mut tx, user_id, request.disabled)
             .await?
             .ok_or(AuthError::NotFound)?;
@@ -471,9 +461,10 @@ impl AuthService {
             ));
         }
         let mut tx = self.db.begin().await?;
-        let before = db::lock_accounts(&mut tx, &[user_id])
-            .await?
-            .pop()
+        let locked = lock_admin_and_account(&mut tx, caller, user_id).await?;
+        let before = locked
+            .into_iter()
+            .find(|a| a.id == user_id)
             .ok_or(AuthError::NotFound)?;
         let account = db::set_role(&mut tx, user_id, role)
             .await?
@@ -561,6 +552,35 @@ impl AuthService {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Locks the calling admin's account and the one they act on, in id order,
+/// and checks the caller is still an enabled admin. The rows stay locked
+/// until the transaction ends, so two admins disabling or demoting each
+/// other at once cannot both succeed (and leave the shop without an admin);
+/// and an admin disabled or demoted a moment ago, whose access token a
+/// gateway that has not yet read the ended sessions would still pass,
+/// changes nothing. Returns the locked accounts (one if they are the same).
+async fn lock_admin_and_account(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    user_id: Uuid,
+) -> Result<Vec<AccountRow>, AuthError> {
+    let locked = db::lock_accounts(conn, &[caller.user_id, user_id]).await?;
+    let Some(me) = locked.iter().find(|a| a.id == caller.user_id) else {
+        return Err(AuthError::PermissionDenied(
+            "the caller's account no longer exists".to_owned(),
+        ));
+    };
+    if me.disabled_at.is_some() {
+        return Err(AuthError::AccountDisabled);
+    }
+    if me.role() != Role::Admin {
+        return Err(AuthError::PermissionDenied(
+            "the caller is no longer an admin".to_owned(),
+        ));
+    }
+    Ok(locked)
 }
 
 /// The `user.password_changed` event that tells the account's owner.

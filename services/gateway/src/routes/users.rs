@@ -1035,7 +1035,7 @@ impl Validate for SetRoleBody {
     responses(
         (status = 200, description = "The user's profile with the new role", body = ProfileView),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or an admin demoted or disabled meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An admin cannot demote themselves", body = Problem, content_type = "application/problem+json"),
     )
@@ -1184,7 +1184,7 @@ pub async fn get_status(
     responses(
         (status = 200, description = "The account's new status", body = AccountStatusView),
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or an admin whose own account is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or an admin demoted or disabled meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The caller's own account cannot be disabled", body = Problem, content_type = "application/problem+json"),
     )

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::refresh;
-use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
+use crate::helpers::{
+    ADMIN_EMAIL, PASSWORD, TestApp, assert_problem, release_when_waiting, spawn_app,
+};
 use crate::passwords::ask_for_reset;
 use crate::sessions::assert_ended;
 
@@ -54,6 +56,38 @@ async fn assert_refused_both_ways<T: std::fmt::Debug>(
     let refused = past_gateway.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert_eq!(refused.message(), "the account is disabled");
+}
+
+/// A second admin: a customer the bootstrap admin promotes, logged in
+/// again. Their id and access token.
+async fn second_admin(app: &TestApp, first: &str) -> (String, String) {
+    let (email, _) = app.customer().await;
+    let id = app.account_id(&email).await;
+    assert_eq!(
+        set_role(app, first, &id, "admin").await.status(),
+        StatusCode::OK
+    );
+    let tokens: Value = app
+        .login(&email, PASSWORD)
+        .await
+        .json()
+        .await
+        .expect("json");
+    (
+        id,
+        tokens["access_token"].as_str().expect("token").to_owned(),
+    )
+}
+
+/// The token's account is still an admin.
+async fn assert_still_admin(app: &TestApp, token: &str) {
+    let me: Value = app
+        .get_with_token("/v1/auth/me", token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["role"], "admin");
 }
 
 async fn reset_rows(app: &TestApp) -> i64 {
@@ -262,19 +296,13 @@ async fn an_admin_cannot_disable_their_own_account() {
 async fn an_admin_cannot_demote_themselves_and_keeps_their_session() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+    let id = app.account_id(ADMIN_EMAIL).await;
 
     let response = set_role(&app, &admin, &id, "customer").await;
 
     let problem = assert_problem(response, StatusCode::CONFLICT).await;
     assert_eq!(problem["detail"], "an admin cannot demote themselves");
-    let me: Value = app
-        .get_with_token("/v1/auth/me", &admin)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["role"], "admin");
+    assert_still_admin(&app, &admin).await;
 }
 
 #[tokio::test]
@@ -282,18 +310,8 @@ async fn a_disabled_admin_cannot_disable_another_through_the_gateway_or_past_it(
     // Arrange: a second admin, disabled by the first while holding a token
     let app = spawn_app().await;
     let first = app.admin_token().await;
-    let first_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
-    let (email, _) = app.customer().await;
-    let second_id = app.account_id(&email).await;
-    let promoted = set_role(&app, &first, &second_id, "admin").await;
-    assert_eq!(promoted.status(), StatusCode::OK);
-    let second: Value = app
-        .login(&email, PASSWORD)
-        .await
-        .json()
-        .await
-        .expect("json");
-    let second = second["access_token"].as_str().expect("token").to_owned();
+    let first_id = app.account_id(ADMIN_EMAIL).await;
+    let (second_id, second) = second_admin(&app, &first).await;
     assert_eq!(
         set_status(&app, &first, &second_id, true).await.status(),
         StatusCode::OK
@@ -401,7 +419,7 @@ async fn the_admins_user_list_and_a_role_change_say_which_accounts_are_disabled(
     assert!(status["disabled_at"].is_string(), "{status}");
     assert_eq!(disabled_at(&disabled_email), status["disabled_at"]);
     assert_eq!(disabled_at(&enabled_email), Value::Null);
-    assert_eq!(disabled_at(crate::helpers::ADMIN_EMAIL), Value::Null);
+    assert_eq!(disabled_at(ADMIN_EMAIL), Value::Null);
     assert_eq!(promoted["disabled_at"], status["disabled_at"]);
 }
 
@@ -411,7 +429,7 @@ async fn the_auth_service_reads_many_accounts_for_admins_only_and_at_most_a_page
     let app = spawn_app().await;
     let (email, _) = app.customer().await;
     let id = app.account_id(&email).await;
-    let admin_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+    let admin_id = app.account_id(ADMIN_EMAIL).await;
     let mut auth = app.auth_service().await;
     let ask = |ids: Vec<String>, role: Role| {
         let mut request = tonic::Request::new(pb::GetAccountsRequest { user_ids: ids });
@@ -448,4 +466,95 @@ async fn the_auth_service_reads_many_accounts_for_admins_only_and_at_most_a_page
     assert_eq!(too_many.message(), "user_ids: at most 100");
     assert_eq!(not_an_id.code(), tonic::Code::InvalidArgument);
     assert_eq!(not_an_id.message(), "user_ids: must be UUIDs");
+}
+
+#[tokio::test]
+async fn a_demoted_admin_changes_no_role_and_disables_nobody_through_the_gateway_or_past_it() {
+    // Arrange: a second admin, demoted by the first while holding a token
+    let app = spawn_app().await;
+    let first = app.admin_token().await;
+    let first_id = app.account_id(ADMIN_EMAIL).await;
+    let (second_id, second) = second_admin(&app, &first).await;
+    assert_eq!(
+        set_role(&app, &first, &second_id, "customer")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let direct_role = {
+        let mut request = tonic::Request::new(pb::SetUserRoleRequest {
+            user_id: first_id.clone(),
+            role: pb::Role::Customer as i32,
+        });
+        caller(&second_id, Role::Admin).write_to(request.metadata_mut());
+        request
+    };
+    let direct_status = {
+        let mut request = tonic::Request::new(pb::SetAccountDisabledRequest {
+            user_id: first_id.clone(),
+            disabled: true,
+        });
+        caller(&second_id, Role::Admin).write_to(request.metadata_mut());
+        request
+    };
+    let mut auth = app.auth_service().await;
+
+    // Act
+    let through_gateway = set_role(&app, &second, &first_id, "customer").await;
+    let role_past_gateway = auth.set_user_role(direct_role).await;
+    let status_past_gateway = auth.set_account_disabled(direct_status).await;
+
+    // Assert
+    assert_ended(through_gateway).await;
+    for refused in [
+        role_past_gateway.expect_err("refused"),
+        status_past_gateway.expect_err("refused"),
+    ] {
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(refused.message(), "the caller is no longer an admin");
+    }
+    assert_still_admin(&app, &first).await;
+}
+
+#[tokio::test]
+async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
+    // Arrange: a lock on the accounts table holds each demotion's update
+    // until both requests wait on a lock, so neither commits before the
+    // other has checked its caller
+    let app = spawn_app().await;
+    let first = app.admin_token().await;
+    let first_id = app.account_id(ADMIN_EMAIL).await;
+    let (second_id, second) = second_admin(&app, &first).await;
+    let db = app.auth_db().await;
+    let mut blocker = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE accounts IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+
+    // Act
+    let ((a, b), ()) = tokio::join!(
+        async {
+            tokio::join!(
+                set_role(&app, &first, &second_id, "customer"),
+                set_role(&app, &second, &first_id, "customer"),
+            )
+        },
+        release_when_waiting(&db, blocker, 2)
+    );
+
+    // Assert
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::FORBIDDEN]);
+    let admins: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM accounts WHERE id = ANY($1) AND role = 'admin'")
+            .bind([
+                Uuid::parse_str(&first_id).expect("uuid"),
+                Uuid::parse_str(&second_id).expect("uuid"),
+            ])
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    assert_eq!(admins, 1);
 }

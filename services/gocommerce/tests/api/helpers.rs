@@ -248,6 +248,30 @@ impl TestApp {
 }
 
 /// Asserts a problem+json answer with `status` and returns its body.
+/// Rolls `blocker` back once `waiters` connections to `db`'s database wait
+/// on a lock (or after 10 s): requests made at once all reach what the
+/// blocker holds before any of them gets past it.
+pub async fn release_when_waiting(
+    db: &sqlx::PgPool,
+    blocker: sqlx::Transaction<'_, sqlx::Postgres>,
+    waiters: i64,
+) {
+    for _ in 0..400 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("activity");
+        if waiting >= waiters {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    blocker.rollback().await.expect("rollback");
+}
+
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status, "unexpected status");
     assert_eq!(

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::refresh;
-use crate::helpers::{PASSWORD, TestApp, assert_problem, problem_fields, retry_after, spawn_app};
+use crate::helpers::{
+    PASSWORD, TestApp, assert_problem, problem_fields, release_when_waiting, retry_after, spawn_app,
+};
 use crate::mailbox::SmtpServer;
 use crate::notifications::spawn_with_smtp;
 
@@ -451,27 +453,11 @@ async fn requests_made_at_once_send_one_reset_token() {
         .execute(&mut *blocker)
         .await
         .expect("lock");
-    let release = async {
-        for _ in 0..400 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&db)
-            .await
-            .expect("activity");
-            if waiting >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        blocker.rollback().await.expect("rollback");
-    };
 
     // Act
     let (responses, ()) = tokio::join!(
         futures::future::join_all((0..8).map(|_| ask_for_reset(&app, &email))),
-        release
+        release_when_waiting(&db, blocker, 2)
     );
 
     // Assert

@@ -429,28 +429,31 @@ async fn services_refuse_role_changes_from_non_admins() {
     let user_id = me["id"].as_str().expect("id").to_owned();
     let url = format!("http://127.0.0.1:{}", app.auth_port.expect("auth"));
     let mut client = AuthServiceClient::connect(url).await.expect("connects");
-    let request = |role: &str| {
+    let admin_id = app.account_id(crate::helpers::ADMIN_EMAIL).await;
+    let request = |caller_id: &str, role: &str| {
         let mut request = tonic::Request::new(gocommerce_proto::auth::v1::SetUserRoleRequest {
             user_id: user_id.clone(),
             role: gocommerce_proto::auth::v1::Role::Admin as i32,
         });
         request
             .metadata_mut()
-            .insert("x-gocommerce-user-id", user_id.parse().expect("ascii"));
+            .insert("x-gocommerce-user-id", caller_id.parse().expect("ascii"));
         request
             .metadata_mut()
             .insert("x-gocommerce-role", role.parse().expect("ascii"));
         request
     };
 
-    let as_customer = client.set_user_role(request("customer")).await;
+    let as_customer = client.set_user_role(request(&user_id, "customer")).await;
+    // The metadata says admin, the account does not: the service checks it.
+    let posing = client.set_user_role(request(&user_id, "admin")).await;
     let anonymous = client
         .set_user_role(gocommerce_proto::auth::v1::SetUserRoleRequest {
             user_id: user_id.clone(),
             role: 2,
         })
         .await;
-    let as_admin = client.set_user_role(request("admin")).await;
+    let as_admin = client.set_user_role(request(&admin_id, "admin")).await;
 
     assert_eq!(
         as_customer.expect_err("customer").code(),
@@ -460,6 +463,9 @@ async fn services_refuse_role_changes_from_non_admins() {
         anonymous.expect_err("anonymous").code(),
         tonic::Code::Unauthenticated
     );
+    let posing = posing.expect_err("posing");
+    assert_eq!(posing.code(), tonic::Code::PermissionDenied);
+    assert_eq!(posing.message(), "the caller is no longer an admin");
     let account = as_admin
         .expect("admin may")
         .into_inner()
