@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use gocommerce_platform::Shutdown;
 use gocommerce_proto::auth::v1::ListEndedSessionsRequest;
+use prometheus::{IntGauge, register_int_gauge};
 use uuid::Uuid;
 
 use crate::backend::Backends;
@@ -28,6 +29,26 @@ use crate::backend::Backends;
 /// that commits after a read can carry an earlier time than the read saw;
 /// this covers commits up to this late.
 const OVERLAP: Duration = Duration::from_secs(30);
+
+#[allow(clippy::expect_used)]
+static REMEMBERED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_ended_sessions",
+        "ended sessions whose access tokens the gateway refuses until they expire"
+    )
+    .expect("metric registers once")
+});
+
+// An alert on `time() - this` finds a gateway that stopped reading: the
+// tokens of sessions ended since pass there.
+#[allow(clippy::expect_used)]
+static LAST_READ: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_ended_sessions_read_timestamp_seconds",
+        "when the gateway last read the ended sessions from the auth service, as a Unix time"
+    )
+    .expect("metric registers once")
+});
 
 /// The ended sessions this gateway knows of.
 #[derive(Debug, Default)]
@@ -102,8 +123,11 @@ impl EndedSessions {
             }
         }
         drop(next_after);
-        self.forget_expired(unix_now());
+        let now = unix_now();
+        let remembered = self.forget_expired(now);
         self.synced.store(true, Ordering::Release);
+        REMEMBERED.set(i64::try_from(remembered).unwrap_or(i64::MAX));
+        LAST_READ.set(now);
         Ok(())
     }
 
@@ -139,11 +163,14 @@ impl EndedSessions {
         }
     }
 
-    fn forget_expired(&self, now: i64) {
-        self.ended
+    /// Forgets the sessions whose tokens have all expired; how many remain.
+    fn forget_expired(&self, now: i64) -> usize {
+        let mut ended = self
+            .ended
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|_, until| *until > now);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ended.retain(|_, until| *until > now);
+        ended.len()
     }
 }
 

@@ -55,7 +55,13 @@ async fn health_readiness_and_metrics_are_served() {
     let report: Value = gateway_readyz.json().await.expect("json");
     assert_eq!(report["ready"], true);
     let checks = report["checks"].as_array().expect("checks");
-    for name in ["product-database", "product-reads", "broker"] {
+    for name in [
+        "product-database",
+        "product-reads",
+        "broker",
+        "auth-jwks",
+        "auth-ended-sessions",
+    ] {
         assert!(
             checks.iter().any(|c| c["name"] == name && c["ok"] == true),
             "{name} is checked and passes: {report}"
@@ -67,6 +73,8 @@ async fn health_readiness_and_metrics_are_served() {
         "grpc_server_requests_total{code=\"Ok\",method=\"Register\",service=\"gocommerce.auth.v1.AuthService\"}",
         "grpc_server_request_duration_seconds_bucket",
         "process_resident_memory_bytes",
+        "gateway_ended_sessions ",
+        "gateway_ended_sessions_read_timestamp_seconds ",
     ] {
         assert!(metrics.contains(needle), "metrics contain {needle}");
     }
