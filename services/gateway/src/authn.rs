@@ -162,8 +162,13 @@ impl TokenVerifier {
         Ok(())
     }
 
-    /// Verifies a bearer token and returns the caller it names.
-    pub async fn verify(&self, token: &str, backends: &Backends) -> Result<Caller, Problem> {
+    /// Verifies a bearer token and returns the caller it names and its
+    /// session, if the token names one.
+    pub async fn verify(
+        &self,
+        token: &str,
+        backends: &Backends,
+    ) -> Result<(Caller, Option<Uuid>), Problem> {
         let verified = self.verify_signed(token, backends).await?;
         if verified
             .session_id
@@ -173,7 +178,7 @@ impl TokenVerifier {
                 TokenError::SessionEnded.to_string(),
             ));
         }
-        Ok(verified.caller)
+        Ok((verified.caller, verified.session_id))
     }
 
     /// Checks the token's signature and claims, or finds it checked before.
@@ -266,6 +271,28 @@ impl FromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let InSession { caller, .. } = InSession::from_request_parts(parts, state).await?;
+        Ok(Self(caller))
+    }
+}
+
+/// The verified caller of a protected route and the session of its token,
+/// for a response that outlives the request (a stream) and must end when
+/// the session does.
+#[derive(Debug, Clone, Copy)]
+pub struct InSession {
+    pub caller: Caller,
+    /// `None` for a token signed before sessions were named.
+    pub session: Option<Uuid>,
+}
+
+impl FromRequestParts<AppState> for InSession {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -280,11 +307,8 @@ impl FromRequestParts<AppState> for Authenticated {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Problem::unauthenticated(TokenError::NotBearer.to_string()))?;
-        state
-            .verifier
-            .verify(token, &state.backends)
-            .await
-            .map(Self)
+        let (caller, session) = state.verifier.verify(token, &state.backends).await?;
+        Ok(Self { caller, session })
     }
 }
 

@@ -70,6 +70,21 @@ impl EndedSessions {
             .contains_key(session_id)
     }
 
+    /// Resolves once the session has ended, as this gateway learns it
+    /// (checked every second); never for a token without a session.
+    pub async fn wait_until_ended(&self, session: Option<Uuid>) {
+        let Some(id) = session else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            if self.contains(&id) {
+                return;
+            }
+        }
+    }
+
     /// Whether a read has succeeded: until then, tokens of sessions that
     /// ended before this gateway started would pass.
     pub fn is_synced(&self) -> bool {

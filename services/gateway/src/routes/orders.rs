@@ -24,7 +24,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, Type}
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::authn::{Admin, Authenticated};
+use crate::authn::{Admin, Authenticated, InSession};
 use crate::extract::{Path, Query, ValidJson, Validate};
 use crate::problem::{FieldError, Problem};
 use crate::routes::{Money, rfc3339};
@@ -989,6 +989,8 @@ impl ToSchema for StatusEvent {}
 /// server closes a stream after `GATEWAY_EVENT_STREAM_MAX_SECONDS` (five
 /// minutes by default), so no watcher holds a connection forever; an
 /// EventSource reconnects by itself and is sent the current status first.
+/// A stream also ends when the session of its access token does (a logout,
+/// say), within about a second; reconnecting then needs a new token.
 #[utoipa::path(
     get, path = "/v1/orders/{id}/events", tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
@@ -1002,7 +1004,7 @@ impl ToSchema for StatusEvent {}
 )]
 pub async fn order_events(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    InSession { caller, session }: InSession,
     Path(id): Path<Uuid>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     // No deadline: the stream lives as long as the client listens.
@@ -1044,6 +1046,13 @@ pub async fn order_events(
         };
         Ok(event)
     });
-    let events = events.take_until(tokio::time::sleep(state.event_stream_max));
+    let sessions = state.verifier.sessions().clone();
+    let longest = state.event_stream_max;
+    let events = events.take_until(async move {
+        tokio::select! {
+            () = tokio::time::sleep(longest) => {}
+            () = sessions.wait_until_ended(session) => {}
+        }
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -1029,6 +1029,39 @@ async fn an_order_events_stream_is_closed_after_its_longest_life_for_the_client_
 }
 
 #[tokio::test]
+async fn an_order_events_stream_ends_when_the_session_of_its_token_does() {
+    // Arrange: a stream open on a paid order, which is not final
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = &paid_order(&app, &shop).await;
+    let mut response = app
+        .get_with_token(&format!("/v1/orders/{id}/events"), &shop.customer)
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the current status arrives")
+        .expect("chunk")
+        .expect("the stream is open");
+    assert!(String::from_utf8_lossy(&first).contains("\"status\":\"PAID\""));
+
+    // Act
+    let logout = app
+        .request(Method::POST, "/v1/auth/logout-everywhere")
+        .bearer_auth(&shop.customer)
+        .send()
+        .await
+        .expect("request");
+
+    // Assert: well before the stream's five minutes
+    assert_eq!(logout.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while response.chunk().await.expect("chunk").is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of an ended session closes");
+}
+
+#[tokio::test]
 async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
     let mut env = test_env();
     env.insert("ORDER_RECOVERY_INTERVAL_MS".to_owned(), "100".to_owned());
