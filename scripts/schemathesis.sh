@@ -81,18 +81,26 @@ export GOCOMMERCE_ST_FIXTURES="$fixtures"
 # 2026-12-03) while every check passed. Two workers also made the seeded run
 # depend on thread timing.
 if [[ "${SCHEMATHESIS_SEED:-}" == random ]]; then unset SCHEMATHESIS_SEED; SCHEMATHESIS_SEED=$RANDOM$RANDOM; fi
+# An expendable customer for each run, whose token schemathesis.toml gives
+# the operations that end every session of the caller's account. Made now:
+# after the first run, the fuzzer's failed logins have locked this client
+# address out of logging in for 15 minutes.
+declare -A expendable_tokens
+for caller in customer admin; do
+  expendable="expendable-${caller}-${run_id}@schemathesis.test"
+  curl -fsS -X POST "$base/v1/auth/register" -H 'content-type: application/json' \
+    -d "{\"email\":\"$expendable\",\"password\":\"schemathesis-pw\",\"name\":\"Expendable\"}" >/dev/null
+  expendable_tokens[$caller]=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/json' \
+    -d "{\"email\":\"$expendable\",\"password\":\"schemathesis-pw\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+done
+
 status=0
 for caller in customer admin; do
   if [[ $caller == customer ]]; then bearer=$token; else bearer=$admin_token; fi
   export GOCOMMERCE_ST_CALLER=$caller
   # The token schemathesis.toml gives the operations that end every session
   # of the caller's account.
-  expendable="expendable-${caller}-${run_id}@schemathesis.test"
-  curl -fsS -X POST "$base/v1/auth/register" -H 'content-type: application/json' \
-    -d "{\"email\":\"$expendable\",\"password\":\"schemathesis-pw\",\"name\":\"Expendable\"}" >/dev/null
-  GOCOMMERCE_ST_EXPENDABLE_TOKEN=$(curl -fsS -X POST "$base/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"email\":\"$expendable\",\"password\":\"schemathesis-pw\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-  export GOCOMMERCE_ST_EXPENDABLE_TOKEN
+  export GOCOMMERCE_ST_EXPENDABLE_TOKEN=${expendable_tokens[$caller]}
   "$schemathesis" --config-file "$here/schemathesis.toml" run "$base/openapi.json" \
     --header "Authorization: Bearer $bearer" \
     --workers 1 \

@@ -91,7 +91,8 @@ struct Verified {
 /// until the Unix time from which they are refused (`exp` plus leeway).
 type VerifiedTokens = std::sync::Mutex<ExpiringMap<String, Verified, i64>>;
 
-fn unix_now() -> i64 {
+/// Now as a Unix time in seconds, the unit of JWT times.
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
