@@ -359,6 +359,8 @@ pub async fn login(
 }
 
 /// Rotate a refresh token: returns a new pair; the old refresh token is spent.
+/// Presenting a spent one ends its session, and the session's access tokens
+/// are refused from then on.
 #[utoipa::path(
     post, path = "/v1/auth/refresh", tag = "auth",
     request_body = RefreshTokenBody,
@@ -377,13 +379,17 @@ pub async fn refresh(
         },
         None,
     );
-    let response = state
-        .backends
-        .auth
-        .clone()
-        .refresh(request)
-        .await
-        .map_err(backend_error)?;
+    let response = match state.backends.auth.clone().refresh(request).await {
+        Ok(response) => response,
+        Err(status) => {
+            // A reused refresh token has just ended its session: the thief's
+            // (or the owner's) access token is refused here at once.
+            if status.code() == tonic::Code::Unauthenticated {
+                state.verifier.sessions().catch_up(&state.backends).await;
+            }
+            return Err(backend_error(status));
+        }
+    };
     TokenResponse::from_pair(response.into_inner().tokens).map(Json)
 }
 

@@ -247,7 +247,7 @@ async fn a_session_ended_past_this_gateway_is_refused_within_a_poll() {
 }
 
 #[tokio::test]
-async fn reusing_a_refresh_token_gets_the_sessions_access_tokens_refused() {
+async fn reusing_a_refresh_token_gets_the_sessions_access_tokens_refused_at_once() {
     // Arrange: a thief refreshes first, then the owner presents the spent token
     let app = spawn_app().await;
     let (_, tokens) = app.customer().await;
@@ -261,8 +261,8 @@ async fn reusing_a_refresh_token_gets_the_sessions_access_tokens_refused() {
 
     // Assert
     assert_problem(reused, StatusCode::UNAUTHORIZED).await;
-    wait_until_ended(&app, &stolen).await;
-    wait_until_ended(&app, &tokens).await;
+    assert_ended(me(&app, &stolen).await).await;
+    assert_ended(me(&app, &tokens).await).await;
 }
 
 /// Ends `n` sessions of the account with `email` in the auth database, each
