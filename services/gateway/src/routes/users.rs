@@ -2,7 +2,6 @@
 //! preferences and address book, and the admins' user list, role changes and
 //! disabling of accounts.
 
-use crate::json::Json;
 use std::collections::HashMap;
 
 use axum::Router;
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use crate::authn::{Admin, Authenticated};
 use crate::extract::{Path, Query, ValidJson, Validate, check};
+use crate::json::Json;
 use crate::problem::{FieldError, Problem};
 use crate::routes::rfc3339;
 use crate::startup::AppState;
