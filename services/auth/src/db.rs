@@ -107,8 +107,18 @@ pub async fn find_accounts(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<Vec<AccountRow>, AuthError> {
+    accounts_by_ids(conn, ids, "").await
+}
+
+/// The accounts with these ids, with `tail` (an order, a lock) after the
+/// condition.
+async fn accounts_by_ids(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    tail: &str,
+) -> Result<Vec<AccountRow>, AuthError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1)"
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1){tail}"
     ))
     .bind(ids)
     .fetch_all(conn)
@@ -137,12 +147,7 @@ pub async fn lock_accounts(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<Vec<AccountRow>, AuthError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await?)
+    accounts_by_ids(conn, ids, " ORDER BY id FOR NO KEY UPDATE").await
 }
 
 /// Disables the account (keeping the time it was first disabled) or enables

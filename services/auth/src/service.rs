@@ -48,7 +48,7 @@ const RESET_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Most accounts one `GetAccounts` reads: a page of profiles.
 const MAX_ACCOUNTS_READ: usize = 100;
 /// Most ended sessions in one answer to `ListEndedSessions`.
-const ENDED_SESSIONS_PAGE: i64 = 1000;
+const ENDED_SESSIONS_PAGE: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct AuthService {
@@ -516,11 +516,12 @@ impl AuthService {
             _ => (oldest_live, Uuid::nil()),
         };
         let mut conn = self.db.acquire().await?;
-        let mut rows =
-            db::ended_sessions(&mut conn, after, after_id, ENDED_SESSIONS_PAGE + 1).await?;
+        // One more than a page says whether more follow.
+        let limit = i64::try_from(ENDED_SESSIONS_PAGE + 1).unwrap_or(i64::MAX);
+        let mut rows = db::ended_sessions(&mut conn, after, after_id, limit).await?;
         conn.keep();
-        let more = rows.len() > usize::try_from(ENDED_SESSIONS_PAGE).unwrap_or(usize::MAX);
-        rows.truncate(usize::try_from(ENDED_SESSIONS_PAGE).unwrap_or(usize::MAX));
+        let more = rows.len() > ENDED_SESSIONS_PAGE;
+        rows.truncate(ENDED_SESSIONS_PAGE);
         let sessions = rows
             .into_iter()
             .map(|row| pb::EndedSession {

@@ -97,8 +97,7 @@ impl From<Option<gocommerce_proto::common::v1::Money>> for Money {
 
 /// A protobuf timestamp as RFC 3339 with millisecond precision, in UTC.
 pub fn rfc3339(ts: prost_types::Timestamp) -> String {
-    let nanos = u32::try_from(ts.nanos).unwrap_or(0);
-    chrono::DateTime::from_timestamp(ts.seconds, nanos)
+    gocommerce_platform::time::from_timestamp(&ts)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }

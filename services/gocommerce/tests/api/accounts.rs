@@ -1,7 +1,7 @@
 //! Admins disabling and enabling accounts: what a disabled account can no
 //! longer do, and who may disable whom.
 
-use gocommerce_platform::{Caller, Role};
+use gocommerce_platform::Role;
 use gocommerce_proto::auth::v1 as pb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::refresh;
 use crate::helpers::{
-    ADMIN_EMAIL, PASSWORD, TestApp, assert_problem, release_when_waiting, spawn_app,
+    ADMIN_EMAIL, PASSWORD, TestApp, as_caller, assert_problem, release_when_waiting, spawn_app,
 };
 use crate::passwords::ask_for_reset;
 use crate::sessions::assert_ended;
@@ -36,14 +36,6 @@ pub async fn set_status(app: &TestApp, admin: &str, id: &str, disabled: bool) ->
 
 pub async fn set_role(app: &TestApp, admin: &str, id: &str, role: &str) -> reqwest::Response {
     put_user(app, admin, id, "role", json!({ "role": role })).await
-}
-
-/// The caller a gateway would name for the account `id`.
-fn caller(id: &str, role: Role) -> Caller {
-    Caller {
-        user_id: Uuid::parse_str(id).expect("uuid"),
-        role,
-    }
 }
 
 /// The gateway refused a disabled account's token as that of an ended
@@ -165,13 +157,16 @@ async fn an_access_token_issued_before_disabling_cannot_change_the_password() {
     let body = json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"});
     // Past the gateway, as from a replica that has not yet read the ended
     // sessions: the auth service checks the account itself.
-    let mut direct = tonic::Request::new(pb::ChangePasswordRequest {
-        user_id: id.clone(),
-        current_password: PASSWORD.to_owned(),
-        new_password: "a brand new passphrase".to_owned(),
-        client_ip: "127.0.0.1".to_owned(),
-    });
-    caller(&id, Role::Customer).write_to(direct.metadata_mut());
+    let direct = as_caller(
+        pb::ChangePasswordRequest {
+            user_id: id.clone(),
+            current_password: PASSWORD.to_owned(),
+            new_password: "a brand new passphrase".to_owned(),
+            client_ip: "127.0.0.1".to_owned(),
+        },
+        &id,
+        Role::Customer,
+    );
 
     // Act
     let through_gateway = app
@@ -319,11 +314,14 @@ async fn a_disabled_admin_cannot_disable_another_through_the_gateway_or_past_it(
 
     // Past the gateway, as from a replica that has not yet read the ended
     // sessions: the auth service checks the caller itself.
-    let mut direct = tonic::Request::new(pb::SetAccountDisabledRequest {
-        user_id: first_id.clone(),
-        disabled: true,
-    });
-    caller(&second_id, Role::Admin).write_to(direct.metadata_mut());
+    let direct = as_caller(
+        pb::SetAccountDisabledRequest {
+            user_id: first_id.clone(),
+            disabled: true,
+        },
+        &second_id,
+        Role::Admin,
+    );
 
     // Act
     let through_gateway = set_status(&app, &second, &first_id, true).await;
@@ -432,9 +430,7 @@ async fn the_auth_service_reads_many_accounts_for_admins_only_and_at_most_a_page
     let admin_id = app.account_id(ADMIN_EMAIL).await;
     let mut auth = app.auth_service().await;
     let ask = |ids: Vec<String>, role: Role| {
-        let mut request = tonic::Request::new(pb::GetAccountsRequest { user_ids: ids });
-        caller(&admin_id, role).write_to(request.metadata_mut());
-        request
+        as_caller(pb::GetAccountsRequest { user_ids: ids }, &admin_id, role)
     };
     let unknown = Uuid::new_v4().to_string();
 
@@ -481,22 +477,22 @@ async fn a_demoted_admin_changes_no_role_and_disables_nobody_through_the_gateway
             .status(),
         StatusCode::OK
     );
-    let direct_role = {
-        let mut request = tonic::Request::new(pb::SetUserRoleRequest {
+    let direct_role = as_caller(
+        pb::SetUserRoleRequest {
             user_id: first_id.clone(),
             role: pb::Role::Customer as i32,
-        });
-        caller(&second_id, Role::Admin).write_to(request.metadata_mut());
-        request
-    };
-    let direct_status = {
-        let mut request = tonic::Request::new(pb::SetAccountDisabledRequest {
+        },
+        &second_id,
+        Role::Admin,
+    );
+    let direct_status = as_caller(
+        pb::SetAccountDisabledRequest {
             user_id: first_id.clone(),
             disabled: true,
-        });
-        caller(&second_id, Role::Admin).write_to(request.metadata_mut());
-        request
-    };
+        },
+        &second_id,
+        Role::Admin,
+    );
     let mut auth = app.auth_service().await;
 
     // Act

@@ -428,7 +428,7 @@ async fn logging_out_everywhere_ends_every_session_of_the_account_and_no_other()
 
 #[tokio::test]
 async fn logging_out_everywhere_again_ends_only_the_sessions_started_since() {
-    use gocommerce_platform::{Caller, Role};
+    use gocommerce_platform::Role;
     use gocommerce_proto::auth::v1 as pb;
 
     // Arrange: every session ended once, then one more login
@@ -444,14 +444,13 @@ async fn logging_out_everywhere_again_ends_only_the_sessions_started_since() {
     let id = app.account_id(&email).await;
     // With no session left the gateway refuses every token of the account,
     // so the service is asked directly.
-    let mut nothing_left = tonic::Request::new(pb::LogoutEverywhereRequest {
-        user_id: id.clone(),
-    });
-    Caller {
-        user_id: Uuid::parse_str(&id).expect("uuid"),
-        role: Role::Customer,
-    }
-    .write_to(nothing_left.metadata_mut());
+    let nothing_left = crate::helpers::as_caller(
+        pb::LogoutEverywhereRequest {
+            user_id: id.clone(),
+        },
+        &id,
+        Role::Customer,
+    );
 
     // Act
     let again = logout_everywhere(&app, &next["access_token"]).await;

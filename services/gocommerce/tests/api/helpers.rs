@@ -248,6 +248,23 @@ impl TestApp {
 }
 
 /// Asserts a problem+json answer with `status` and returns its body.
+/// A gRPC request carrying `message` as the account `user_id` with `role`,
+/// as a gateway (or one that has not yet read the ended sessions) names
+/// its caller to a service.
+pub fn as_caller<T>(
+    message: T,
+    user_id: &str,
+    role: gocommerce_platform::Role,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    gocommerce_platform::Caller {
+        user_id: Uuid::parse_str(user_id).expect("a user id"),
+        role,
+    }
+    .write_to(request.metadata_mut());
+    request
+}
+
 /// Rolls `blocker` back once `waiters` connections to `db`'s database wait
 /// on a lock (or after 10 s): requests made at once all reach what the
 /// blocker holds before any of them gets past it.

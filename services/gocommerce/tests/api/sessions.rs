@@ -230,14 +230,7 @@ async fn a_session_ended_past_this_gateway_is_refused_within_a_poll() {
     let app = spawn_app().await;
     let (email, tokens) = app.customer().await;
     assert_eq!(me(&app, &tokens).await.status(), StatusCode::OK);
-    sqlx::query(
-        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = 'test' \
-         WHERE account_id = (SELECT id FROM accounts WHERE email = $1)",
-    )
-    .bind(&email)
-    .execute(&app.auth_db().await)
-    .await
-    .expect("revoked");
+    end_live_sessions(&app, &email).await;
 
     // Act and assert
     wait_until_ended(&app, &tokens).await;
@@ -260,6 +253,19 @@ async fn reusing_a_refresh_token_gets_the_sessions_access_tokens_refused_at_once
     assert_problem(reused, StatusCode::UNAUTHORIZED).await;
     assert_ended(me(&app, &stolen).await).await;
     assert_ended(me(&app, &tokens).await).await;
+}
+
+/// Ends the live sessions of the account with `email` in the auth database
+/// itself, as a request through another gateway replica would.
+async fn end_live_sessions(app: &TestApp, email: &str) {
+    sqlx::query(
+        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = 'test' \
+         WHERE revoked_at IS NULL AND account_id = (SELECT id FROM accounts WHERE email = $1)",
+    )
+    .bind(email)
+    .execute(&app.auth_db().await)
+    .await
+    .expect("revoked");
 }
 
 /// Ends `n` sessions of the account with `email` in the auth database, each
@@ -286,14 +292,7 @@ async fn a_session_past_the_first_page_of_ended_sessions_is_refused_too() {
     let (email, tokens) = app.customer().await;
     assert_eq!(me(&app, &tokens).await.status(), StatusCode::OK);
     end_sessions(&app, &other, 1000, "now() - interval '1 second'").await;
-    sqlx::query(
-        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = 'test' \
-         WHERE account_id = (SELECT id FROM accounts WHERE email = $1)",
-    )
-    .bind(&email)
-    .execute(&app.auth_db().await)
-    .await
-    .expect("revoked");
+    end_live_sessions(&app, &email).await;
 
     // Act and assert
     wait_until_ended(&app, &tokens).await;
