@@ -22,6 +22,9 @@ pub struct AccountRow {
     pub created_at: DateTime<Utc>,
     /// Set while an admin has the account disabled.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Bumped by every change to the role or the disabled status, the state
+    /// the user service keeps a copy of.
+    pub mirror_version: i64,
 }
 
 impl AccountRow {
@@ -31,7 +34,8 @@ impl AccountRow {
     }
 }
 
-const ACCOUNT_COLUMNS: &str = "id, email, name, password_hash, role, created_at, disabled_at";
+const ACCOUNT_COLUMNS: &str =
+    "id, email, name, password_hash, role, created_at, disabled_at, mirror_version";
 
 // A taken email is the client's mistake: INFO, not ERROR (what is internal
 // is logged at ERROR where the gRPC answer is made).
@@ -132,12 +136,49 @@ pub async fn set_role(
     role: Role,
 ) -> Result<Option<AccountRow>, AuthError> {
     Ok(sqlx::query_as(&format!(
-        "UPDATE accounts SET role = $2, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+        "UPDATE accounts SET role = $2, updated_at = now(), \
+           mirror_version = mirror_version + (role <> $2)::int \
+         WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
     ))
     .bind(id)
     .bind(role.as_str())
     .fetch_optional(conn)
     .await?)
+}
+
+/// Accounts whose newest state the user service has not confirmed, by id.
+#[tracing::instrument(skip_all, err)]
+pub async fn unmirrored_accounts(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE mirrored_version < mirror_version \
+         ORDER BY id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records that the user service holds these versions of these accounts; a
+/// newer one recorded meanwhile stays.
+#[tracing::instrument(skip_all, fields(accounts = versions.len()), err)]
+pub async fn mark_mirrored(
+    conn: &mut PgConnection,
+    versions: &[(Uuid, i64)],
+) -> Result<(), AuthError> {
+    let (ids, versions): (Vec<Uuid>, Vec<i64>) = versions.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE accounts a SET mirrored_version = m.version \
+         FROM unnest($1::uuid[], $2::int8[]) AS m(id, version) \
+         WHERE a.id = m.id AND a.mirrored_version < m.version",
+    )
+    .bind(ids)
+    .bind(versions)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Locks the accounts with these ids, in id order so two transactions
@@ -160,7 +201,9 @@ pub async fn set_disabled(
 ) -> Result<Option<AccountRow>, AuthError> {
     Ok(sqlx::query_as(&format!(
         "UPDATE accounts SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END, \
-         updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+           mirror_version = mirror_version + ((disabled_at IS NOT NULL) <> $2)::int, \
+           updated_at = now() \
+         WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
     ))
     .bind(id)
     .bind(disabled)

@@ -69,9 +69,8 @@ impl From<AuthError> for tonic::Status {
             AuthError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             AuthError::NotFound => ErrorCode::NotFound,
             AuthError::Profile(crate::profiles::ProfileError::Unavailable(_)) => {
-                // A registration wrote nothing; a role change is written and
-                // its mirror is idempotent: either way the client may simply
-                // try again.
+                // A registration wrote nothing: the client may simply try
+                // again.
                 return ErrorCode::Unavailable
                     .status("the user service is unavailable, retry later");
             }

@@ -7,6 +7,7 @@ mod db;
 mod domain;
 mod error;
 mod keys;
+mod mirror;
 mod password;
 mod profiles;
 pub mod retention;

@@ -1,17 +1,20 @@
-//! Keeps the user service's profile of every account: created before the
-//! account commits (so no account ever lacks a profile) and told about role
-//! changes. Both calls are idempotent on the user service, so they are
-//! retried with backoff until they succeed or their time budget runs out.
+//! The calls auth makes to the user service, which keeps a profile of every
+//! account: created before the account commits (so no account ever lacks a
+//! profile), retried with backoff until it succeeds or its time budget runs
+//! out, and told about role and status changes (see `mirror`).
 
 use std::time::Duration;
 
 use gocommerce_platform::Role;
 use gocommerce_platform::grpc::{self, GrpcError, Traced};
+use gocommerce_platform::time::timestamp;
 use gocommerce_proto::auth::v1 as auth_pb;
 use gocommerce_proto::user::v1 as pb;
 use gocommerce_proto::user::v1::user_service_client::UserServiceClient;
 use tonic::Code;
 use uuid::Uuid;
+
+use crate::db::AccountRow;
 
 /// The first wait between attempts; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -65,24 +68,34 @@ impl Profiles {
         .await
     }
 
-    /// Mirrors a role change onto the profile.
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, role = %role), err)]
-    pub async fn set_role(
+    /// Copies the accounts' role and disabled status, with their versions,
+    /// onto their profiles in one call, tried once: the mirror loop sends
+    /// again what this did not.
+    pub async fn sync_once(
         &self,
-        user_id: Uuid,
-        role: Role,
-        budget: Duration,
+        accounts: &[AccountRow],
+        timeout: Duration,
     ) -> Result<(), ProfileError> {
-        let message = pb::SetUserRoleRequest {
-            user_id: user_id.to_string(),
-            role: proto_role(role).into(),
+        let message = pb::SyncAccountsRequest {
+            accounts: accounts
+                .iter()
+                .map(|account| pb::AccountState {
+                    user_id: account.id.to_string(),
+                    role: proto_role(account.role()).into(),
+                    disabled_at: account.disabled_at.map(timestamp),
+                    version: account.mirror_version,
+                })
+                .collect(),
         };
-        retry(budget, || {
-            let mut client = self.client.clone();
-            let message = message.clone();
-            async move { client.set_user_role(message).await.map(drop) }
-        })
-        .await
+        let mut client = self.client.clone();
+        match tokio::time::timeout(timeout, client.sync_accounts(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if transient(status.code()) => {
+                Err(ProfileError::Unavailable(status.message().to_owned()))
+            }
+            Ok(Err(status)) => Err(ProfileError::Refused(status.message().to_owned())),
+            Err(_) => Err(ProfileError::Unavailable("timed out".to_owned())),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::db::{self, AccountRow};
 use crate::domain::{Email, Name, Password};
 use crate::error::AuthError;
 use crate::keys::KeyStore;
+use crate::mirror;
 use crate::password::Hasher;
 use crate::profiles::Profiles;
 use crate::throttle::{self, Policy};
@@ -739,10 +740,13 @@ impl pb::auth_service_server::AuthService for AuthService {
             }
         };
         let account = AuthService::set_user_role(self, &caller, user_id, role).await?;
-        self.profiles
-            .set_role(account.id, role, self.profile_budget)
-            .await
-            .map_err(AuthError::from)?;
+        // A failed copy is the mirror loop's to send again.
+        let _ = mirror::push(
+            self.db.pool(),
+            &self.profiles,
+            std::slice::from_ref(&account),
+        )
+        .await;
         Ok(Response::new(pb::SetUserRoleResponse {
             account: Some(account_to_proto(&account)),
         }))
@@ -755,6 +759,13 @@ impl pb::auth_service_server::AuthService for AuthService {
         let caller = Caller::from_metadata(request.metadata())?;
         caller.require_admin()?;
         let account = AuthService::set_account_disabled(self, &caller, request.get_ref()).await?;
+        // A failed copy is the mirror loop's to send again.
+        let _ = mirror::push(
+            self.db.pool(),
+            &self.profiles,
+            std::slice::from_ref(&account),
+        )
+        .await;
         Ok(Response::new(pb::SetAccountDisabledResponse {
             account: Some(account_to_proto(&account)),
         }))

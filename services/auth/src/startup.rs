@@ -19,6 +19,7 @@ use crate::db;
 use crate::domain::{Email, Name, Password};
 use crate::error::AuthError;
 use crate::keys::KeyStore;
+use crate::mirror;
 use crate::password::Hasher;
 use crate::profiles::Profiles;
 use crate::retention;
@@ -109,13 +110,19 @@ impl Application {
         self.service.db.pool()
     }
 
-    /// Serves, relays the outbox and sweeps old records until the shutdown
-    /// signal, then closes the pools.
+    /// Serves, relays the outbox, sends unconfirmed account copies to the
+    /// user service and sweeps old records until the shutdown signal, then
+    /// closes the pools.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let db = self.service.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
             db.background().clone(),
             Publisher::new(self.broker.clone()),
+            self.readiness.shutdown().clone(),
+        ));
+        let mirror = tokio::spawn(mirror::run(
+            db.background().clone(),
+            self.service.profiles.clone(),
             self.readiness.shutdown().clone(),
         ));
         let retention = tokio::spawn(retention::run(
@@ -127,6 +134,7 @@ impl Application {
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
         let _ = relay.await;
         let _ = retention.await;
+        let _ = mirror.await;
         self.broker.close().await;
         db.close().await;
         result
@@ -153,12 +161,12 @@ async fn ensure_admin(service: &AuthService, admin: &BootstrapAdmin) -> Result<(
                 .await?
                 .ok_or_else(|| StartupError::BootstrapAdmin("account vanished".to_owned()))?;
             if account.role() != Role::Admin {
-                db::set_role(&mut conn, account.id, Role::Admin).await?;
-                service
-                    .profiles
-                    .set_role(account.id, Role::Admin, service.profile_budget)
-                    .await
-                    .map_err(AuthError::from)?;
+                let promoted = db::set_role(&mut conn, account.id, Role::Admin)
+                    .await?
+                    .ok_or_else(|| StartupError::BootstrapAdmin("account vanished".to_owned()))?;
+                // The user service may not be up yet; the mirror loop copies
+                // the role once it is.
+                let _ = mirror::push(service.db.pool(), &service.profiles, &[promoted]).await;
                 tracing::info!(account_id = %account.id, "bootstrap admin promoted");
             }
         }

@@ -39,6 +39,17 @@ pub fn peer_or_admin(metadata: &MetadataMap) -> Result<(), UserError> {
     }
 }
 
+/// For RPCs only a peer service calls: no caller at all. A request through
+/// the gateway always names its caller, so no client reaches these.
+pub fn peer(metadata: &MetadataMap) -> Result<(), UserError> {
+    match caller(metadata)? {
+        None => Ok(()),
+        Some(_) => Err(UserError::PermissionDenied(
+            "this operation is for services only".to_owned(),
+        )),
+    }
+}
+
 /// For admin-only RPCs: an admin caller is required.
 pub fn admin(metadata: &MetadataMap) -> Result<(), UserError> {
     match caller(metadata)? {

@@ -19,6 +19,8 @@ pub struct ProfileRow {
     pub role: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The copy of when an admin disabled the account.
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -61,7 +63,7 @@ impl AddressRow {
     }
 }
 
-const PROFILE: &str = "id, email, name, phone, role, created_at, updated_at";
+const PROFILE: &str = "id, email, name, phone, role, created_at, updated_at, disabled_at";
 const PREFERENCES: &str =
     "email_enabled, sms_enabled, push_enabled, locale, marketing_opt_in, updated_at";
 const ADDRESS: &str = "id, user_id, name, line1, line2, city, region, postal_code, country, \
@@ -161,44 +163,81 @@ pub async fn update_profile(
     .await?)
 }
 
-/// Sets the role mirror; a repeat leaves the row, and its updated_at, alone.
-#[tracing::instrument(skip_all, fields(user_id = %id, role = %role), err)]
-pub async fn set_role(
-    conn: &mut PgConnection,
-    id: Uuid,
-    role: Role,
-) -> Result<Option<ProfileRow>, UserError> {
-    Ok(sqlx::query_as(&format!(
-        "UPDATE profiles SET role = $2, \
-           updated_at = CASE WHEN role = $2 THEN updated_at ELSE now() END \
-         WHERE id = $1 RETURNING {PROFILE}"
-    ))
-    .bind(id)
-    .bind(role.as_str())
-    .fetch_optional(conn)
-    .await?)
+/// One account's state as auth sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountCopy {
+    pub id: Uuid,
+    pub role: Role,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub version: i64,
 }
 
-/// Profiles oldest first, after the keyset `after`, optionally of one role
-/// and with `email` (lower case) somewhere in their email.
+/// Copies each account's state onto its profile where the copy is newer
+/// than the profile's; returns how many profiles changed. `updated_at` moves
+/// only when the role or the status did. The ids must be distinct.
+#[tracing::instrument(skip_all, fields(accounts = copies.len()), err)]
+pub async fn sync_accounts(
+    conn: &mut PgConnection,
+    copies: &[AccountCopy],
+) -> Result<u64, UserError> {
+    let ids: Vec<Uuid> = copies.iter().map(|c| c.id).collect();
+    let roles: Vec<&str> = copies.iter().map(|c| c.role.as_str()).collect();
+    let disabled: Vec<Option<DateTime<Utc>>> = copies.iter().map(|c| c.disabled_at).collect();
+    let versions: Vec<i64> = copies.iter().map(|c| c.version).collect();
+    let result = sqlx::query(
+        "UPDATE profiles p SET role = s.role, disabled_at = s.disabled_at, \
+           account_version = s.version, \
+           updated_at = CASE WHEN p.role = s.role \
+             AND p.disabled_at IS NOT DISTINCT FROM s.disabled_at \
+             THEN p.updated_at ELSE now() END \
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int8[]) \
+           AS s(id, role, disabled_at, version) \
+         WHERE p.id = s.id AND p.account_version < s.version",
+    )
+    .bind(ids)
+    .bind(roles)
+    .bind(disabled)
+    .bind(versions)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Which profiles `ListUsers` wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProfileFilter<'a> {
+    pub role: Option<Role>,
+    /// Some(true): only disabled accounts; Some(false): only enabled ones.
+    pub disabled: Option<bool>,
+    /// Lower case; somewhere in the email.
+    pub email: Option<&'a str>,
+}
+
+/// Profiles oldest first, after the keyset `after`, that pass the filter.
 #[tracing::instrument(skip_all, err)]
 pub async fn list_profiles(
     conn: &mut PgConnection,
-    role: Option<Role>,
-    email: Option<&str>,
+    filter: ProfileFilter<'_>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<ProfileRow>, UserError> {
+    // Spelled out rather than a parameter, so the disabled few are read
+    // through their partial index.
+    let status = match filter.disabled {
+        None => "",
+        Some(true) => "AND disabled_at IS NOT NULL ",
+        Some(false) => "AND disabled_at IS NULL ",
+    };
     // strpos, not LIKE: the filter's % and _ are plain characters.
     Ok(sqlx::query_as(&format!(
         "SELECT {PROFILE} FROM profiles \
-         WHERE ($1::text IS NULL OR role = $1) \
+         WHERE ($1::text IS NULL OR role = $1) {status}\
            AND ($2::text IS NULL OR strpos(lower(email), $2) > 0) \
            AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4)) \
          ORDER BY created_at, id LIMIT $5"
     ))
-    .bind(role.map(Role::as_str))
-    .bind(email)
+    .bind(filter.role.map(Role::as_str))
+    .bind(filter.email)
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit)

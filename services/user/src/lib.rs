@@ -1,6 +1,7 @@
 //! The GoCommerce user service: profiles, preferences and addresses. A
-//! profile mirrors an auth account (same id, email and role) and carries the
-//! user's notification preferences and address book.
+//! profile mirrors an auth account (same id and email, a copy of its role
+//! and disabled status) and carries the user's notification preferences and
+//! address book.
 
 mod access;
 pub mod config;

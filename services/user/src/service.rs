@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::Role;
 use gocommerce_platform::db::Db;
-use gocommerce_platform::time::timestamp;
+use gocommerce_platform::time::{from_timestamp, timestamp};
 use gocommerce_platform::validate::EMAIL_MAX_CHARS;
 use gocommerce_proto::common::v1::PostalAddress;
 use gocommerce_proto::user::v1 as pb;
@@ -34,7 +34,52 @@ fn profile_to_proto(row: &ProfileRow) -> pb::Profile {
         role: domain::role_to_proto(&row.role) as i32,
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
+        disabled_at: row.disabled_at.map(timestamp),
     }
+}
+
+/// Most accounts one `SyncAccounts` takes.
+const MAX_SYNCED_ACCOUNTS: usize = 100;
+
+/// The request's accounts, checked, one per user: the highest version.
+fn account_copies(states: Vec<pb::AccountState>) -> Result<Vec<db::AccountCopy>, UserError> {
+    if states.len() > MAX_SYNCED_ACCOUNTS {
+        return Err(UserError::invalid(format!(
+            "accounts: at most {MAX_SYNCED_ACCOUNTS}"
+        )));
+    }
+    let mut copies: Vec<db::AccountCopy> = Vec::with_capacity(states.len());
+    for (i, state) in states.into_iter().enumerate() {
+        let id = parse_uuid(&format!("accounts[{i}].user_id"), &state.user_id)?;
+        let role = domain::role_from_proto(state.role)?.ok_or_else(|| {
+            UserError::invalid(format!(
+                "accounts[{i}].role: must be ROLE_CUSTOMER or ROLE_ADMIN"
+            ))
+        })?;
+        let disabled_at = match &state.disabled_at {
+            None => None,
+            Some(at) => Some(from_timestamp(at).ok_or_else(|| {
+                UserError::invalid(format!("accounts[{i}].disabled_at: not a valid time"))
+            })?),
+        };
+        if state.version < 1 {
+            return Err(UserError::invalid(format!(
+                "accounts[{i}].version: must be at least 1"
+            )));
+        }
+        let copy = db::AccountCopy {
+            id,
+            role,
+            disabled_at,
+            version: state.version,
+        };
+        match copies.iter_mut().find(|c| c.id == id) {
+            Some(held) if held.version < copy.version => *held = copy,
+            Some(_) => {}
+            None => copies.push(copy),
+        }
+    }
+    Ok(copies)
 }
 
 fn preferences_to_proto(row: &PreferencesRow) -> pb::Preferences {
@@ -373,14 +418,12 @@ impl UserService {
         };
         let after = parse_page_token(&page.page_token)?;
         let mut conn = self.db.acquire().await?;
-        let mut rows = db::list_profiles(
-            &mut conn,
+        let filter = db::ProfileFilter {
             role,
-            Some(email.as_str()).filter(|e| !e.is_empty()),
-            after,
-            i64::from(size) + 1,
-        )
-        .await?;
+            disabled: request.disabled,
+            email: Some(email.as_str()).filter(|e| !e.is_empty()),
+        };
+        let mut rows = db::list_profiles(&mut conn, filter, after, i64::from(size) + 1).await?;
         conn.keep();
         let next_page_token = if rows.len() > size as usize {
             rows.truncate(size as usize);
@@ -394,21 +437,21 @@ impl UserService {
         })
     }
 
-    async fn set_user_role(
+    async fn sync_accounts(
         &self,
-        request: Request<pb::SetUserRoleRequest>,
-    ) -> Result<ProfileRow, UserError> {
-        access::peer_or_admin(request.metadata())?;
-        let request = request.into_inner();
-        let user_id = parse_uuid("user_id", &request.user_id)?;
-        let role = domain::role_from_proto(request.role)?
-            .ok_or_else(|| UserError::invalid("role: must be ROLE_CUSTOMER or ROLE_ADMIN"))?;
+        request: Request<pb::SyncAccountsRequest>,
+    ) -> Result<pb::SyncAccountsResponse, UserError> {
+        access::peer(request.metadata())?;
+        let copies = account_copies(request.into_inner().accounts)?;
         let mut conn = self.db.acquire().await?;
-        let row = db::set_role(&mut conn, user_id, role).await?;
+        let updated = db::sync_accounts(&mut conn, &copies).await?;
         conn.keep();
-        let row = row.ok_or(UserError::ProfileNotFound)?;
-        tracing::info!(user_id = %user_id, role = %role, "role mirrored");
-        Ok(row)
+        if updated > 0 {
+            tracing::info!(accounts = copies.len(), updated, "account states copied");
+        }
+        Ok(pb::SyncAccountsResponse {
+            updated: u32::try_from(updated).unwrap_or(u32::MAX),
+        })
     }
 
     async fn get_contact(
@@ -537,14 +580,13 @@ impl pb::user_service_server::UserService for UserService {
         Ok(Response::new(UserService::list_users(self, request).await?))
     }
 
-    async fn set_user_role(
+    async fn sync_accounts(
         &self,
-        request: Request<pb::SetUserRoleRequest>,
-    ) -> Result<Response<pb::SetUserRoleResponse>, Status> {
-        let row = UserService::set_user_role(self, request).await?;
-        Ok(Response::new(pb::SetUserRoleResponse {
-            profile: Some(profile_to_proto(&row)),
-        }))
+        request: Request<pb::SyncAccountsRequest>,
+    ) -> Result<Response<pb::SyncAccountsResponse>, Status> {
+        Ok(Response::new(
+            UserService::sync_accounts(self, request).await?,
+        ))
     }
 
     async fn get_contact(
@@ -572,6 +614,7 @@ mod tests {
             role: "customer".to_owned(),
             created_at: at,
             updated_at: at,
+            disabled_at: None,
         };
         let token = page_token(&row);
         assert_eq!(parse_page_token(&token).expect("valid"), Some((at, row.id)));

@@ -124,7 +124,7 @@ impl From<pb::Profile> for ProfileView {
             role: UserRole::from_proto(profile.role),
             created_at: profile.created_at.map(rfc3339).unwrap_or_default(),
             updated_at: profile.updated_at.map(rfc3339).unwrap_or_default(),
-            disabled_at: None,
+            disabled_at: profile.disabled_at.map(rfc3339),
         }
     }
 }
@@ -889,6 +889,11 @@ pub struct ProfileList {
 pub struct UserListQuery {
     /// Only users with this role.
     pub role: Option<UserRole>,
+    /// true: only disabled accounts; false: only enabled ones. The filter
+    /// reads the user service's copy of the status, which follows a change
+    /// at once, or within seconds of the user service being back from an
+    /// outage; `disabled_at` in the answer is read from auth itself.
+    pub disabled: Option<bool>,
     /// Case-insensitive part of the email address.
     #[param(max_length = 254, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub email: Option<String>,
@@ -926,8 +931,8 @@ impl Validate for UserListQuery {
     }
 }
 
-/// Admin: every user's profile, oldest first, optionally by role or email,
-/// each with when an admin disabled the account, if one has.
+/// Admin: every user's profile, oldest first, optionally by role, status or
+/// email, each with when an admin disabled the account, if one has.
 #[utoipa::path(
     get, path = "/v1/admin/users", tag = "users",
     params(UserListQuery),
@@ -954,6 +959,7 @@ pub async fn list_users(
                 .role
                 .map_or(auth_pb::Role::Unspecified, UserRole::to_proto) as i32,
             email: query.email.unwrap_or_default(),
+            disabled: query.disabled,
         },
         Some(&caller),
     );
@@ -1066,38 +1072,28 @@ pub async fn set_role(
         .account;
     // A demoted admin's sessions have ended.
     state.verifier.sessions().catch_up(&state.backends).await;
-    let mut view = mirror_role(&state, &caller, id, role).await?;
-    view.disabled_at = account.and_then(|a| a.disabled_at).map(rfc3339);
-    Ok(Json(view))
-}
-
-/// Updates the user service's copy of the role. It is idempotent, so a
-/// client that sees this fail can simply repeat the whole request.
-async fn mirror_role(
-    state: &AppState,
-    caller: &Caller,
-    user_id: Uuid,
-    role: i32,
-) -> Result<ProfileView, Problem> {
+    let account = account
+        .ok_or_else(|| Problem::from_status(&tonic::Status::internal("empty account"), "auth"))?;
     let request = state.backends.request(
-        pb::SetUserRoleRequest {
-            user_id: user_id.to_string(),
-            role,
+        pb::GetProfileRequest {
+            user_id: id.to_string(),
         },
-        Some(caller),
+        Some(&caller),
     );
-    let response = state
+    let profile = state
         .backends
         .user
         .clone()
-        .set_user_role(request)
+        .get_profile(request)
         .await
-        .map_err(|status| {
-            tracing::warn!(user_id = %user_id, grpc.code = ?status.code(), "failed to mirror the role to the user service");
-            backend_error(status)
-        })?
-        .into_inner();
-    profile_view(response.profile)
+        .map_err(backend_error)?
+        .into_inner()
+        .profile;
+    let mut view = profile_view(profile)?;
+    // Auth's answer, not the profile's copy: the copy may not have arrived.
+    view.role = UserRole::from_proto(account.role);
+    view.disabled_at = account.disabled_at.map(rfc3339);
+    Ok(Json(view))
 }
 
 /// Whether an account may sign in.

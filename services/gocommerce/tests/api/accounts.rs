@@ -421,6 +421,117 @@ async fn the_admins_user_list_and_a_role_change_say_which_accounts_are_disabled(
     assert_eq!(promoted["disabled_at"], status["disabled_at"]);
 }
 
+/// The emails on every page of `GET /v1/admin/users` with `query`.
+async fn listed_emails(app: &TestApp, admin: &str, query: &str) -> Vec<String> {
+    let list: Value = app
+        .get_with_token(&format!("/v1/admin/users?page_size=100&{query}"), admin)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(list["next_page_token"].is_null(), "one page: {list}");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["email"].as_str().expect("email").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_admins_user_list_shows_only_disabled_or_only_enabled_accounts_when_asked() {
+    // Arrange: two customers, one of them disabled
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (disabled_email, _) = app.customer().await;
+    let (enabled_email, _) = app.customer().await;
+    let disabled_id = app.account_id(&disabled_email).await;
+    assert_eq!(
+        set_status(&app, &admin, &disabled_id, true).await.status(),
+        StatusCode::OK
+    );
+
+    // Act
+    let disabled = listed_emails(&app, &admin, "disabled=true").await;
+    let enabled = listed_emails(&app, &admin, "disabled=false").await;
+    let disabled_admins = listed_emails(&app, &admin, "disabled=true&role=admin").await;
+    let bad = app
+        .get_with_token("/v1/admin/users?disabled=maybe", &admin)
+        .await;
+    assert_eq!(
+        set_status(&app, &admin, &disabled_id, false).await.status(),
+        StatusCode::OK
+    );
+    let disabled_after_enabling = listed_emails(&app, &admin, "disabled=true").await;
+
+    // Assert: each answer right after the change, with no waiting
+    assert_eq!(disabled, [disabled_email]);
+    assert_eq!(
+        enabled,
+        [ADMIN_EMAIL.to_owned(), enabled_email],
+        "everyone else, oldest first"
+    );
+    assert!(disabled_admins.is_empty(), "{disabled_admins:?}");
+    let problem = assert_problem(bad, StatusCode::BAD_REQUEST).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("disabled")),
+        "{problem}"
+    );
+    assert!(
+        disabled_after_enabling.is_empty(),
+        "{disabled_after_enabling:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_account_copy_the_user_service_missed_is_sent_again() {
+    // Arrange: a customer whose profile still says "admin", as if the copy
+    // of a demotion had been lost with the user service away, and auth
+    // knowing the copy was never confirmed
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (email, _) = app.customer().await;
+    let id: Uuid = app.account_id(&email).await.parse().expect("uuid");
+    sqlx::query("UPDATE profiles SET role = 'admin', account_version = 0 WHERE id = $1")
+        .bind(id)
+        .execute(&app.user_db().await)
+        .await
+        .expect("stale copy");
+    let auth_db = app.auth_db().await;
+    sqlx::query("UPDATE accounts SET mirror_version = mirror_version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&auth_db)
+        .await
+        .expect("unconfirmed");
+    assert_eq!(
+        listed_emails(&app, &admin, "role=admin").await,
+        [ADMIN_EMAIL.to_owned(), email.clone()],
+        "the stale copy shows"
+    );
+
+    // Act: wait for auth's loop, which looks every two seconds
+    let mut admins = Vec::new();
+    for _ in 0..100 {
+        admins = listed_emails(&app, &admin, "role=admin").await;
+        if admins.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Assert
+    assert_eq!(admins, [ADMIN_EMAIL.to_owned()], "the copy was repaired");
+    let (mirror, mirrored): (i64, i64) =
+        sqlx::query_as("SELECT mirror_version, mirrored_version FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_one(&auth_db)
+            .await
+            .expect("versions");
+    assert_eq!(mirrored, mirror, "and auth knows it arrived");
+}
+
 #[tokio::test]
 async fn the_auth_service_reads_many_accounts_for_admins_only_and_at_most_a_page() {
     // Arrange

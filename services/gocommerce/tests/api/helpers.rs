@@ -209,6 +209,20 @@ impl TestApp {
             .expect("auth database")
     }
 
+    /// A connection to the user service's database.
+    pub async fn user_db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.env["USER_DATABASE_URL"])
+            .await
+            .expect("user database")
+    }
+
+    /// A connection to the notification service's database.
+    pub async fn notification_db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.env["NOTIFICATION_DATABASE_URL"])
+            .await
+            .expect("notification database")
+    }
+
     /// The id of the account with `email`, read off the auth database.
     pub async fn account_id(&self, email: &str) -> String {
         sqlx::query_scalar("SELECT id::text FROM accounts WHERE email = $1")

@@ -1,8 +1,12 @@
-//! Admin RPCs: listing users page by page with filters, and the role mirror.
+//! Admin RPCs: listing users page by page with filters, and the copy of
+//! each account's role and status that auth keeps here.
 
+use gocommerce_platform::time::timestamp;
 use gocommerce_proto::auth::v1::Role as RolePb;
 use gocommerce_proto::common::v1::PageRequest;
-use gocommerce_proto::user::v1::{ListUsersRequest, ListUsersResponse, SetUserRoleRequest};
+use gocommerce_proto::user::v1::{
+    AccountState, ListUsersRequest, ListUsersResponse, SyncAccountsRequest,
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -16,14 +20,29 @@ fn list(page_size: u32, page_token: &str, role: RolePb, email: &str) -> ListUser
         }),
         role: role as i32,
         email: email.to_owned(),
+        disabled: None,
     }
 }
 
-fn set_role(user: Uuid, role: RolePb) -> SetUserRoleRequest {
-    SetUserRoleRequest {
+/// An account's state as auth would send it.
+fn state(user: Uuid, role: RolePb, disabled: bool, version: i64) -> AccountState {
+    AccountState {
         user_id: user.to_string(),
         role: role as i32,
+        disabled_at: disabled.then(|| timestamp(chrono::Utc::now())),
+        version,
     }
+}
+
+/// Sends the states as auth does; returns how many profiles took them.
+async fn sync(app: &TestApp, accounts: Vec<AccountState>) -> u32 {
+    app.client
+        .clone()
+        .sync_accounts(as_peer(SyncAccountsRequest { accounts }))
+        .await
+        .expect("synced")
+        .into_inner()
+        .updated
 }
 
 async fn page(app: &TestApp, request: ListUsersRequest) -> ListUsersResponse {
@@ -99,13 +118,8 @@ async fn users_can_be_filtered_by_role_and_by_email() {
     let bob = app.customer("bob@example.com").await;
     let carol = app.customer("carol@lovelace.example").await;
     let dave = app.customer("dave@lovelace.example").await;
-    for admin in [ada, bob, dave] {
-        app.client
-            .clone()
-            .set_user_role(as_peer(set_role(admin, RolePb::Admin)))
-            .await
-            .expect("role set");
-    }
+    let admins = [ada, bob, dave].map(|admin| state(admin, RolePb::Admin, false, 1));
+    sync(&app, admins.to_vec()).await;
 
     let admins = all_pages(&app, 100, RolePb::Admin, "").await.concat();
     let customers = all_pages(&app, 100, RolePb::Customer, "").await.concat();
@@ -213,65 +227,169 @@ async fn only_admins_list_users() {
 }
 
 #[tokio::test]
-async fn setting_a_role_updates_the_mirror_and_a_repeat_changes_nothing() {
+async fn users_can_be_filtered_by_whether_their_account_is_disabled() {
     let app = spawn_app().await;
     let ada = app.customer("ada@example.com").await;
-    let mut client = app.client.clone();
+    let bob = app.customer("bob@example.com").await;
+    let carol = app.customer("carol@example.com").await;
+    sync(
+        &app,
+        vec![
+            state(bob, RolePb::Customer, true, 2),
+            state(carol, RolePb::Admin, true, 2),
+        ],
+    )
+    .await;
+    let only = |disabled| ListUsersRequest {
+        disabled: Some(disabled),
+        ..Default::default()
+    };
 
-    let promoted = client
-        .set_user_role(as_peer(set_role(ada, RolePb::Admin)))
-        .await
-        .expect("promoted")
-        .into_inner()
-        .profile
-        .expect("profile");
-    let repeated = client
-        .set_user_role(as_admin(set_role(ada, RolePb::Admin)))
-        .await
-        .expect("idempotent")
-        .into_inner()
-        .profile
-        .expect("profile");
+    let disabled = page(&app, only(true)).await.items;
+    let enabled = page(&app, only(false)).await.items;
+    let disabled_admins = page(
+        &app,
+        ListUsersRequest {
+            role: RolePb::Admin as i32,
+            ..only(true)
+        },
+    )
+    .await
+    .items;
+    let everyone = page(&app, ListUsersRequest::default()).await.items;
 
-    assert_eq!(promoted.role, RolePb::Admin as i32);
-    assert_eq!(repeated, promoted, "a repeat leaves even updated_at alone");
-    assert_eq!(app.profile(ada).await.role, RolePb::Admin as i32);
+    let ids = |profiles: &[gocommerce_proto::user::v1::Profile]| {
+        profiles.iter().map(|p| p.id.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&disabled), [bob.to_string(), carol.to_string()]);
+    assert!(disabled.iter().all(|p| p.disabled_at.is_some()));
+    assert_eq!(ids(&enabled), [ada.to_string()]);
+    assert_eq!(enabled[0].disabled_at, None);
+    assert_eq!(ids(&disabled_admins), [carol.to_string()]);
+    assert_eq!(everyone.len(), 3, "no filter: everyone");
 }
 
 #[tokio::test]
-async fn set_user_role_refuses_customers_unspecified_roles_and_unknown_users() {
+async fn a_copy_is_taken_only_when_it_is_newer_than_the_profiles() {
+    let app = spawn_app().await;
+    let ada = app.customer("ada@example.com").await;
+    let before = app.profile(ada).await;
+
+    let promoted = sync(&app, vec![state(ada, RolePb::Admin, false, 2)]).await;
+    let after_promotion = app.profile(ada).await;
+    // A copy of an earlier change, arriving late.
+    let late = sync(&app, vec![state(ada, RolePb::Customer, false, 1)]).await;
+    let repeated = sync(&app, vec![state(ada, RolePb::Admin, false, 2)]).await;
+    let after_repeats = app.profile(ada).await;
+    let disabled = sync(&app, vec![state(ada, RolePb::Customer, true, 3)]).await;
+    let after_disabling = app.profile(ada).await;
+
+    assert_eq!(promoted, 1);
+    assert_eq!(after_promotion.role, RolePb::Admin as i32);
+    assert_ne!(after_promotion.updated_at, before.updated_at);
+    assert_eq!((late, repeated), (0, 0), "neither is newer");
+    assert_eq!(
+        after_repeats, after_promotion,
+        "nothing changed, not even updated_at"
+    );
+    assert_eq!(disabled, 1);
+    assert_eq!(after_disabling.role, RolePb::Customer as i32);
+    assert!(after_disabling.disabled_at.is_some());
+}
+
+#[tokio::test]
+async fn of_two_copies_of_one_account_in_a_request_the_newer_counts() {
+    let app = spawn_app().await;
+    let ada = app.customer("ada@example.com").await;
+    let bob = app.customer("bob@example.com").await;
+
+    let updated = sync(
+        &app,
+        vec![
+            state(ada, RolePb::Admin, false, 3),
+            state(bob, RolePb::Admin, false, 2),
+            state(ada, RolePb::Customer, true, 2),
+            state(bob, RolePb::Customer, true, 3),
+        ],
+    )
+    .await;
+
+    assert_eq!(updated, 2);
+    let (ada, bob) = (app.profile(ada).await, app.profile(bob).await);
+    assert_eq!((ada.role, ada.disabled_at), (RolePb::Admin as i32, None));
+    assert_eq!(bob.role, RolePb::Customer as i32);
+    assert!(bob.disabled_at.is_some());
+}
+
+#[tokio::test]
+async fn sync_accounts_refuses_users_bad_states_and_too_many_accounts() {
     let app = spawn_app().await;
     let ada = app.customer("ada@example.com").await;
     let mut client = app.client.clone();
+    let request = |accounts| SyncAccountsRequest { accounts };
+    let promote = || vec![state(ada, RolePb::Admin, false, 2)];
 
     let (customer, _) = refused(
         client
-            .set_user_role(as_customer(ada, set_role(ada, RolePb::Admin)))
+            .sync_accounts(as_customer(ada, request(promote())))
             .await,
     );
-    let (unspecified, message) = refused(
+    let (admin, _) = refused(client.sync_accounts(as_admin(request(promote()))).await);
+    let (unspecified, unspecified_message) = refused(
         client
-            .set_user_role(as_peer(set_role(ada, RolePb::Unspecified)))
+            .sync_accounts(as_peer(request(vec![
+                state(Uuid::new_v4(), RolePb::Admin, false, 2),
+                state(ada, RolePb::Unspecified, false, 2),
+            ])))
             .await,
     );
-    let (unknown, _) = refused(
+    let (version, version_message) = refused(
         client
-            .set_user_role(as_peer(set_role(Uuid::new_v4(), RolePb::Admin)))
+            .sync_accounts(as_peer(request(vec![state(ada, RolePb::Admin, false, 0)])))
             .await,
     );
-    let (malformed, _) = refused(
+    let (malformed, malformed_message) = refused(
         client
-            .set_user_role(as_peer(SetUserRoleRequest {
+            .sync_accounts(as_peer(request(vec![AccountState {
                 user_id: "ada".to_owned(),
-                role: RolePb::Admin as i32,
-            }))
+                ..state(ada, RolePb::Admin, false, 2)
+            }])))
             .await,
     );
+    let (many, many_message) = refused(
+        client
+            .sync_accounts(as_peer(request(
+                (0..101)
+                    .map(|_| state(Uuid::new_v4(), RolePb::Admin, false, 2))
+                    .collect(),
+            )))
+            .await,
+    );
+    let unknown = sync(&app, vec![state(Uuid::new_v4(), RolePb::Admin, false, 2)]).await;
 
     assert_eq!(customer, Code::PermissionDenied);
+    assert_eq!(admin, Code::PermissionDenied, "only auth copies accounts");
     assert_eq!(unspecified, Code::InvalidArgument);
-    assert!(message.starts_with("role: "), "{message}");
-    assert_eq!(unknown, Code::NotFound);
+    assert!(
+        unspecified_message.starts_with("accounts[1].role: "),
+        "{unspecified_message}"
+    );
+    assert_eq!(version, Code::InvalidArgument);
+    assert!(
+        version_message.starts_with("accounts[0].version: "),
+        "{version_message}"
+    );
     assert_eq!(malformed, Code::InvalidArgument);
-    assert_eq!(app.profile(ada).await.role, RolePb::Customer as i32);
+    assert!(
+        malformed_message.starts_with("accounts[0].user_id: "),
+        "{malformed_message}"
+    );
+    assert_eq!(many, Code::InvalidArgument);
+    assert!(many_message.starts_with("accounts: "), "{many_message}");
+    assert_eq!(unknown, 0, "an unknown user is skipped");
+    assert_eq!(
+        app.profile(ada).await.role,
+        RolePb::Customer as i32,
+        "a refused request changes nothing"
+    );
 }
