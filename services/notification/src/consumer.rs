@@ -101,7 +101,13 @@ impl Handler {
             .map_err(retry)?;
         let last_attempt = message.attempt >= self.max_attempts;
         let failures = self
-            .send_claimed(claims, event_id, &envelope.event_type, last_attempt)
+            .send_claimed(
+                claims,
+                &rendered,
+                event_id,
+                &envelope.event_type,
+                last_attempt,
+            )
             .await?;
         if failures.is_empty() {
             Ok(())
@@ -143,13 +149,19 @@ impl Handler {
         let phone = contact.map(|c| c.phone.as_str()).unwrap_or_default();
         let user = rendered.user_id.to_string();
         let exists = contact.is_some();
+        let email_body = rendered
+            .email
+            .as_ref()
+            .map(|m| rendered.for_record(&m.body));
+        let sms_body = rendered.sms.as_deref().map(|t| rendered.for_record(t));
+        let push_body = rendered.push.as_ref().map(|p| rendered.for_record(&p.body));
         let mut news = Vec::with_capacity(3);
-        if let Some(message) = &rendered.email {
+        if let (Some(message), Some(body)) = (&rendered.email, &email_body) {
             news.push(NewNotification {
                 channel: "email",
                 recipient: email,
                 subject: Some(&message.subject),
-                body: &message.body,
+                body,
                 skipped: skip_reason(
                     exists,
                     rendered.security || channels.email,
@@ -160,12 +172,12 @@ impl Handler {
                 ),
             });
         }
-        if let Some(text) = &rendered.sms {
+        if let Some(body) = &sms_body {
             news.push(NewNotification {
                 channel: "sms",
                 recipient: phone,
                 subject: None,
-                body: text,
+                body,
                 skipped: skip_reason(
                     exists,
                     rendered.security || channels.sms,
@@ -176,12 +188,12 @@ impl Handler {
                 ),
             });
         }
-        if let Some(push) = &rendered.push {
+        if let (Some(push), Some(body)) = (&rendered.push, &push_body) {
             news.push(NewNotification {
                 channel: "push",
                 recipient: &user,
                 subject: Some(&push.title),
-                body: &push.body,
+                body,
                 skipped: skip_reason(
                     exists,
                     rendered.security || channels.push,
@@ -209,6 +221,7 @@ impl Handler {
     async fn send_claimed(
         &self,
         claims: Claims,
+        rendered: &Rendered,
         event_id: Uuid,
         event_type: &str,
         last_attempt: bool,
@@ -222,7 +235,7 @@ impl Handler {
         let mut handled = false;
         let count = claims.claimed.len();
         for (index, notification) in claims.claimed.into_iter().enumerate() {
-            let sent = self.send(&notification).await;
+            let sent = self.send(&notification, rendered).await;
             // Not held across the send: a pooled connection per statement.
             let mut conn = self.db.acquire().await.map_err(retry)?;
             match sent {
@@ -258,28 +271,33 @@ impl Handler {
         Ok(failures)
     }
 
-    async fn send(&self, notification: &NotificationRow) -> Result<(), ChannelError> {
+    /// Sends the claimed notification with the body just rendered: the
+    /// record's may lack the secret the message must carry.
+    async fn send(
+        &self,
+        notification: &NotificationRow,
+        rendered: &Rendered,
+    ) -> Result<(), ChannelError> {
+        let body = rendered
+            .body(&notification.channel)
+            .unwrap_or(notification.body.as_str());
         match notification.channel.as_str() {
             "email" => {
                 self.channels
                     .send_email(
                         &notification.recipient,
                         notification.subject.as_deref().unwrap_or_default(),
-                        &notification.body,
+                        body,
                     )
                     .await
             }
-            "sms" => {
-                self.channels
-                    .send_sms(&notification.recipient, &notification.body)
-                    .await
-            }
+            "sms" => self.channels.send_sms(&notification.recipient, body).await,
             _ => {
                 self.channels
                     .send_push(
                         notification.user_id,
                         notification.subject.as_deref().unwrap_or_default(),
-                        &notification.body,
+                        body,
                     )
                     .await
             }

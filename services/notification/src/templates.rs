@@ -2,6 +2,8 @@
 //! about (order.created, payment.succeeded, payment.failed: the order's own
 //! paid or cancelled event says it better) renders nothing.
 
+use std::borrow::Cow;
+
 use gocommerce_proto::common::v1::Money;
 use gocommerce_proto::events::v1::event_envelope::Payload;
 use gocommerce_proto::events::v1::{EventEnvelope, OrderLine};
@@ -29,6 +31,35 @@ pub struct Rendered {
     pub email: Option<Email>,
     pub sms: Option<String>,
     pub push: Option<Push>,
+    /// Text the messages carry that the notification's record must not
+    /// keep: a reset token, with which whoever reads it could take over the
+    /// account until it runs out. The record holds [`REDACTED`] in its place.
+    pub secret: Option<String>,
+}
+
+/// What a record holds in place of a message's secret.
+pub const REDACTED: &str = "[redacted]";
+
+impl Rendered {
+    /// `text` as the notification's record keeps it: without the secret.
+    pub fn for_record<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match &self.secret {
+            Some(secret) if !secret.is_empty() && text.contains(secret.as_str()) => {
+                Cow::Owned(text.replace(secret.as_str(), REDACTED))
+            }
+            _ => Cow::Borrowed(text),
+        }
+    }
+
+    /// The body this event sends on `channel`.
+    pub fn body(&self, channel: &str) -> Option<&str> {
+        match channel {
+            "email" => self.email.as_ref().map(|e| e.body.as_str()),
+            "sms" => self.sms.as_deref(),
+            "push" => self.push.as_ref().map(|p| p.body.as_str()),
+            _ => None,
+        }
+    }
 }
 
 /// Where the messages send people, from the service's configuration.
@@ -111,6 +142,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
         Payload::UserRegistered(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
             security: false,
+            secret: None,
             email: Some(Email {
                 subject: format!("Welcome to GoCommerce, {}", e.name),
                 body: format!(
@@ -124,6 +156,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
         Payload::UserPasswordChanged(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
             security: true,
+            secret: None,
             email: Some(Email {
                 subject: "Your GoCommerce password was changed".to_owned(),
                 body: format!(
@@ -147,6 +180,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
             Some(Rendered {
                 user_id: user(&e.user_id)?,
                 security: true,
+                secret: Some(e.token.clone()),
                 email: Some(Email {
                     subject: "Reset your GoCommerce password".to_owned(),
                     body: format!(
@@ -167,6 +201,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
             Some(Rendered {
                 user_id: user(&e.user_id)?,
                 security: false,
+                secret: None,
                 email: Some(Email {
                     subject: format!("Order {} confirmed", e.order_id),
                     body: format!(
@@ -195,6 +230,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
             Some(Rendered {
                 user_id: user(&e.user_id)?,
                 security: false,
+                secret: None,
                 email: Some(Email {
                     subject: format!("Order {} cancelled", e.order_id),
                     body: format!(
@@ -218,6 +254,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
         Payload::OrderShipped(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
             security: false,
+            secret: None,
             email: Some(Email {
                 subject: format!("Order {} shipped", e.order_id),
                 body: format!(
@@ -240,6 +277,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
         Payload::OrderDelivered(e) => Some(Rendered {
             user_id: user(&e.user_id)?,
             security: false,
+            secret: None,
             email: Some(Email {
                 subject: format!("Order {} delivered", e.order_id),
                 body: format!(
@@ -259,6 +297,7 @@ pub fn render(envelope: &EventEnvelope, links: &Links) -> Option<Rendered> {
             Some(Rendered {
                 user_id: user(&e.user_id)?,
                 security: false,
+                secret: None,
                 email: Some(Email {
                     subject: format!("Refund of {amount} for order {}", e.order_id),
                     body: format!(
@@ -405,6 +444,45 @@ mod tests {
         assert!(
             body.contains("https://shop.example/account?step=reset&token=gcp_secret"),
             "{body}"
+        );
+    }
+
+    #[test]
+    fn a_reset_emails_record_holds_the_body_without_the_token_in_text_or_link() {
+        let envelope = |token: &str| EventEnvelope {
+            payload: Some(Payload::UserPasswordResetRequested(
+                gocommerce_proto::events::v1::UserPasswordResetRequested {
+                    user_id: Uuid::new_v4().to_string(),
+                    token: token.to_owned(),
+                    ..Default::default()
+                },
+            )),
+            ..EventEnvelope::default()
+        };
+        let linked = Links {
+            password_reset: Some("https://shop.example/reset".to_owned()),
+        };
+
+        for links in [Links::default(), linked] {
+            let rendered = render(&envelope("gcp_secret"), &links).expect("rendered");
+            let body = &rendered.email.as_ref().expect("an email").body;
+            let record = rendered.for_record(body);
+
+            assert!(!record.contains("gcp_secret"), "{record}");
+            assert_eq!(record, body.replace("gcp_secret", "[redacted]"));
+        }
+        let paid = EventEnvelope {
+            payload: Some(Payload::OrderPaid(OrderPaid {
+                user_id: Uuid::new_v4().to_string(),
+                ..OrderPaid::default()
+            })),
+            ..EventEnvelope::default()
+        };
+        let paid = render(&paid, &Links::default()).expect("rendered");
+        let body = &paid.email.as_ref().expect("an email").body;
+        assert!(
+            matches!(paid.for_record(body), Cow::Borrowed(_)),
+            "no secret, nothing changed"
         );
     }
 

@@ -418,6 +418,42 @@ async fn the_emailed_reset_token_sets_a_new_password_once_and_ends_every_session
 }
 
 #[tokio::test]
+async fn the_notification_record_of_a_reset_email_keeps_everything_but_the_token() {
+    // Arrange
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
+    let (email, _) = app.customer().await;
+
+    // Act
+    ask_for_reset(&app, &email).await;
+    let mails = smtp
+        .wait_for(1, Duration::from_secs(15), |mail| {
+            mail.to == email && mail.subject == "Reset your GoCommerce password"
+        })
+        .await;
+    let (status, recorded): (String, String) = sqlx::query_as(
+        "SELECT status, body FROM notifications \
+         WHERE event_type = 'user.password_reset_requested' AND recipient = $1",
+    )
+    .bind(&email)
+    .fetch_one(&app.notification_db().await)
+    .await
+    .expect("the record");
+
+    // Assert: the email carried the token, the record has the rest of it
+    let token = reset_token(&app, &email).await;
+    assert!(mails[0].body.contains(&token), "{}", mails[0].body);
+    assert_eq!(status, "sent");
+    assert!(!recorded.contains(&token), "{recorded}");
+    // The mail's body as received ends with the transport's line break.
+    assert_eq!(
+        recorded.trim_end(),
+        mails[0].body.replace(&token, "[redacted]").trim_end(),
+        "only the token is missing"
+    );
+}
+
+#[tokio::test]
 async fn a_reset_for_an_email_without_an_account_is_answered_the_same_and_sends_nothing() {
     let app = spawn_app().await;
     let email = format!("{}@example.com", Uuid::new_v4().simple());
