@@ -309,6 +309,28 @@ pub struct EndedSessionRow {
     pub revoked_at: DateTime<Utc>,
 }
 
+/// A time before which no session can end any more: the start of the
+/// oldest transaction open in this database, or now. A session's end is
+/// stamped inside the transaction that ends it, so after that transaction
+/// started; one still to commit cannot carry an earlier time, however late
+/// it commits. Read before the sessions it goes with.
+///
+/// Only clients' transactions count (autovacuum's can run for minutes and
+/// end no session). Other roles' transactions show no start here (without
+/// `pg_read_all_stats`), so only the service's own role may end sessions,
+/// as it alone does; `track_activities` (on by default) must stay on. A
+/// transaction left open holds the time back, which costs the readers
+/// re-reads of what ended since, never a session.
+#[tracing::instrument(skip_all, err)]
+pub async fn ended_sessions_horizon(conn: &mut PgConnection) -> Result<DateTime<Utc>, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT LEAST(clock_timestamp(), min(xact_start)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_type = 'client backend'",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Up to `limit` sessions that ended after `(after, after_id)`, in
 /// `(revoked_at, id)` order.
 #[tracing::instrument(skip_all, err)]

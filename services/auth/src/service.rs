@@ -517,6 +517,9 @@ impl AuthService {
             _ => (oldest_live, Uuid::nil()),
         };
         let mut conn = self.db.acquire().await?;
+        // First: a session whose end commits after the read below is
+        // stamped after this.
+        let horizon = db::ended_sessions_horizon(&mut conn).await?;
         // One more than a page says whether more follow.
         let limit = i64::try_from(ENDED_SESSIONS_PAGE + 1).unwrap_or(i64::MAX);
         let mut rows = db::ended_sessions(&mut conn, after, after_id, limit).await?;
@@ -538,7 +541,7 @@ impl AuthService {
         Ok(pb::ListEndedSessionsResponse {
             sessions,
             more,
-            as_of: Some(timestamp(as_of)),
+            as_of: Some(timestamp(horizon)),
         })
     }
 

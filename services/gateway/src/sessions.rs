@@ -25,12 +25,6 @@ use uuid::Uuid;
 use crate::authn::unix_now;
 use crate::backend::Backends;
 
-/// How far back each read starts before the end of the previous one. A
-/// session's end is stamped shortly before its transaction commits, so one
-/// that commits after a read can carry an earlier time than the read saw;
-/// this covers commits up to this late.
-const OVERLAP: Duration = Duration::from_secs(30);
-
 #[allow(clippy::expect_used)]
 static REMEMBERED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -100,6 +94,10 @@ impl EndedSessions {
         let mut next_after = self.next_after.lock().await;
         let mut after = *next_after;
         let mut after_id = String::new();
+        // Where the next read starts: the earliest of the pages' `as_of`. A
+        // session whose end commits between two pages, stamped before the
+        // first page's last, is after the first page's `as_of`.
+        let mut horizon: Option<prost_types::Timestamp> = None;
         loop {
             let page = backends
                 .auth
@@ -114,6 +112,10 @@ impl EndedSessions {
                 .await?
                 .into_inner();
             self.remember(&page.sessions);
+            horizon = [horizon, page.as_of]
+                .into_iter()
+                .flatten()
+                .min_by_key(|at| (at.seconds, at.nanos));
             let last = page.sessions.last();
             match last {
                 Some(last) if page.more => {
@@ -121,12 +123,7 @@ impl EndedSessions {
                     after_id.clone_from(&last.id);
                 }
                 _ => {
-                    *next_after = page.as_of.map(|mut at| {
-                        at.seconds = at
-                            .seconds
-                            .saturating_sub(i64::try_from(OVERLAP.as_secs()).unwrap_or(0));
-                        at
-                    });
+                    *next_after = horizon;
                     break;
                 }
             }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use gocommerce_proto::auth::v1 as pb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -281,6 +282,89 @@ async fn end_sessions(app: &TestApp, email: &str, n: i32, ended: &str) -> Vec<Uu
     .fetch_all(&app.auth_db().await)
     .await
     .expect("sessions")
+}
+
+/// Begins ending the live sessions of the account with `email`, as a
+/// logout's transaction does, and leaves the transaction open; the ended
+/// session and the time its end is stamped with.
+async fn begin_ending(
+    db: &sqlx::PgPool,
+    email: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Uuid,
+    DateTime<Utc>,
+) {
+    let mut ending = db.begin().await.expect("begin");
+    let (session, ended_at) = sqlx::query_as(
+        "UPDATE refresh_families SET revoked_at = clock_timestamp(), revoke_reason = 'test' \
+         WHERE revoked_at IS NULL AND account_id = (SELECT id FROM accounts WHERE email = $1) \
+         RETURNING id, revoked_at",
+    )
+    .bind(email)
+    .fetch_one(&mut *ending)
+    .await
+    .expect("one live session");
+    (ending, session, ended_at)
+}
+
+fn listed(page: &pb::ListEndedSessionsResponse) -> Vec<Uuid> {
+    page.sessions
+        .iter()
+        .map(|s| Uuid::parse_str(&s.id).expect("uuid"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_whose_end_commits_after_a_read_is_in_the_read_after_it() {
+    // Arrange: a session being ended by a transaction still open
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let db = app.auth_db().await;
+    let (ending, session, ended_at) = begin_ending(&db, &email).await;
+    let mut auth = app.auth_service().await;
+
+    // Act: one read while it is open, the next from where that one ended
+    let during = auth
+        .list_ended_sessions(pb::ListEndedSessionsRequest::default())
+        .await
+        .expect("read")
+        .into_inner();
+    ending.commit().await.expect("commit");
+    let after = auth
+        .list_ended_sessions(pb::ListEndedSessionsRequest {
+            after: during.as_of,
+            after_id: String::new(),
+        })
+        .await
+        .expect("read")
+        .into_inner();
+
+    // Assert: the first read's position is no later than the end's stamp
+    assert!(!listed(&during).contains(&session), "not committed yet");
+    let as_of = during.as_of.expect("as_of");
+    let as_of =
+        DateTime::from_timestamp(as_of.seconds, as_of.nanos.unsigned_abs()).expect("a time");
+    assert!(as_of <= ended_at, "{as_of} is after the end at {ended_at}");
+    assert_eq!(listed(&after), [session]);
+}
+
+#[tokio::test]
+async fn a_session_whose_end_commits_after_several_polls_is_refused_by_the_gateway() {
+    // Arrange: a session being ended by a transaction that stays open
+    // while the gateway polls a few times
+    let app = spawn_app().await;
+    let (email, tokens) = app.customer().await;
+    let db = app.auth_db().await;
+    let (ending, _, _) = begin_ending(&db, &email).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(me(&app, &tokens).await.status(), StatusCode::OK);
+
+    // Act
+    ending.commit().await.expect("commit");
+
+    // Assert
+    wait_until_ended(&app, &tokens).await;
 }
 
 #[tokio::test]
