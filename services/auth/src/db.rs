@@ -309,6 +309,48 @@ pub struct EndedSessionRow {
     pub revoked_at: DateTime<Utc>,
 }
 
+/// Records that tokens may be signed with a lifetime of `seconds` until
+/// `until` (a later record stays), and forgets the lifetimes whose tokens
+/// have all expired, `leeway` included.
+#[tracing::instrument(skip_all, fields(seconds), err)]
+pub async fn record_access_lifetime(
+    conn: &mut PgConnection,
+    seconds: i64,
+    until: DateTime<Utc>,
+    leeway: i64,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "WITH gone AS ( \
+           DELETE FROM access_token_lifetimes \
+           WHERE signed_until + make_interval(secs => seconds + $3) < now() AND seconds <> $1) \
+         INSERT INTO access_token_lifetimes (seconds, signed_until) VALUES ($1, $2) \
+         ON CONFLICT (seconds) DO UPDATE \
+           SET signed_until = GREATEST(access_token_lifetimes.signed_until, excluded.signed_until)",
+    )
+    .bind(seconds)
+    .bind(until)
+    .bind(leeway)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The longest recorded lifetime of which a token may still be live, with
+/// `leeway`; None when there is none.
+#[tracing::instrument(skip_all, err)]
+pub async fn longest_live_access_lifetime(
+    conn: &mut PgConnection,
+    leeway: i64,
+) -> Result<Option<i64>, AuthError> {
+    Ok(sqlx::query_scalar(
+        "SELECT max(seconds) FROM access_token_lifetimes \
+         WHERE signed_until + make_interval(secs => seconds + $1) > now()",
+    )
+    .bind(leeway)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// A time before which no session can end any more: the start of the
 /// oldest transaction open in this database, or now. A session's end is
 /// stamped inside the transaction that ends it, so after that transaction

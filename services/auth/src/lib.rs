@@ -7,6 +7,7 @@ mod db;
 mod domain;
 mod error;
 mod keys;
+mod lifetimes;
 mod mirror;
 mod password;
 mod profiles;

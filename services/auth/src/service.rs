@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::db::Db;
 use gocommerce_platform::time::{self, timestamp};
-use gocommerce_platform::token::{self, ACCESS_TOKEN_TYPE, AccessClaims};
+use gocommerce_platform::token::{ACCESS_TOKEN_TYPE, AccessClaims};
 use gocommerce_platform::{Caller, Role, events, outbox};
 use gocommerce_proto::auth::v1 as pb;
 use gocommerce_proto::events::v1::event_envelope::Payload;
@@ -25,6 +25,7 @@ use crate::db::{self, AccountRow};
 use crate::domain::{Email, Name, Password};
 use crate::error::AuthError;
 use crate::keys::KeyStore;
+use crate::lifetimes;
 use crate::mirror;
 use crate::password::Hasher;
 use crate::profiles::Profiles;
@@ -485,15 +486,19 @@ impl AuthService {
         &self,
         request: &pb::ListEndedSessionsRequest,
     ) -> Result<pb::ListEndedSessionsResponse, AuthError> {
-        let as_of = Utc::now();
+        let mut conn = self.db.acquire().await?;
         // How long after a session ends one of its access tokens can still
-        // pass a verifier: its lifetime, signed just before, plus the leeway.
-        let lifetime = chrono::Duration::from_std(self.access_ttl)
-            .unwrap_or(chrono::Duration::MAX)
-            .checked_add(&chrono::Duration::seconds(
-                i64::try_from(token::LEEWAY_SECONDS).unwrap_or(0),
-            ))
-            .unwrap_or(chrono::Duration::MAX);
+        // pass a verifier: the longest lifetime it may have been signed with
+        // (by this process, another or an earlier configuration), signed
+        // just before, plus the leeway.
+        let leeway = lifetimes::leeway();
+        let recorded = db::longest_live_access_lifetime(&mut conn, leeway).await?;
+        let seconds = i64::try_from(self.access_ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(recorded.unwrap_or(0))
+            .saturating_add(leeway);
+        let lifetime = chrono::Duration::try_seconds(seconds).unwrap_or(chrono::Duration::MAX);
+        let as_of = Utc::now();
         let oldest_live = as_of
             .checked_sub_signed(lifetime)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -516,7 +521,6 @@ impl AuthService {
             Some(after) if after >= oldest_live => (after, after_id),
             _ => (oldest_live, Uuid::nil()),
         };
-        let mut conn = self.db.acquire().await?;
         // First: a session whose end commits after the read below is
         // stamped after this.
         let horizon = db::ended_sessions_horizon(&mut conn).await?;

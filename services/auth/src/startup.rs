@@ -19,6 +19,7 @@ use crate::db;
 use crate::domain::{Email, Name, Password};
 use crate::error::AuthError;
 use crate::keys::KeyStore;
+use crate::lifetimes;
 use crate::mirror;
 use crate::password::Hasher;
 use crate::profiles::Profiles;
@@ -68,6 +69,8 @@ impl Application {
             let mut conn = db.pool().acquire().await.map_err(AuthError::from)?;
             KeyStore::load(&mut conn, config.signing_key_pem.as_deref()).await?
         };
+        // Before any token is signed, so every token's lifetime is on record.
+        lifetimes::record(db.pool(), config.access_token_ttl).await?;
         let service = AuthService {
             db,
             keys: Arc::new(keys),
@@ -111,8 +114,8 @@ impl Application {
     }
 
     /// Serves, relays the outbox, sends unconfirmed account copies to the
-    /// user service and sweeps old records until the shutdown signal, then
-    /// closes the pools.
+    /// user service, renews the record of its token lifetime and sweeps old
+    /// records until the shutdown signal, then closes the pools.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let db = self.service.db.clone();
         let relay = tokio::spawn(outbox::run_relay(
@@ -125,6 +128,11 @@ impl Application {
             self.service.profiles.clone(),
             self.readiness.shutdown().clone(),
         ));
+        let lifetimes = tokio::spawn(lifetimes::run(
+            db.background().clone(),
+            self.service.access_ttl,
+            self.readiness.shutdown().clone(),
+        ));
         let retention = tokio::spawn(retention::run(
             db.background().clone(),
             self.service.throttle.window,
@@ -135,6 +143,7 @@ impl Application {
         let _ = relay.await;
         let _ = retention.await;
         let _ = mirror.await;
+        let _ = lifetimes.await;
         self.broker.close().await;
         db.close().await;
         result

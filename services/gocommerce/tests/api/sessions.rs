@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::accounts::{set_role, set_status};
 use crate::auth::refresh;
-use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_with, test_env};
 use crate::passwords::{ask_for_reset, change_password, confirm_reset, reset_token};
 
 const ENDED: &str = "the token's session has ended; log in again";
@@ -390,6 +390,14 @@ async fn the_auth_service_lists_the_ended_sessions_whose_tokens_may_live_a_page_
     let (email, _) = app.customer().await;
     let mut recent = end_sessions(&app, &email, 1001, "now()").await;
     let old = end_sessions(&app, &email, 1, "now() - interval '20 minutes'").await;
+    // Tokens signed with a 2 h lifetime until 3 h ago have all expired.
+    sqlx::query(
+        "INSERT INTO access_token_lifetimes (seconds, signed_until) \
+         VALUES (7200, now() - interval '3 hours')",
+    )
+    .execute(&app.auth_db().await)
+    .await
+    .expect("an old lifetime");
     let mut auth = app.auth_service().await;
 
     // Act
@@ -430,6 +438,59 @@ async fn the_auth_service_lists_the_ended_sessions_whose_tokens_may_live_a_page_
             (15 * 60 + 30, ended.nanos)
         );
     }
+}
+
+#[tokio::test]
+async fn after_the_token_lifetime_is_lowered_sessions_are_listed_while_older_tokens_may_live() {
+    // Arrange: the shop ran with 1 h access tokens, then restarted with the
+    // default 15 min; a lifetime whose tokens have all expired is on record
+    let mut env = test_env();
+    env.insert("ACCESS_TOKEN_TTL_SECONDS".to_owned(), "3600".to_owned());
+    let before = spawn_with(gocommerce::Component::All, env.clone()).await;
+    let (email, _) = before.customer().await;
+    sqlx::query(
+        "INSERT INTO access_token_lifetimes (seconds, signed_until) \
+         VALUES (7200, now() - interval '3 hours')",
+    )
+    .execute(&before.auth_db().await)
+    .await
+    .expect("an old lifetime");
+    before.stop().await;
+    env.remove("ACCESS_TOKEN_TTL_SECONDS");
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let recent = end_sessions(&app, &email, 1, "now() - interval '20 minutes'").await;
+    end_sessions(&app, &email, 1, "now() - interval '2 hours'").await;
+
+    // Act
+    let page = app
+        .auth_service()
+        .await
+        .list_ended_sessions(pb::ListEndedSessionsRequest::default())
+        .await
+        .expect("read")
+        .into_inner();
+
+    // Assert: the session of 20 minutes ago is listed, remembered for 1 h
+    // and the leeway; the lifetimes on record are the two in use
+    assert_eq!(listed(&page), recent);
+    let session = &page.sessions[0];
+    let (ended, expired) = (
+        session.ended_at.expect("ended_at"),
+        session.tokens_expired_at.expect("tokens_expired_at"),
+    );
+    assert_eq!(expired.seconds - ended.seconds, 3600 + 30);
+    let lifetimes: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT seconds, signed_until > now() + interval '10 minutes' \
+         FROM access_token_lifetimes ORDER BY seconds",
+    )
+    .fetch_all(&app.auth_db().await)
+    .await
+    .expect("lifetimes");
+    assert_eq!(
+        lifetimes,
+        [(900, true), (3600, true)],
+        "each recorded ahead of its signing; the expired one forgotten"
+    );
 }
 
 #[tokio::test]
