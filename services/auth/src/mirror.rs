@@ -16,9 +16,9 @@ use crate::profiles::Profiles;
 
 /// How often the loop looks for unconfirmed copies: a copy that failed
 /// arrives within about this long of the user service coming back.
-pub const INTERVAL: Duration = Duration::from_secs(2);
+const INTERVAL: Duration = Duration::from_secs(2);
 /// How long one call may take before it counts as failed.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Accounts per call, the most the user service takes.
 const BATCH: i64 = 100;
 
@@ -35,7 +35,7 @@ pub async fn push(
 
 /// Sends every account whose copy is unconfirmed, a batch at a time, and
 /// returns how many it sent.
-pub async fn repair(pool: &PgPool, profiles: &Profiles) -> Result<usize, AuthError> {
+async fn repair(pool: &PgPool, profiles: &Profiles) -> Result<usize, AuthError> {
     let mut sent = 0;
     loop {
         let accounts = {
