@@ -45,6 +45,19 @@ static LAST_READ: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+// Where the next read starts: the start of the oldest transaction open in
+// the auth database at the last read. An alert on `time() - this` finds a
+// transaction left open there, which makes every read repeat what ended
+// since it began.
+#[allow(clippy::expect_used)]
+static HORIZON: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "gateway_ended_sessions_horizon_timestamp_seconds",
+        "where the gateway's next read of ended sessions starts, as a Unix time"
+    )
+    .expect("metric registers once")
+});
+
 /// The ended sessions this gateway knows of.
 #[derive(Debug, Default)]
 pub struct EndedSessions {
@@ -124,6 +137,9 @@ impl EndedSessions {
                 }
                 _ => {
                     *next_after = horizon;
+                    if let Some(at) = horizon {
+                        HORIZON.set(at.seconds);
+                    }
                     break;
                 }
             }

@@ -75,6 +75,7 @@ async fn health_readiness_and_metrics_are_served() {
         "process_resident_memory_bytes",
         "gateway_ended_sessions ",
         "gateway_ended_sessions_read_timestamp_seconds ",
+        "gateway_ended_sessions_horizon_timestamp_seconds ",
     ] {
         assert!(metrics.contains(needle), "metrics contain {needle}");
     }
