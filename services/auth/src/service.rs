@@ -368,6 +368,9 @@ impl AuthService {
             }),
         );
         outbox::enqueue(&mut tx, &event).await?;
+        // The token works for 30 minutes: the outbox's record of the event
+        // must not keep it after it went out.
+        outbox::mark_secret(&mut tx, event.id).await?;
         tx.commit().await?;
         tracing::info!(account_id = %account.id, "password reset token sent");
         Ok(())

@@ -23,14 +23,16 @@
 //!     attempts     integer NOT NULL DEFAULT 0,
 //!     last_error   text,
 //!     next_attempt_at timestamptz NOT NULL DEFAULT now(),
-//!     mandatory    boolean NOT NULL DEFAULT true
+//!     mandatory    boolean NOT NULL DEFAULT true,
+//!     secret       boolean NOT NULL DEFAULT false
 //! );
 //! CREATE INDEX outbox_pending_idx ON outbox (next_attempt_at) WHERE published_at IS NULL;
 //! CREATE INDEX outbox_published_idx ON outbox (published_at) WHERE published_at IS NOT NULL;
 //! ```
 //!
 //! Published rows are kept for `RETENTION`, so what went out and when can be
-//! looked up after an incident, and then deleted by the relay (`sweep`).
+//! looked up after an incident, and then deleted by the relay (`sweep`). A
+//! secret's row ([`mark_secret`]) is kept without its payload.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
@@ -104,6 +106,18 @@ pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result
         LazyLock::new(|| format!("WITH {} SELECT {QUEUED}", queued(None, 1)));
     bind(sqlx::query_as::<_, (bool,)>(&SQL), message)
         .fetch_one(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks a message enqueued in the caller's transaction as carrying a
+/// secret (a password-reset token): the relay empties its payload when it
+/// records it published, so the outbox keeps no usable copy.
+#[tracing::instrument(skip_all, fields(message_id = %id), err)]
+pub async fn mark_secret(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET secret = true WHERE id = $1")
+        .bind(id)
+        .execute(conn)
         .await?;
     Ok(())
 }
@@ -423,7 +437,9 @@ async fn relay_leased(pool: &PgPool, publisher: &Publisher) -> Result<Vec<Uuid>,
     }
     if !published.is_empty() {
         sqlx::query(
-            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1, \
+               payload = CASE WHEN secret THEN ''::bytea ELSE payload END \
+             WHERE id = ANY($1)",
         )
         .bind(&published)
         .execute(pool)

@@ -12,7 +12,7 @@ use crate::auth::refresh;
 use crate::helpers::{
     PASSWORD, TestApp, assert_problem, problem_fields, release_when_waiting, retry_after, spawn_app,
 };
-use crate::mailbox::SmtpServer;
+use crate::mailbox::{Mail, SmtpServer};
 use crate::notifications::spawn_with_smtp;
 
 const NEW_PASSWORD: &str = "a brand new passphrase";
@@ -350,31 +350,39 @@ pub async fn confirm_reset(app: &TestApp, token: &str, new: &str) -> reqwest::Re
     .await
 }
 
-/// The reset tokens sent to `email`, oldest first, read off the auth
-/// service's outbox (what the notification service emails).
-async fn reset_tokens(app: &TestApp, email: &str) -> Vec<String> {
-    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE routing_key = 'user.password_reset_requested' \
-         ORDER BY id",
+/// How many reset tokens were sent to the account with `email`: the auth
+/// database keeps each one's hash.
+async fn reset_tokens_sent(app: &TestApp, email: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM password_resets r JOIN accounts a ON a.id = r.account_id \
+         WHERE a.email = $1",
     )
-    .fetch_all(&app.auth_db().await)
+    .bind(email)
+    .fetch_one(&app.auth_db().await)
     .await
-    .expect("outbox");
-    payloads
-        .iter()
-        .map(|p| gocommerce_platform::events::decode(p).expect("an event envelope"))
-        .filter_map(|e| match e.payload {
-            Some(Payload::UserPasswordResetRequested(r)) if r.email == email => Some(r.token),
-            _ => None,
-        })
-        .collect()
+    .expect("count")
 }
 
-/// The one reset token sent to `email`.
-pub async fn reset_token(app: &TestApp, email: &str) -> String {
-    let mut tokens = reset_tokens(app, email).await;
-    assert_eq!(tokens.len(), 1, "one reset token for {email}");
-    tokens.remove(0)
+/// The token in a reset email: its line of its own.
+fn token_in(mail: &Mail) -> String {
+    mail.body
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("gcp_"))
+        .unwrap_or_else(|| panic!("a token in {}", mail.body))
+        .to_owned()
+}
+
+/// The one reset token emailed to `email`, read off the email: the outbox
+/// keeps no copy once it went out.
+pub async fn reset_token(smtp: &SmtpServer, email: &str) -> String {
+    let mails = smtp
+        .wait_for(1, Duration::from_secs(15), |mail| {
+            mail.to == email && mail.subject == "Reset your GoCommerce password"
+        })
+        .await;
+    assert_eq!(mails.len(), 1, "one reset email to {email}");
+    token_in(&mails[0])
 }
 
 #[tokio::test]
@@ -391,13 +399,7 @@ async fn the_emailed_reset_token_sets_a_new_password_once_and_ends_every_session
             mail.to == email && mail.subject == "Reset your GoCommerce password"
         })
         .await;
-    let token = mails[0]
-        .body
-        .lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("gcp_"))
-        .unwrap_or_else(|| panic!("a token in {}", mails[0].body))
-        .to_owned();
+    let token = token_in(&mails[0]);
     let confirmed = confirm_reset(&app, &token, NEW_PASSWORD).await;
     let again = confirm_reset(&app, &token, "yet another passphrase").await;
 
@@ -441,7 +443,7 @@ async fn the_notification_record_of_a_reset_email_keeps_everything_but_the_token
     .expect("the record");
 
     // Assert: the email carried the token, the record has the rest of it
-    let token = reset_token(&app, &email).await;
+    let token = token_in(&mails[0]);
     assert!(mails[0].body.contains(&token), "{}", mails[0].body);
     assert_eq!(status, "sent");
     assert!(!recorded.contains(&token), "{recorded}");
@@ -454,6 +456,49 @@ async fn the_notification_record_of_a_reset_email_keeps_everything_but_the_token
 }
 
 #[tokio::test]
+async fn the_auth_outbox_keeps_a_reset_event_without_its_token_once_it_went_out() {
+    // Arrange
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
+    let (email, tokens) = app.customer().await;
+
+    // Act: a reset emailed, and a password change for comparison
+    ask_for_reset(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
+    change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
+    smtp.wait_for(1, Duration::from_secs(15), |mail| {
+        mail.to == email && mail.subject == "Your GoCommerce password was changed"
+    })
+    .await;
+
+    // Assert: both went out and stay on record (the relay records a publish
+    // a moment after the broker confirmed it); only the reset's payload,
+    // which held the token, is gone
+    let db = app.auth_db().await;
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for _ in 0..100 {
+        kept = sqlx::query_as(
+            "SELECT routing_key, payload FROM outbox \
+             WHERE routing_key IN ('user.password_reset_requested', 'user.password_changed') \
+               AND published_at IS NOT NULL ORDER BY routing_key",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("outbox");
+        if kept.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let (changed, reset) = (&kept[0], &kept[1]);
+    assert_eq!(reset.0, "user.password_reset_requested");
+    assert!(reset.1.is_empty(), "the reset event's payload is emptied");
+    assert!(!changed.1.is_empty(), "other events keep theirs");
+    assert!(token.starts_with("gcp_"));
+}
+
+#[tokio::test]
 async fn a_reset_for_an_email_without_an_account_is_answered_the_same_and_sends_nothing() {
     let app = spawn_app().await;
     let email = format!("{}@example.com", Uuid::new_v4().simple());
@@ -461,7 +506,7 @@ async fn a_reset_for_an_email_without_an_account_is_answered_the_same_and_sends_
     let response = ask_for_reset(&app, &email).await;
 
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert!(reset_tokens(&app, &email).await.is_empty());
+    assert_eq!(reset_tokens_sent(&app, &email).await, 0);
 }
 
 #[tokio::test]
@@ -474,7 +519,7 @@ async fn asking_again_within_a_minute_sends_no_second_token() {
 
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     assert_eq!(second.status(), StatusCode::ACCEPTED);
-    assert_eq!(reset_tokens(&app, &email).await.len(), 1);
+    assert_eq!(reset_tokens_sent(&app, &email).await, 1);
 }
 
 #[tokio::test]
@@ -498,7 +543,7 @@ async fn requests_made_at_once_send_one_reset_token() {
 
     // Assert
     assert!(responses.iter().all(|r| r.status() == StatusCode::ACCEPTED));
-    assert_eq!(reset_tokens(&app, &email).await.len(), 1);
+    assert_eq!(reset_tokens_sent(&app, &email).await, 1);
 }
 
 #[tokio::test]
@@ -528,7 +573,7 @@ async fn at_most_five_reset_tokens_are_sent_an_hour() {
 
     // Act
     let sixth = ask_for_reset(&app, &email).await;
-    let sent_within_the_hour = reset_tokens(&app, &email).await.len();
+    let sent_within_the_hour = reset_tokens_sent(&app, &email).await;
     age("1 hour").await;
     ask_for_reset(&app, &email).await;
 
@@ -536,7 +581,7 @@ async fn at_most_five_reset_tokens_are_sent_an_hour() {
     assert_eq!(sixth.status(), StatusCode::ACCEPTED);
     assert_eq!(sent_within_the_hour, 5);
     assert_eq!(
-        reset_tokens(&app, &email).await.len(),
+        reset_tokens_sent(&app, &email).await,
         6,
         "an hour later one more goes out"
     );
@@ -544,10 +589,11 @@ async fn at_most_five_reset_tokens_are_sent_an_hour() {
 
 #[tokio::test]
 async fn an_expired_reset_token_is_refused_and_changes_nothing() {
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, tokens) = app.customer().await;
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
     sqlx::query("UPDATE password_resets SET expires_at = now() - interval '1 second'")
         .execute(&app.auth_db().await)
         .await
@@ -562,7 +608,8 @@ async fn an_expired_reset_token_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn a_reset_lifts_the_lockout_that_failed_logins_put_on_the_account() {
     // Arrange: an account locked by five wrong passwords
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, _) = app.customer().await;
     for _ in 0..5 {
         app.login(&email, "wrong password").await;
@@ -572,7 +619,7 @@ async fn a_reset_lifts_the_lockout_that_failed_logins_put_on_the_account() {
         StatusCode::TOO_MANY_REQUESTS
     );
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
 
     // Act
     let confirmed = confirm_reset(&app, &token, NEW_PASSWORD).await;
@@ -588,10 +635,11 @@ async fn a_reset_lifts_the_lockout_that_failed_logins_put_on_the_account() {
 #[tokio::test]
 async fn a_bad_token_or_new_password_is_refused_and_leaves_the_token_usable() {
     // Arrange
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, _) = app.customer().await;
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
 
     // Act
     let made_up = confirm_reset(&app, &format!("gcp_{}", "A".repeat(43)), NEW_PASSWORD).await;
@@ -613,10 +661,11 @@ async fn a_bad_token_or_new_password_is_refused_and_leaves_the_token_usable() {
 #[tokio::test]
 async fn one_reset_token_used_twice_at_once_sets_one_password() {
     // Arrange
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, _) = app.customer().await;
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
     let candidates = ["first new passphrase", "second new passphrase"];
 
     // Act
@@ -635,10 +684,11 @@ async fn one_reset_token_used_twice_at_once_sets_one_password() {
 #[tokio::test]
 async fn a_reset_token_sent_before_a_password_change_no_longer_works() {
     // Arrange
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, tokens) = app.customer().await;
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
     let changed = change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
     assert_eq!(changed.status(), StatusCode::OK);
 

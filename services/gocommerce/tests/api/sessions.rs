@@ -13,6 +13,8 @@ use uuid::Uuid;
 use crate::accounts::{set_role, set_status};
 use crate::auth::refresh;
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_with, test_env};
+use crate::mailbox::SmtpServer;
+use crate::notifications::spawn_with_smtp;
 use crate::passwords::{ask_for_reset, change_password, confirm_reset, reset_token};
 
 const ENDED: &str = "the token's session has ended; log in again";
@@ -125,13 +127,14 @@ async fn a_password_change_refuses_the_old_access_tokens_and_accepts_the_new_one
 #[tokio::test]
 async fn a_password_reset_refuses_the_accounts_access_tokens() {
     // Arrange
-    let app = spawn_app().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
     let (email, tokens) = app.customer().await;
     assert_eq!(
         ask_for_reset(&app, &email).await.status(),
         StatusCode::ACCEPTED
     );
-    let token = reset_token(&app, &email).await;
+    let token = reset_token(&smtp, &email).await;
 
     // Act
     let confirmed = confirm_reset(&app, &token, "a brand new passphrase").await;

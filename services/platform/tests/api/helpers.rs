@@ -117,7 +117,8 @@ pub async fn outbox_database() -> (sqlx::PgPool, DropDatabase) {
             created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz,
             attempts integer NOT NULL DEFAULT 0, last_error text,
             next_attempt_at timestamptz NOT NULL DEFAULT now(),
-            mandatory boolean NOT NULL DEFAULT true)",
+            mandatory boolean NOT NULL DEFAULT true,
+            secret boolean NOT NULL DEFAULT false)",
     )
     .execute(&pool)
     .await

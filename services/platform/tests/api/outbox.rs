@@ -86,6 +86,48 @@ async fn a_committed_event_is_published_and_marked_sent() {
 }
 
 #[tokio::test]
+async fn a_secrets_payload_goes_out_whole_and_is_then_emptied_from_the_outbox() {
+    let (pool, _database) = outbox_database().await;
+    let mut queue = subscribed().await;
+    let secret = message(&queue.routing_key);
+    let plain = message(&queue.routing_key);
+    let mut tx = pool.begin().await.expect("tx");
+    outbox::enqueue(&mut tx, &secret).await.expect("enqueued");
+    outbox::mark_secret(&mut tx, secret.id)
+        .await
+        .expect("marked");
+    outbox::enqueue(&mut tx, &plain).await.expect("enqueued");
+    tx.commit().await.expect("commit");
+
+    tokio::spawn(outbox::run_relay(
+        pool.clone(),
+        Publisher::new(queue.broker.clone()),
+        queue.shutdown.clone(),
+    ));
+    let delivered = [queue.next().await, queue.next().await];
+    assert_eq!(pending_after(&pool, 5).await, 0);
+
+    assert!(
+        delivered.iter().all(|d| d.payload == b"state changed"),
+        "both delivered whole"
+    );
+    let kept: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, payload FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    let payload = |id| {
+        kept.iter()
+            .find(|(row, _)| *row == id)
+            .map(|(_, p)| p.clone())
+            .expect("the row is kept")
+    };
+    assert!(payload(secret.id).is_empty(), "the secret is gone");
+    assert_eq!(payload(plain.id), b"state changed");
+    queue.finish().await;
+}
+
+#[tokio::test]
 async fn events_wait_while_the_broker_is_unreachable_and_go_out_once_it_is_back() {
     let (pool, _database) = outbox_database().await;
     let (spec, routing_key) = unique_spec(3);
