@@ -444,7 +444,6 @@ async fn the_notification_record_of_a_reset_email_keeps_everything_but_the_token
 
     // Assert: the email carried the token, the record has the rest of it
     let token = token_in(&mails[0]);
-    assert!(mails[0].body.contains(&token), "{}", mails[0].body);
     assert_eq!(status, "sent");
     assert!(!recorded.contains(&token), "{recorded}");
     // The mail's body as received ends with the transport's line break.
@@ -464,7 +463,7 @@ async fn the_auth_outbox_keeps_a_reset_event_without_its_token_once_it_went_out(
 
     // Act: a reset emailed, and a password change for comparison
     ask_for_reset(&app, &email).await;
-    let token = reset_token(&smtp, &email).await;
+    reset_token(&smtp, &email).await;
     change_password(&app, &tokens, PASSWORD, NEW_PASSWORD).await;
     smtp.wait_for(1, Duration::from_secs(15), |mail| {
         mail.to == email && mail.subject == "Your GoCommerce password was changed"
@@ -495,7 +494,6 @@ async fn the_auth_outbox_keeps_a_reset_event_without_its_token_once_it_went_out(
     assert_eq!(reset.0, "user.password_reset_requested");
     assert!(reset.1.is_empty(), "the reset event's payload is emptied");
     assert!(!changed.1.is_empty(), "other events keep theirs");
-    assert!(token.starts_with("gcp_"));
 }
 
 #[tokio::test]
