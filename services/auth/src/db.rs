@@ -150,13 +150,13 @@ pub async fn set_role(
 #[tracing::instrument(skip_all, err)]
 pub async fn unmirrored_accounts(
     conn: &mut PgConnection,
-    limit: i64,
+    limit: usize,
 ) -> Result<Vec<AccountRow>, AuthError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE mirrored_version < mirror_version \
          ORDER BY id LIMIT $1"
     ))
-    .bind(limit)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(conn)
     .await?)
 }
@@ -335,40 +335,41 @@ pub async fn record_access_lifetime(
     Ok(())
 }
 
-/// The longest recorded lifetime of which a token may still be live, with
-/// `leeway`; None when there is none.
-#[tracing::instrument(skip_all, err)]
-pub async fn longest_live_access_lifetime(
-    conn: &mut PgConnection,
-    leeway: i64,
-) -> Result<Option<i64>, AuthError> {
-    Ok(sqlx::query_scalar(
-        "SELECT max(seconds) FROM access_token_lifetimes \
-         WHERE signed_until + make_interval(secs => seconds + $1) > now()",
-    )
-    .bind(leeway)
-    .fetch_one(conn)
-    .await?)
+/// Where a read of the ended sessions stands, read before the sessions.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct EndedSessionsBounds {
+    /// A time before which no session can end any more: the start of the
+    /// oldest transaction open in this database, or now. A session's end is
+    /// stamped inside the transaction that ends it, so after that
+    /// transaction started; one still to commit cannot carry an earlier
+    /// time, however late it commits.
+    ///
+    /// Only clients' transactions count (autovacuum's can run for minutes
+    /// and end no session). Other roles' transactions show no start here
+    /// (without `pg_read_all_stats`), so only the service's own role may end
+    /// sessions, as it alone does; `track_activities` (on by default) must
+    /// stay on. A transaction left open holds the time back, which costs the
+    /// readers re-reads of what ended since, never a session.
+    pub horizon: DateTime<Utc>,
+    /// The longest recorded token lifetime, in seconds, of which a token may
+    /// still be live, with the leeway; None when there is none.
+    pub longest_lifetime: Option<i64>,
 }
 
-/// A time before which no session can end any more: the start of the
-/// oldest transaction open in this database, or now. A session's end is
-/// stamped inside the transaction that ends it, so after that transaction
-/// started; one still to commit cannot carry an earlier time, however late
-/// it commits. Read before the sessions it goes with.
-///
-/// Only clients' transactions count (autovacuum's can run for minutes and
-/// end no session). Other roles' transactions show no start here (without
-/// `pg_read_all_stats`), so only the service's own role may end sessions,
-/// as it alone does; `track_activities` (on by default) must stay on. A
-/// transaction left open holds the time back, which costs the readers
-/// re-reads of what ended since, never a session.
+/// The bounds of a read of the ended sessions, in one round trip.
 #[tracing::instrument(skip_all, err)]
-pub async fn ended_sessions_horizon(conn: &mut PgConnection) -> Result<DateTime<Utc>, AuthError> {
-    Ok(sqlx::query_scalar(
-        "SELECT LEAST(clock_timestamp(), min(xact_start)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND backend_type = 'client backend'",
+pub async fn ended_sessions_bounds(
+    conn: &mut PgConnection,
+    leeway: i64,
+) -> Result<EndedSessionsBounds, AuthError> {
+    Ok(sqlx::query_as(
+        "SELECT \
+           (SELECT LEAST(clock_timestamp(), min(xact_start)) FROM pg_stat_activity \
+            WHERE datname = current_database() AND backend_type = 'client backend') AS horizon, \
+           (SELECT max(seconds) FROM access_token_lifetimes \
+            WHERE signed_until + make_interval(secs => seconds + $1) > now()) AS longest_lifetime",
     )
+    .bind(leeway)
     .fetch_one(conn)
     .await?)
 }

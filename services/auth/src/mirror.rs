@@ -20,7 +20,7 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// How long one call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Accounts per call, the most the user service takes.
-const BATCH: i64 = 100;
+const BATCH: usize = 100;
 
 /// Sends the accounts' state once and records what the user service
 /// confirmed. After a change a failure is only logged: the loop sends again.
@@ -44,7 +44,7 @@ async fn repair(pool: &PgPool, profiles: &Profiles) -> Result<usize, AuthError> 
         };
         send(pool, profiles, &accounts).await?;
         sent += accounts.len();
-        if accounts.len() < BATCH.unsigned_abs() as usize {
+        if accounts.len() < BATCH {
             return Ok(sent);
         }
     }

@@ -367,10 +367,8 @@ impl AuthService {
                 expires_at: Some(timestamp(expires_at)),
             }),
         );
+        // A secret (`events::secret`): the outbox empties it once published.
         outbox::enqueue(&mut tx, &event).await?;
-        // The token works for 30 minutes: the outbox's record of the event
-        // must not keep it after it went out.
-        outbox::mark_secret(&mut tx, event.id).await?;
         tx.commit().await?;
         tracing::info!(account_id = %account.id, "password reset token sent");
         Ok(())
@@ -495,10 +493,11 @@ impl AuthService {
         // (by this process, another or an earlier configuration), signed
         // just before, plus the leeway.
         let leeway = lifetimes::leeway();
-        let recorded = db::longest_live_access_lifetime(&mut conn, leeway).await?;
+        // Before the sessions: see `EndedSessionsBounds::horizon`.
+        let bounds = db::ended_sessions_bounds(&mut conn, leeway).await?;
         let seconds = i64::try_from(self.access_ttl.as_secs())
             .unwrap_or(i64::MAX)
-            .max(recorded.unwrap_or(0))
+            .max(bounds.longest_lifetime.unwrap_or(0))
             .saturating_add(leeway);
         let lifetime = chrono::Duration::try_seconds(seconds).unwrap_or(chrono::Duration::MAX);
         let as_of = Utc::now();
@@ -524,9 +523,6 @@ impl AuthService {
             Some(after) if after >= oldest_live => (after, after_id),
             _ => (oldest_live, Uuid::nil()),
         };
-        // First: a session whose end commits after the read below is
-        // stamped after this.
-        let horizon = db::ended_sessions_horizon(&mut conn).await?;
         // One more than a page says whether more follow.
         let limit = i64::try_from(ENDED_SESSIONS_PAGE + 1).unwrap_or(i64::MAX);
         let mut rows = db::ended_sessions(&mut conn, after, after_id, limit).await?;
@@ -548,7 +544,7 @@ impl AuthService {
         Ok(pb::ListEndedSessionsResponse {
             sessions,
             more,
-            as_of: Some(timestamp(horizon)),
+            as_of: Some(timestamp(bounds.horizon)),
         })
     }
 

@@ -45,6 +45,7 @@ pub fn task(refund_id: Uuid) -> OutboxMessage {
         content_type: "text/plain".to_owned(),
         payload: refund_id.to_string().into_bytes(),
         mandatory: true,
+        secret: false,
     }
 }
 

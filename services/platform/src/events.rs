@@ -53,12 +53,20 @@ pub fn mandatory(payload: &Payload) -> bool {
     }
 }
 
+/// Whether the event carries a secret (a password-reset token, which takes
+/// over the account until it runs out): the outbox keeps no copy of it
+/// once it is published.
+pub fn secret(payload: &Payload) -> bool {
+    matches!(payload, Payload::UserPasswordResetRequested(_))
+}
+
 /// Wraps a payload in an envelope, ready for `outbox::enqueue`.
 pub fn message(source: &str, aggregate_id: Uuid, payload: Payload) -> OutboxMessage {
     let id = Uuid::now_v7();
     let now = Utc::now();
     let event_type = event_type(&payload);
     let mandatory = mandatory(&payload);
+    let secret = secret(&payload);
     let envelope = EventEnvelope {
         id: id.to_string(),
         event_type: event_type.to_owned(),
@@ -74,6 +82,7 @@ pub fn message(source: &str, aggregate_id: Uuid, payload: Payload) -> OutboxMess
         content_type: PROTOBUF.to_owned(),
         payload: envelope.encode_to_vec(),
         mandatory,
+        secret,
     }
 }
 

@@ -32,7 +32,7 @@
 //!
 //! Published rows are kept for `RETENTION`, so what went out and when can be
 //! looked up after an incident, and then deleted by the relay (`sweep`). A
-//! secret's row ([`mark_secret`]) is kept without its payload.
+//! secret's row ([`OutboxMessage::secret`]) is kept without its payload.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
@@ -96,6 +96,10 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
     /// Whether a queue must take it; see [`Outgoing::mandatory`].
     pub mandatory: bool,
+    /// Whether the payload holds a secret ([`crate::events::secret`]): the
+    /// relay empties it when it records the message published, so the
+    /// outbox keeps no usable copy.
+    pub secret: bool,
 }
 
 /// Writes the message into the outbox within the caller's transaction, with
@@ -110,22 +114,10 @@ pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result
     Ok(())
 }
 
-/// Marks a message enqueued in the caller's transaction as carrying a
-/// secret (a password-reset token): the relay empties its payload when it
-/// records it published, so the outbox keeps no usable copy.
-#[tracing::instrument(skip_all, fields(message_id = %id), err)]
-pub async fn mark_secret(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE outbox SET secret = true WHERE id = $1")
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// A data-modifying CTE named `queued` that writes a message into the
 /// outbox for the row of `source` (a CTE of the same statement returning at
 /// most one row), so exactly when the statement's own change happens; with
-/// no source, always. Its six parameters are numbered from `$first`; bind
+/// no source, always. Its seven parameters are numbered from `$first`; bind
 /// them with [`bind`]. The statement's final SELECT must read [`QUEUED`]:
 /// a CTE's SELECT runs only if something reads it, and the notification
 /// wakes the relay at commit (rollback drops it with the row).
@@ -134,13 +126,15 @@ pub async fn mark_secret(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::
 /// (BEGIN, the change, the event, COMMIT: four round trips instead of one).
 pub fn queued(source: Option<&str>, first: usize) -> String {
     let from = source.map(|s| format!(" FROM {s}")).unwrap_or_default();
-    let [id, key, content_type, payload, headers, mandatory] =
-        std::array::from_fn::<usize, 6, _>(|i| first + i);
+    let [id, key, content_type, payload, headers, mandatory, secret] =
+        std::array::from_fn::<usize, 7, _>(|i| first + i);
     format!(
         "queued AS ( \
-           INSERT INTO outbox (id, routing_key, content_type, payload, headers, mandatory) \
+           INSERT INTO outbox (id, routing_key, content_type, payload, headers, mandatory, \
+             secret) \
            SELECT ${id}::uuid, ${key}::text, ${content_type}::text, ${payload}::bytea, \
-                  ${headers}::jsonb, ${mandatory}::boolean{from} RETURNING id)"
+                  ${headers}::jsonb, ${mandatory}::boolean, ${secret}::boolean{from} \
+           RETURNING id)"
     )
 }
 
@@ -168,6 +162,7 @@ pub fn bind<'q, O>(
         .bind(&message.payload)
         .bind(headers)
         .bind(message.mandatory)
+        .bind(message.secret)
 }
 
 #[derive(Debug, thiserror::Error)]

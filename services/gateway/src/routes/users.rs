@@ -135,6 +135,31 @@ fn profile_view(profile: Option<pb::Profile>) -> Result<ProfileView, Problem> {
         .ok_or_else(|| backend_error(tonic::Status::internal("empty profile")))
 }
 
+/// The user's profile, as `caller` may read it.
+async fn read_profile(
+    state: &AppState,
+    caller: &Caller,
+    user_id: String,
+) -> Result<ProfileView, Problem> {
+    let request = state
+        .backends
+        .request(pb::GetProfileRequest { user_id }, Some(caller));
+    let response = state
+        .backends
+        .user
+        .clone()
+        .get_profile(request)
+        .await
+        .map_err(backend_error)?
+        .into_inner();
+    profile_view(response.profile)
+}
+
+/// The account of an auth answer, which always has one.
+fn answered_account(account: Option<auth_pb::Account>) -> Result<auth_pb::Account, Problem> {
+    account.ok_or_else(|| Problem::from_status(&tonic::Status::internal("empty account"), "auth"))
+}
+
 /// The caller's profile.
 #[utoipa::path(
     get, path = "/v1/users/me", tag = "users",
@@ -149,21 +174,9 @@ pub async fn get_me(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<ProfileView>, Problem> {
-    let request = state.backends.request(
-        pb::GetProfileRequest {
-            user_id: caller.user_id.to_string(),
-        },
-        Some(&caller),
-    );
-    let response = state
-        .backends
-        .user
-        .clone()
-        .get_profile(request)
+    read_profile(&state, &caller, caller.user_id.to_string())
         .await
-        .map_err(backend_error)?
-        .into_inner();
-    profile_view(response.profile).map(Json)
+        .map(Json)
 }
 
 /// What `PATCH /v1/users/me` may change; absent (or null) fields stay as they are.
@@ -1072,24 +1085,8 @@ pub async fn set_role(
         .account;
     // A demoted admin's sessions have ended.
     state.verifier.sessions().catch_up(&state.backends).await;
-    let account = account
-        .ok_or_else(|| Problem::from_status(&tonic::Status::internal("empty account"), "auth"))?;
-    let request = state.backends.request(
-        pb::GetProfileRequest {
-            user_id: id.to_string(),
-        },
-        Some(&caller),
-    );
-    let profile = state
-        .backends
-        .user
-        .clone()
-        .get_profile(request)
-        .await
-        .map_err(backend_error)?
-        .into_inner()
-        .profile;
-    let mut view = profile_view(profile)?;
+    let account = answered_account(account)?;
+    let mut view = read_profile(&state, &caller, id.to_string()).await?;
     // Auth's answer, not the profile's copy: the copy may not have arrived.
     view.role = UserRole::from_proto(account.role);
     view.disabled_at = account.disabled_at.map(rfc3339);
@@ -1109,9 +1106,7 @@ pub struct AccountStatusView {
 
 impl AccountStatusView {
     fn from_account(account: Option<auth_pb::Account>) -> Result<Self, Problem> {
-        let account = account.ok_or_else(|| {
-            Problem::from_status(&tonic::Status::internal("empty account"), "auth")
-        })?;
+        let account = answered_account(account)?;
         let disabled_at = account.disabled_at.map(rfc3339);
         Ok(Self {
             disabled: disabled_at.is_some(),

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use gocommerce_platform::time::from_timestamp;
 use gocommerce_proto::auth::v1 as pb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -345,9 +346,7 @@ async fn a_session_whose_end_commits_after_a_read_is_in_the_read_after_it() {
 
     // Assert: the first read's position is no later than the end's stamp
     assert!(!listed(&during).contains(&session), "not committed yet");
-    let as_of = during.as_of.expect("as_of");
-    let as_of =
-        DateTime::from_timestamp(as_of.seconds, as_of.nanos.unsigned_abs()).expect("a time");
+    let as_of = from_timestamp(&during.as_of.expect("as_of")).expect("a time");
     assert!(as_of <= ended_at, "{as_of} is after the end at {ended_at}");
     assert_eq!(listed(&after), [session]);
 }

@@ -18,6 +18,7 @@ fn message(routing_key: &str) -> OutboxMessage {
         content_type: "text/plain".to_owned(),
         payload: b"state changed".to_vec(),
         mandatory: true,
+        secret: false,
     }
 }
 
@@ -89,15 +90,13 @@ async fn a_committed_event_is_published_and_marked_sent() {
 async fn a_secrets_payload_goes_out_whole_and_is_then_emptied_from_the_outbox() {
     let (pool, _database) = outbox_database().await;
     let mut queue = subscribed().await;
-    let secret = message(&queue.routing_key);
+    let secret = OutboxMessage {
+        secret: true,
+        ..message(&queue.routing_key)
+    };
     let plain = message(&queue.routing_key);
-    let mut tx = pool.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, &secret).await.expect("enqueued");
-    outbox::mark_secret(&mut tx, secret.id)
-        .await
-        .expect("marked");
-    outbox::enqueue(&mut tx, &plain).await.expect("enqueued");
-    tx.commit().await.expect("commit");
+    commit(&pool, &secret).await;
+    commit(&pool, &plain).await;
 
     tokio::spawn(outbox::run_relay(
         pool.clone(),
