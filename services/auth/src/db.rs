@@ -105,6 +105,21 @@ pub async fn find_account(
     .await?)
 }
 
+/// The account, locked against changes (its password, role or disabled
+/// status) until the transaction ends.
+#[tracing::instrument(skip_all, fields(account_id = %id), err)]
+pub async fn share_account(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<AccountRow>, AuthError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 FOR SHARE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// The accounts with these ids; unknown ids are left out.
 #[tracing::instrument(skip_all, fields(ids = ids.len()), err)]
 pub async fn find_accounts(
@@ -688,6 +703,65 @@ pub async fn locked_until(
     .bind(keys)
     .fetch_one(conn)
     .await?)
+}
+
+/// Counts an attempt on `key` before its password is checked, in a window of
+/// `window_secs`; an attempt beyond `limit` in one window locks the key for
+/// `lock_secs`. A lock that has ended starts a new window. When the key is
+/// locked (now, or by this attempt), when the lock ends.
+#[tracing::instrument(skip_all, err)]
+pub async fn take_login_attempt(
+    conn: &mut PgConnection,
+    key: &str,
+    limit: i32,
+    window_secs: f64,
+    lock_secs: f64,
+) -> Result<Option<DateTime<Utc>>, AuthError> {
+    // `f` is the row before this attempt: a live lock keeps it as it is, an
+    // ended lock or window starts counting again.
+    Ok(sqlx::query_scalar(
+        "INSERT INTO login_failures AS f (key, failures, window_start, locked_until) \
+         VALUES ($1, 1, now(), CASE WHEN $2 < 1 THEN now() + make_interval(secs => $4) END) \
+         ON CONFLICT (key) DO UPDATE SET \
+           failures = CASE WHEN f.locked_until > now() THEN f.failures \
+             WHEN f.locked_until IS NOT NULL OR f.window_start < now() - make_interval(secs => $3) THEN 1 \
+             ELSE f.failures + 1 END, \
+           window_start = CASE WHEN f.locked_until > now() THEN f.window_start \
+             WHEN f.locked_until IS NOT NULL OR f.window_start < now() - make_interval(secs => $3) THEN now() \
+             ELSE f.window_start END, \
+           locked_until = CASE WHEN f.locked_until > now() THEN f.locked_until \
+             WHEN f.locked_until IS NULL AND f.window_start >= now() - make_interval(secs => $3) \
+               AND f.failures + 1 > $2 THEN now() + make_interval(secs => $4) \
+             END \
+         RETURNING locked_until",
+    )
+    .bind(key)
+    .bind(limit)
+    .bind(window_secs)
+    .bind(lock_secs)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// After an attempt that [`take_login_attempt`] counted failed: locks `key`
+/// for `lock_secs` once `limit` attempts in its window have.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_if_at_limit(
+    conn: &mut PgConnection,
+    key: &str,
+    limit: i32,
+    lock_secs: f64,
+) -> Result<(), AuthError> {
+    sqlx::query(
+        "UPDATE login_failures SET locked_until = now() + make_interval(secs => $3) \
+         WHERE key = $1 AND failures >= $2 AND locked_until IS NULL",
+    )
+    .bind(key)
+    .bind(limit)
+    .bind(lock_secs)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Counts a failure for `key` in a window of `window_secs`; locks the key for

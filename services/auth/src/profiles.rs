@@ -40,7 +40,8 @@ impl Profiles {
     /// A lazily connected client: auth starts even while the user service does not.
     pub fn connect(url: &str) -> Result<Self, GrpcError> {
         Ok(Self {
-            client: UserServiceClient::new(grpc::traced(url)?),
+            client: UserServiceClient::new(grpc::traced(url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
         })
     }
 

@@ -113,11 +113,25 @@ impl AuthService {
         Ok(account)
     }
 
-    /// Starts a new refresh family for the account and signs an access token.
-    async fn issue_tokens(&self, account: &AccountRow) -> Result<pb::TokenPair, AuthError> {
+    /// Starts a session for an account whose password was checked against
+    /// `verified`'s hash, if the account is still so. The check took a while
+    /// and read the account unlocked: a password change, reset or disabling
+    /// that committed meanwhile refuses the login, and one that commits later
+    /// waits for this session (the row is shared-locked) and then ends it
+    /// with the account's others.
+    async fn issue_tokens(&self, verified: &AccountRow) -> Result<pb::TokenPair, AuthError> {
         let mut tx = self.db.begin().await?;
-        let pair = self.start_session(&mut tx, account).await?;
+        let account = db::share_account(&mut tx, verified.id)
+            .await?
+            .filter(|a| a.password_hash == verified.password_hash)
+            .ok_or(AuthError::InvalidCredentials)?;
+        if account.disabled_at.is_some() {
+            tracing::info!(account_id = %account.id, "login refused: account disabled");
+            return Err(AuthError::AccountDisabled);
+        }
+        let pair = self.start_session(&mut tx, &account).await?;
         tx.commit().await?;
+        tracing::info!(account_id = %account.id, "login succeeded");
         Ok(pair)
     }
 
@@ -187,7 +201,7 @@ impl AuthService {
         let keys = throttle::Keys::new(email.as_str(), &request.client_ip);
 
         let mut conn = self.db.acquire().await?;
-        self.throttle.check(&mut conn, &keys.all()).await?;
+        self.throttle.admit(&mut conn, &keys).await?;
         let account = db::find_account_by_email(&mut conn, email.as_str()).await?;
         // Release the connection while hashing: it takes tens of milliseconds.
         conn.keep();
@@ -201,17 +215,12 @@ impl AuthService {
         let mut conn = self.db.acquire().await?;
         match account {
             Some(account) if password_ok => {
-                db::clear_login_failures(&mut conn, &keys.account).await?;
+                self.throttle.succeeded(&mut conn, &keys).await?;
                 conn.keep();
-                if account.disabled_at.is_some() {
-                    tracing::info!(account_id = %account.id, "login refused: account disabled");
-                    return Err(AuthError::AccountDisabled);
-                }
-                tracing::info!(account_id = %account.id, "login succeeded");
                 self.issue_tokens(&account).await
             }
             _ => {
-                self.throttle.record_failure(&mut conn, &keys).await?;
+                self.throttle.failed(&mut conn, &keys).await?;
                 conn.keep();
                 tracing::info!("login failed");
                 Err(AuthError::InvalidCredentials)
@@ -279,7 +288,7 @@ impl AuthService {
             return Err(AuthError::AccountDisabled);
         }
         let keys = throttle::Keys::new(&account.email, &request.client_ip);
-        self.throttle.check(&mut conn, &keys.all()).await?;
+        self.throttle.admit(&mut conn, &keys).await?;
         // Release the connection while hashing, as a login does.
         conn.keep();
 
@@ -291,7 +300,7 @@ impl AuthService {
             .await?;
         if !current_ok {
             let mut conn = self.db.acquire().await?;
-            self.throttle.record_failure(&mut conn, &keys).await?;
+            self.throttle.failed(&mut conn, &keys).await?;
             conn.keep();
             tracing::info!(account_id = %account.id, "password change refused: wrong current password");
             return Err(AuthError::WrongCurrentPassword);
@@ -309,7 +318,7 @@ impl AuthService {
         let ended = db::revoke_account_families(&mut tx, account.id, "password changed").await?;
         // A reset asked for before is answered by this change.
         db::spend_password_resets(&mut tx, account.id).await?;
-        db::clear_login_failures(&mut tx, &keys.account).await?;
+        self.throttle.succeeded(&mut tx, &keys).await?;
         outbox::enqueue(&mut tx, &password_changed(&account)).await?;
         let tokens = self.start_session(&mut tx, &account).await?;
         tx.commit().await?;

@@ -1,7 +1,10 @@
 //! Login throttling, kept in the database so every replica sees the same
 //! counts. Failures are counted per account email and per client address; a
-//! key with too many failures in the window is locked for a while. The rule is
-//! the same for emails with and without an account, so a lock reveals nothing.
+//! key with too many failures in the window is locked for a while. An
+//! account's attempts are counted before their passwords are checked, so
+//! guesses sent at once cannot all pass before the first failure is counted.
+//! The rule is the same for emails with and without an account, so a lock
+//! reveals nothing.
 
 use std::time::Duration;
 
@@ -53,18 +56,32 @@ impl Keys {
             client: (!client_ip.is_empty()).then(|| client_key(client_ip)),
         }
     }
-
-    pub fn all(&self) -> Vec<String> {
-        std::iter::once(self.account.clone())
-            .chain(self.client.clone())
-            .collect()
-    }
 }
 
 impl Policy {
-    /// `Throttled` while the account or the client is locked.
-    pub async fn check(&self, conn: &mut PgConnection, keys: &[String]) -> Result<(), AuthError> {
-        match db::locked_until(conn, keys).await? {
+    /// Admits an attempt with a password before it is checked, or refuses it
+    /// (`Throttled`) while the account or the client is locked. The account's
+    /// attempt is counted now, as a failure until [`Policy::succeeded`] says
+    /// otherwise: attempts made at once each take their own count, so no more
+    /// than `per_account` of them are checked however many arrive together.
+    /// The client's failures are counted after the check ([`Policy::failed`]):
+    /// its attempts at once are bounded by the gateway's rate limit, and
+    /// counting them ahead would refuse the users behind one address who
+    /// log in at the same moment.
+    pub async fn admit(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
+        let client = keys.client.iter().cloned().collect::<Vec<_>>();
+        let mut until = db::locked_until(conn, &client).await?;
+        if until.is_none() {
+            until = db::take_login_attempt(
+                conn,
+                &keys.account,
+                self.per_account,
+                self.window.as_secs_f64(),
+                self.lock.as_secs_f64(),
+            )
+            .await?;
+        }
+        match until {
             Some(until) => Err(AuthError::Throttled {
                 retry_after: (until - Utc::now())
                     .to_std()
@@ -74,17 +91,20 @@ impl Policy {
         }
     }
 
-    pub async fn record_failure(
-        &self,
-        conn: &mut PgConnection,
-        keys: &Keys,
-    ) -> Result<(), AuthError> {
-        let window = self.window.as_secs_f64();
+    /// The admitted attempt's password was wrong: the account's count stands
+    /// (and locks it at the limit) and the client's grows.
+    pub async fn failed(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
         let lock = self.lock.as_secs_f64();
-        db::record_login_failure(conn, &keys.account, self.per_account, window, lock).await?;
+        db::lock_if_at_limit(conn, &keys.account, self.per_account, lock).await?;
         if let Some(client) = &keys.client {
+            let window = self.window.as_secs_f64();
             db::record_login_failure(conn, client, self.per_client, window, lock).await?;
         }
         Ok(())
+    }
+
+    /// The admitted attempt's password was right: the account starts afresh.
+    pub async fn succeeded(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
+        db::clear_login_failures(conn, &keys.account).await
     }
 }

@@ -204,6 +204,35 @@ async fn repeated_failures_lock_the_account_even_for_the_right_password() {
 }
 
 #[tokio::test]
+async fn guesses_sent_at_once_have_no_more_passwords_checked_than_guesses_one_by_one() {
+    // Arrange
+    let app = spawn_app().await;
+    let email = unique_email();
+    app.register(&email, PASSWORD, "Ada").await;
+
+    // Act
+    let answers =
+        futures::future::join_all((0..12).map(|_| app.login(&email, "wrong password"))).await;
+
+    // Assert: five wrong passwords, then the account is locked
+    let statuses: Vec<StatusCode> = answers.iter().map(reqwest::Response::status).collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let locked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((checked, locked), (5, 7), "{statuses:?}");
+    assert_problem(
+        app.login(&email, PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn unknown_emails_are_locked_the_same_way_as_known_ones() {
     let app = spawn_app().await;
     let email = unique_email();

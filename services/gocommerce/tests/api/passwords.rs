@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::auth::refresh;
 use crate::helpers::{
-    PASSWORD, TestApp, assert_problem, problem_fields, release_when_waiting, retry_after, spawn_app,
+    ADMIN_EMAIL, PASSWORD, TestApp, assert_problem, problem_fields, release_when_waiting,
+    retry_after, spawn_app, wait_for_lock_waiters,
 };
 use crate::mailbox::{Mail, SmtpServer};
 use crate::notifications::spawn_with_smtp;
@@ -518,6 +519,81 @@ async fn asking_again_within_a_minute_sends_no_second_token() {
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     assert_eq!(second.status(), StatusCode::ACCEPTED);
     assert_eq!(reset_tokens_sent(&app, &email).await, 1);
+}
+
+/// Logs in with the right password while `change` commits to the account:
+/// the account's row is held from before the login until the change is
+/// written, so the change commits after the login checked the password and
+/// before it could write a session. The login's answer, and how many
+/// sessions the account has.
+async fn log_in_while(app: &TestApp, email: &str, change: &str) -> (reqwest::Response, i64) {
+    let db = app.auth_db().await;
+    let mut held = db.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM accounts WHERE email = $1 FOR UPDATE")
+        .bind(email)
+        .execute(&mut *held)
+        .await
+        .expect("account locked");
+    let (login, ()) = tokio::join!(app.login(email, PASSWORD), async {
+        wait_for_lock_waiters(&db, 1).await;
+        sqlx::query(change)
+            .bind(email)
+            .execute(&mut *held)
+            .await
+            .expect("changed");
+        held.commit().await.expect("committed");
+    });
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refresh_families f JOIN accounts a ON a.id = f.account_id \
+         WHERE a.email = $1",
+    )
+    .bind(email)
+    .fetch_one(&db)
+    .await
+    .expect("sessions");
+    (login, sessions)
+}
+
+#[tokio::test]
+async fn a_login_under_way_when_the_password_changes_starts_no_session() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+
+    // Act: the new password's hash is the admin's, as good as any
+    let (login, sessions) = log_in_while(
+        &app,
+        &email,
+        &format!(
+            "UPDATE accounts SET password_hash = \
+               (SELECT password_hash FROM accounts WHERE email = '{ADMIN_EMAIL}') \
+             WHERE email = $1"
+        ),
+    )
+    .await;
+
+    // Assert
+    assert_problem(login, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(sessions, 1, "only the session app.customer() started");
+}
+
+#[tokio::test]
+async fn a_login_under_way_when_the_account_is_disabled_starts_no_session() {
+    // Arrange
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+
+    // Act
+    let (login, sessions) = log_in_while(
+        &app,
+        &email,
+        "UPDATE accounts SET disabled_at = now() WHERE email = $1",
+    )
+    .await;
+
+    // Assert
+    assert_problem(login, StatusCode::FORBIDDEN).await;
+    assert_eq!(sessions, 1, "only the session app.customer() started");
 }
 
 #[tokio::test]
