@@ -32,12 +32,18 @@ impl Backends {
     pub fn connect(config: &crate::config::GatewayConfig) -> Result<Self, GrpcError> {
         let traced = grpc::traced;
         Ok(Self {
-            auth: AuthServiceClient::new(traced(&config.auth_url)?),
-            user: UserServiceClient::new(traced(&config.user_url)?),
-            product: ProductServiceClient::new(traced(&config.product_url)?),
-            order: OrderServiceClient::new(traced(&config.order_url)?),
-            payment: PaymentServiceClient::new(traced(&config.payment_url)?),
-            notification: NotificationServiceClient::new(traced(&config.notification_url)?),
+            auth: AuthServiceClient::new(traced(&config.auth_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            user: UserServiceClient::new(traced(&config.user_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            product: ProductServiceClient::new(traced(&config.product_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            order: OrderServiceClient::new(traced(&config.order_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            payment: PaymentServiceClient::new(traced(&config.payment_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            notification: NotificationServiceClient::new(traced(&config.notification_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
             timeout: config.backend_timeout,
         })
     }

@@ -51,21 +51,53 @@ where
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|e| json_problem(JsonRejection::from(e)))?;
-        // serde would also build a struct from a JSON array of its fields in
-        // order; every body of this API is an object, so anything else is refused.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(Problem::new(
-                ErrorCode::InvalidArgument,
-                "the body must be a JSON object",
-            ));
+        valid_object(&bytes).map(Self)
+    }
+}
+
+/// A JSON body that may be left out: no body, only whitespace or `null` is
+/// `T::default()`; anything else is read as [`ValidJson`] reads it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Validate + Default,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(request.headers());
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| json_problem(JsonRejection::from(e)))?;
+        if matches!(bytes.trim_ascii(), b"" | b"null") {
+            return Ok(Self(T::default()));
         }
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_problem)?;
-        let errors = value.validate();
-        if errors.is_empty() {
-            Ok(Self(value))
-        } else {
-            Err(Problem::validation(errors))
+        if !json {
+            return Err(unsupported_media_type());
         }
+        valid_object(&bytes).map(Self)
+    }
+}
+
+/// `bytes` as a JSON object of `T` that passes its validation.
+fn valid_object<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Problem> {
+    // serde would also build a struct from a JSON array of its fields in
+    // order; every body of this API is an object, so anything else is refused.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Problem::new(
+            ErrorCode::InvalidArgument,
+            "the body must be a JSON object",
+        ));
+    }
+    let axum::Json(value) = axum::Json::<T>::from_bytes(bytes).map_err(json_problem)?;
+    let errors = value.validate();
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(Problem::validation(errors))
     }
 }
 
@@ -158,8 +190,11 @@ pub fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|v| v.trim().parse::<IpAddr>().ok())
                 .next_back()
+                // Only the last entry is the trusted proxy's; the ones before
+                // are the client's to make up, so a last entry that is not an
+                // address falls back to the peer, never to an earlier one.
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
         })
         .flatten();
     forwarded
@@ -312,5 +347,43 @@ pub mod whole {
                     .contains("not a whole number")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(forwarded_for: &[&str]) -> Parts {
+        let mut request = axum::http::Request::builder();
+        for value in forwarded_for {
+            request = request.header("x-forwarded-for", *value);
+        }
+        let (mut parts, ()) = request.body(()).expect("a request").into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 40000))));
+        parts
+    }
+
+    #[test]
+    fn the_client_is_the_last_forwarded_entry_only_when_it_is_an_address() {
+        let peer = IpAddr::from([10, 0, 0, 9]);
+        let proxy_said = IpAddr::from([203, 0, 113, 7]);
+
+        let last = client_ip(&parts(&["198.51.100.1, 203.0.113.7"]), true);
+        let last_header = client_ip(&parts(&["198.51.100.1", "203.0.113.7"]), true);
+        let not_an_address = client_ip(&parts(&["198.51.100.1, 203.0.113.7:5678"]), true);
+        let untrusted = client_ip(&parts(&["203.0.113.7"]), false);
+        let none = client_ip(&parts(&[]), true);
+
+        assert_eq!(last, proxy_said);
+        assert_eq!(last_header, proxy_said);
+        assert_eq!(
+            not_an_address, peer,
+            "never the client's own entry before it"
+        );
+        assert_eq!(untrusted, peer);
+        assert_eq!(none, peer);
     }
 }

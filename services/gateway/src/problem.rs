@@ -157,6 +157,17 @@ pub async fn not_found() -> Problem {
     Problem::new(ErrorCode::NotFound, "no such route")
 }
 
+/// Known paths asked with a method they do not take; the router adds the
+/// `Allow` header.
+pub async fn method_not_allowed() -> Problem {
+    Problem::with_status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "the route does not take this method; the Allow header lists those it takes",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,6 +186,7 @@ fn router(state: AppState, body_limit: usize) -> Router {
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn(metrics::http_middleware))
         .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -1,12 +1,10 @@
 //! The `NotificationService` gRPC handlers.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use gocommerce_platform::Caller;
 use gocommerce_platform::broker::{self, Broker, QueueSpec};
 use gocommerce_platform::db::Db;
 use gocommerce_platform::time::timestamp;
+use gocommerce_platform::{Caller, page};
 use gocommerce_proto::notification::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -71,19 +69,16 @@ fn to_proto(row: &NotificationRow) -> pb::Notification {
 }
 
 fn page_token(row: &NotificationRow) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.created_at.timestamp_micros(), row.id))
+    page::token(row.created_at, row.id)
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, NotificationError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || invalid("page_token: malformed; pass back the next_page_token of a previous page");
-    let text =
-        String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+    page::parse(token).map(Some).ok_or_else(|| {
+        invalid("page_token: malformed; pass back the next_page_token of a previous page")
+    })
 }
 
 #[tonic::async_trait]

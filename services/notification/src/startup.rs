@@ -55,7 +55,8 @@ impl Application {
         tracing::info!(?channels, "notification channels");
         let handler = Handler {
             db: db.clone(),
-            user: UserServiceClient::new(grpc::traced(&config.user_url)?),
+            user: UserServiceClient::new(grpc::traced(&config.user_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
             channels,
             max_attempts: config.max_attempts,
             links: templates::Links {

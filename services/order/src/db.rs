@@ -502,22 +502,24 @@ pub async fn start_compensation(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Records a cancellation request the saga honours at its next step.
+/// Records a cancellation request the saga honours at its next step, if the
+/// order may still be cancelled and none was requested; false otherwise.
 #[tracing::instrument(skip_all, fields(order_id = %id), err)]
 pub async fn request_cancel(
     conn: &mut PgConnection,
     id: Uuid,
     reason: &str,
-) -> Result<(), OrderError> {
-    sqlx::query(
+) -> Result<bool, OrderError> {
+    let updated = sqlx::query(
         "UPDATE orders SET cancel_requested = true, cancel_reason = COALESCE(cancel_reason, $2), \
-           next_attempt_at = now(), updated_at = now() WHERE id = $1",
+           next_attempt_at = now(), updated_at = now() \
+         WHERE id = $1 AND status IN ('PENDING', 'RESERVED', 'PAID') AND NOT cancel_requested",
     )
     .bind(id)
     .bind(reason)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
 /// Asks the saga to look again after `delay`.
@@ -616,6 +618,45 @@ pub async fn find_key(
     .bind(key)
     .fetch_optional(conn)
     .await?)
+}
+
+/// A refund an admin asked for, as `order_refunds` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefundRequest {
+    pub order_id: Uuid,
+    pub amount: i64,
+    pub reason: String,
+}
+
+#[tracing::instrument(skip_all, fields(refund_id = %id), err)]
+pub async fn find_refund_request(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<RefundRequest>, OrderError> {
+    Ok(
+        sqlx::query_as("SELECT order_id, amount, reason FROM order_refunds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Records a refund the payment service accepted, in the transaction that
+/// counts it in the order's `refunded_amount`.
+#[tracing::instrument(skip_all, fields(refund_id = %id), err)]
+pub async fn insert_refund_request(
+    conn: &mut PgConnection,
+    id: Uuid,
+    request: &RefundRequest,
+) -> Result<(), OrderError> {
+    sqlx::query("INSERT INTO order_refunds (id, order_id, amount, reason) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(request.order_id)
+        .bind(request.amount)
+        .bind(&request.reason)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, err)]

@@ -4,12 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use gocommerce_platform::db::Db;
 use gocommerce_platform::grpc::{self, Traced};
-use gocommerce_platform::{Caller, Shutdown, validate};
+use gocommerce_platform::{Caller, Shutdown, page, validate};
 use gocommerce_proto::order::v1 as pb;
 use gocommerce_proto::payment::v1 as payment_pb;
 use gocommerce_proto::product::v1 as product_pb;
@@ -98,15 +96,7 @@ fn validate_placement(request: &pb::PlaceOrderRequest) -> Result<Placement, Orde
             PAYMENT_METHODS.join(", ")
         )));
     }
-    let key = match request.idempotency_key.as_str() {
-        "" => None,
-        key if key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(invalid(
-                "idempotency_key: 1 to 255 printable ASCII characters",
-            ));
-        }
-        key => Some(key.to_owned()),
-    };
+    let key = idempotency_key(&request.idempotency_key)?.map(str::to_owned);
     // The body's fingerprint: a key reused with another body is refused.
     let mut hasher = Sha256::new();
     for (product_id, quantity) in &items {
@@ -125,23 +115,16 @@ fn validate_placement(request: &pb::PlaceOrderRequest) -> Result<Placement, Orde
 }
 
 fn page_token(order: &OrderRow) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}:{}",
-        order.created_at.timestamp_micros(),
-        order.id
-    ))
+    page::token(order.created_at, order.id)
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, OrderError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || invalid("page_token: malformed; pass back the next_page_token of a previous page");
-    let decoded = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+    page::parse(token).map(Some).ok_or_else(|| {
+        invalid("page_token: malformed; pass back the next_page_token of a previous page")
+    })
 }
 
 impl OrderService {
@@ -251,6 +234,13 @@ impl OrderService {
             .iter()
             .try_fold(0_i64, |sum, i| sum.checked_add(i.line_total))
             .ok_or_else(|| invalid("items: the total is too large"))?;
+        // A charge needs an amount: free products are given with others.
+        if total == 0 {
+            return Err(OrderError::FailedPrecondition(
+                "items: the order's total is 0; free products can only be ordered with others"
+                    .to_owned(),
+            ));
+        }
 
         let new = NewOrder {
             id: order_id,
@@ -457,10 +447,21 @@ impl OrderService {
                 order.status().as_str()
             )));
         }
-        {
+        // The check above read the order unlocked: the request is written only
+        // if the order still allows it, since an admin may have shipped it
+        // meanwhile.
+        let requested = {
             let mut conn = self.db().acquire().await?;
-            db::request_cancel(&mut conn, id, &reason).await?;
+            let requested = db::request_cancel(&mut conn, id, &reason).await?;
             conn.keep();
+            requested
+        };
+        if !requested {
+            let order = self.visible(&caller, id).await?;
+            return Err(OrderError::FailedPrecondition(format!(
+                "an order in status {} cannot be cancelled",
+                order.status().as_str()
+            )));
         }
         tracing::info!(order_id = %id, by = %actor(&caller), "cancellation requested");
         self.drive_for(id, budget, None).await
@@ -508,6 +509,7 @@ impl OrderService {
         // Locked first, so a refusal names the status the order really had.
         let mut tx = self.db().begin().await?;
         let current = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
+        refuse_while_cancelling(&current)?;
         let items = db::items(&mut tx, id).await?;
         let event =
             convert::transition_event(&current, to, &changes, &items, &caller.role.to_string());
@@ -552,6 +554,17 @@ impl OrderService {
         validate::text(&request.reason, 500, true, false)
             .map_err(|message| invalid(format!("reason: {message}")))?;
         let reason = request.reason.trim();
+        // With a key the refund's id is the same each time it is asked for,
+        // so the payment service makes it once however often it is asked.
+        let refund_id = idempotency_key(&request.idempotency_key)?
+            .map_or_else(Uuid::now_v7, |key| {
+                Uuid::new_v5(&id, format!("refund:{key}").as_bytes())
+            });
+        let asked = db::RefundRequest {
+            order_id: id,
+            amount: amount.amount,
+            reason: reason.to_owned(),
+        };
         // The lock serialises refunds of one order: each sees the last one's total.
         let mut tx = self.db().begin().await?;
         let order = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
@@ -561,19 +574,36 @@ impl OrderService {
                 order.currency
             )));
         }
-        if !order.status().refundable() {
-            return Err(OrderError::FailedPrecondition(format!(
-                "an order in status {} cannot be refunded",
-                order.status().as_str()
-            )));
+        let repeated = match db::find_refund_request(&mut tx, refund_id).await? {
+            Some(earlier) if earlier == asked => true,
+            Some(_) => {
+                return Err(OrderError::FailedPrecondition(
+                    "idempotency_key: already used for another refund of this order".to_owned(),
+                ));
+            }
+            None => false,
+        };
+        // A repeat was checked and counted the first time; it is only asked
+        // of the payment service again, for the refund's current state.
+        if !repeated {
+            if !order.status().refundable() {
+                return Err(OrderError::FailedPrecondition(format!(
+                    "an order in status {} cannot be refunded",
+                    order.status().as_str()
+                )));
+            }
+            refuse_while_cancelling(&order)?;
+            let remaining = order.total - order.refunded_amount;
+            if amount.amount > remaining {
+                return Err(OrderError::FailedPrecondition(format!(
+                    "amount: {} exceeds the {remaining} that remains refundable",
+                    amount.amount
+                )));
+            }
         }
-        let remaining = order.total - order.refunded_amount;
-        if amount.amount > remaining {
-            return Err(OrderError::FailedPrecondition(format!(
-                "amount: {} exceeds the {remaining} that remains refundable",
-                amount.amount
-            )));
-        }
+        // Asked while the order is locked and recorded after: if the answer or
+        // the commit is lost, the payment service has the refund and the order
+        // does not, and asking again with the same key records it.
         let refund = self
             .saga
             .payment
@@ -586,7 +616,7 @@ impl OrderService {
                         currency: order.currency.clone(),
                     }),
                     reason: reason.to_owned(),
-                    refund_id: Uuid::now_v7().to_string(),
+                    refund_id: refund_id.to_string(),
                 },
                 None,
             ))
@@ -595,6 +625,10 @@ impl OrderService {
             .into_inner()
             .refund
             .unwrap_or_default();
+        if repeated {
+            return Ok((refund, order));
+        }
+        db::insert_refund_request(&mut tx, refund_id, &asked).await?;
         let refunded = order.refunded_amount + amount.amount;
         let to = if refunded == order.total {
             Status::Refunded
@@ -622,6 +656,34 @@ impl OrderService {
         tracing::info!(order_id = %id, amount = amount.amount, "refund requested");
         Ok((refund, order))
     }
+}
+
+/// An idempotency key as the gateway passes it: empty for none, else 1 to
+/// 255 printable ASCII characters.
+fn idempotency_key(raw: &str) -> Result<Option<&str>, OrderError> {
+    match raw {
+        "" => Ok(None),
+        key if key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) => Err(invalid(
+            "idempotency_key: 1 to 255 printable ASCII characters",
+        )),
+        key => Ok(Some(key)),
+    }
+}
+
+/// A cancellation the saga has not finished yet (a paid order's refund may
+/// be under way) owns the order: shipping it or refunding it besides would
+/// leave it shipped with its money returned, or refunded twice.
+fn refuse_while_cancelling(order: &OrderRow) -> Result<(), OrderError> {
+    let cancellable = matches!(
+        order.status(),
+        Status::Pending | Status::Reserved | Status::Paid
+    );
+    if order.cancel_requested && cancellable {
+        return Err(OrderError::FailedPrecondition(
+            "the order is being cancelled".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn items_currency(items: &[(ItemRow, String)]) -> Result<String, OrderError> {
@@ -893,10 +955,9 @@ mod tests {
     fn page_tokens_round_trip_and_garbage_is_refused() {
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time");
         let id = Uuid::new_v4();
-        let token = URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.timestamp_micros()));
+        let token = page::token(at, id);
         assert_eq!(parse_page_token(&token).expect("valid"), Some((at, id)));
         assert_eq!(parse_page_token("").expect("first page"), None);
         assert!(parse_page_token("!!!").is_err());
-        assert!(parse_page_token(&URL_SAFE_NO_PAD.encode("12:not-a-uuid")).is_err());
     }
 }

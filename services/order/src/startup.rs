@@ -50,15 +50,18 @@ impl Application {
         let traced = grpc::traced;
         let saga = Saga {
             db: db.clone(),
-            product: ProductServiceClient::new(traced(&config.product_url)?),
-            payment: PaymentServiceClient::new(traced(&config.payment_url)?),
+            product: ProductServiceClient::new(traced(&config.product_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
+            payment: PaymentServiceClient::new(traced(&config.payment_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
             step_timeout: config.step_timeout,
             lease: config.lease,
         };
         let shutdown = readiness.shutdown().clone();
         let service = OrderService {
             saga,
-            user: UserServiceClient::new(traced(&config.user_url)?),
+            user: UserServiceClient::new(traced(&config.user_url)?)
+                .max_decoding_message_size(grpc::MAX_ANSWER_BYTES),
             watchers: Watchers::spawn(db.background().clone(), shutdown.clone()),
             shutdown,
         };

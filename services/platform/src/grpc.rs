@@ -98,6 +98,12 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// The largest answer a client of ours decodes. tonic's default of 4 MiB is
+/// less than a page of 100 products can honestly be (descriptions, image
+/// URLs and attributes at their bounds), and an answer over the limit would
+/// fail the call; this bounds a peer's answer without refusing a real one.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
 /// A channel whose calls carry the caller's trace context.
 pub type Traced = InterceptedService<H2Channel, TraceContext>;
 

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod pipeline;
 pub mod readiness;
 pub mod row;

@@ -15,6 +15,9 @@ pub const SLUG_MAX_CHARS: usize = 100;
 pub const MAX_IMAGES: usize = 20;
 pub const URL_MAX_CHARS: usize = 2048;
 pub const REASON_MAX_CHARS: usize = 500;
+/// Attributes are a product's facts (colour, size, material), not documents:
+/// a bound keeps a page of 100 products well within a gRPC message.
+pub const ATTRIBUTES_MAX_BYTES: usize = 16 * 1024;
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
 
@@ -106,6 +109,12 @@ pub fn attributes(raw: &str) -> Result<String, ProductError> {
     const FIELD: &str = "attributes_json";
     if raw.trim().is_empty() {
         return Ok("{}".to_owned());
+    }
+    if raw.len() > ATTRIBUTES_MAX_BYTES {
+        return Err(invalid(
+            FIELD,
+            format!("must be at most {ATTRIBUTES_MAX_BYTES} bytes of JSON"),
+        ));
     }
     let value: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| invalid(FIELD, format!("not valid JSON ({e})")))?;
@@ -291,6 +300,15 @@ mod tests {
         assert!(attributes("[1, 2]").is_err());
         assert!(attributes("{").is_err());
         assert!(attributes(r#"{"a": "\u0000"}"#).is_err());
+    }
+
+    #[test]
+    fn attributes_are_bounded_in_size() {
+        let at_most = format!(r#"{{"a": "{}"}}"#, "x".repeat(ATTRIBUTES_MAX_BYTES - 9));
+        let over = format!(r#"{{"a": "{}"}}"#, "x".repeat(ATTRIBUTES_MAX_BYTES - 8));
+
+        assert!(attributes(&at_most).is_ok());
+        assert!(attributes(&over).is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gocommerce_platform::validate;
+use chrono::DateTime;
+use gocommerce_platform::{page, validate};
 use gocommerce_proto::product::v1 as pb;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -81,6 +82,19 @@ impl Cursor {
             Self::PriceDesc { .. } => Sort::PriceDesc,
             Self::Newest { .. } => Sort::Newest,
             Self::Name { .. } => Sort::Name,
+        }
+    }
+
+    /// Whether PostgreSQL takes the cursor's key: a token is made by a client
+    /// as easily as by us, and a key PostgreSQL refuses (a time before its
+    /// range, a NUL in a name) would be a server error, not a bad token.
+    fn storable(&self) -> bool {
+        match self {
+            Self::Newest { at_micros, .. } => DateTime::from_timestamp_micros(*at_micros)
+                .and_then(page::storable)
+                .is_some(),
+            Self::Name { name, .. } => !name.contains('\0'),
+            Self::Relevance { .. } | Self::PriceAsc { .. } | Self::PriceDesc { .. } => true,
         }
     }
 
@@ -260,6 +274,9 @@ fn decode_token(
     };
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
     let token: Token = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if !token.cursor.storable() {
+        return Err(malformed());
+    }
     if token.fp != fingerprint || token.cursor.sort() != sort {
         return Err(ProductError::invalid(
             "page.page_token: belongs to another query, filter or sort",
@@ -300,6 +317,60 @@ mod tests {
         assert_eq!(again.after, Some(token.cursor));
         assert!(SearchQuery::parse(&request("chair", &encoded), false).is_err());
         assert!(SearchQuery::parse(&request("lamp", "garbage!"), false).is_err());
+    }
+
+    #[test]
+    fn a_token_whose_key_postgres_would_refuse_is_malformed() {
+        let query = SearchQuery::parse(&request("", ""), false).expect("valid");
+        let forged = |cursor: Cursor| {
+            let token = Token {
+                fp: query.fingerprint.clone(),
+                cursor,
+            };
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).expect("json"))
+        };
+        let ancient = forged(Cursor::Newest {
+            at_micros: -300_000_000_000_000_000,
+            id: Uuid::nil(),
+        });
+        let recent = forged(Cursor::Newest {
+            at_micros: 1_700_000_000_000_000,
+            id: Uuid::nil(),
+        });
+
+        let by_name = pb::SearchProductsRequest {
+            sort: pb::ProductSort::Name.into(),
+            ..request("", "")
+        };
+        let by_name_fp = SearchQuery::parse(&by_name, false)
+            .expect("valid")
+            .fingerprint;
+        let nul = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Token {
+                fp: by_name_fp,
+                cursor: Cursor::Name {
+                    name: "a\0b".to_owned(),
+                    id: Uuid::nil(),
+                },
+            })
+            .expect("json"),
+        );
+        let nul_request = pb::SearchProductsRequest {
+            page: request("", &nul).page,
+            ..by_name
+        };
+
+        let refused = SearchQuery::parse(&request("", &ancient), false);
+        let taken = SearchQuery::parse(&request("", &recent), false);
+        let refused_name = SearchQuery::parse(&nul_request, false);
+
+        assert!(
+            matches!(refused, Err(ProductError::InvalidArgument(m)) if m.contains("malformed"))
+        );
+        assert!(taken.is_ok());
+        assert!(
+            matches!(refused_name, Err(ProductError::InvalidArgument(m)) if m.contains("malformed"))
+        );
     }
 
     #[test]

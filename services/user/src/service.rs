@@ -1,12 +1,10 @@
 //! The `UserService` gRPC handlers.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use gocommerce_platform::Role;
 use gocommerce_platform::db::Db;
 use gocommerce_platform::time::{from_timestamp, timestamp};
-use gocommerce_platform::validate::EMAIL_MAX_CHARS;
+use gocommerce_platform::validate::{self, EMAIL_MAX_CHARS};
+use gocommerce_platform::{Role, page};
 use gocommerce_proto::common::v1::PostalAddress;
 use gocommerce_proto::user::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -115,23 +113,18 @@ fn address_to_proto(row: &AddressRow) -> pb::Address {
 }
 
 fn page_token(row: &ProfileRow) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.created_at.timestamp_micros(), row.id))
+    page::token(row.created_at, row.id)
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, UserError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || {
+    page::parse(token).map(Some).ok_or_else(|| {
         UserError::invalid(
             "page.page_token: malformed; pass back the next_page_token of a previous page",
         )
-    };
-    let decoded = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+    })
 }
 
 impl UserService {
@@ -400,11 +393,8 @@ impl UserService {
         access::admin(request.metadata())?;
         let request = request.into_inner();
         let role = domain::role_from_proto(request.role)?;
-        if request.email.chars().count() > EMAIL_MAX_CHARS {
-            return Err(UserError::invalid(format!(
-                "email: must be at most {EMAIL_MAX_CHARS} characters"
-            )));
-        }
+        validate::text(&request.email, EMAIL_MAX_CHARS, false, false)
+            .map_err(|message| UserError::invalid(format!("email: {message}")))?;
         let email = request.email.trim().to_lowercase();
         let page = request.page.unwrap_or_default();
         let size = match page.page_size {
@@ -601,6 +591,9 @@ impl pb::user_service_server::UserService for UserService {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]

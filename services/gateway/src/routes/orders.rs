@@ -25,7 +25,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::authn::{Admin, Authenticated, InSession};
-use crate::extract::{Path, Query, ValidJson, Validate};
+use crate::extract::{OptionalJson, Path, Query, ValidJson, Validate};
 use crate::problem::{FieldError, Problem};
 use crate::routes::{Money, rfc3339};
 use crate::startup::AppState;
@@ -311,6 +311,24 @@ impl Validate for PlaceOrderBody {
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// The request's `Idempotency-Key`, empty when it has none.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(String::new());
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Problem::validation(vec![FieldError {
+                field: "Idempotency-Key".to_owned(),
+                message: "must be 1 to 255 printable ASCII characters".to_owned(),
+            }])
+        })
+}
+
 /// Place an order. The response may carry a non-terminal status (PENDING,
 /// RESERVED); poll the order or follow its events until PAID or CANCELLED.
 #[utoipa::path(
@@ -330,20 +348,7 @@ pub async fn place_order(
     headers: HeaderMap,
     ValidJson(body): ValidJson<PlaceOrderBody>,
 ) -> Result<Response, Problem> {
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => String::new(),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| {
-                Problem::validation(vec![FieldError {
-                    field: "Idempotency-Key".to_owned(),
-                    message: "must be 1 to 255 printable ASCII characters".to_owned(),
-                }])
-            })?
-            .to_owned(),
-    };
+    let key = idempotency_key(&headers)?;
     let mut request = state.backends.request(
         pb::PlaceOrderRequest {
             items: body
@@ -571,25 +576,8 @@ pub async fn cancel_order(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Json<OrderView>, Problem> {
-    // The body is optional: none, JSON null, or a JSON object with a reason.
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
-    } else {
-        serde_json::from_slice::<Option<CancelBody>>(&body)
-            .map_err(|e| {
-                Problem::new(
-                    gocommerce_platform::ErrorCode::InvalidArgument,
-                    format!("the body does not match the schema: {e}"),
-                )
-            })?
-            .unwrap_or_default()
-    };
-    let errors = body.validate();
-    if !errors.is_empty() {
-        return Err(Problem::validation(errors));
-    }
     let reason = body.reason.unwrap_or_default();
     let mut request = state.backends.request(
         pb::CancelOrderRequest {
@@ -787,7 +775,10 @@ fn refund_status(raw: i32) -> String {
 /// Admin: refund part or all of an order.
 #[utoipa::path(
     post, path = "/v1/orders/{id}/refunds", tag = "orders",
-    params(("id" = Uuid, Path, description = "The order")),
+    params(
+        ("id" = Uuid, Path, description = "The order"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeat a refund safely, also after a lost answer: the same key with the same amount and reason returns the same refund, made and counted once; with another amount or reason it is refused (409). Keys are kept per order.", max_length = 255, pattern = "^[!-~]{1,255}$"),
+    ),
     request_body = RefundBody,
     security(("bearer" = [])),
     responses(
@@ -795,13 +786,14 @@ fn refund_status(raw: i32) -> String {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order cannot be refunded, or the amount exceeds what remains", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order cannot be refunded or is being cancelled, the amount exceeds what remains, or the Idempotency-Key was used for another refund", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn refund_order(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<Uuid>,
+    headers: HeaderMap,
     ValidJson(body): ValidJson<RefundBody>,
 ) -> Result<(StatusCode, Json<RefundView>), Problem> {
     let request = state.backends.request(
@@ -812,6 +804,7 @@ pub async fn refund_order(
                 currency: String::new(),
             }),
             reason: body.reason,
+            idempotency_key: idempotency_key(&headers)?,
         },
         Some(&caller),
     );

@@ -797,6 +797,45 @@ async fn an_import_of_ten_thousand_lines_is_streamed_in_one_call() {
 }
 
 #[tokio::test]
+async fn a_full_page_of_products_at_their_largest_is_served() {
+    // Arrange: a hundred products with the longest description, in
+    // four-byte characters, and the most attributes: over 5 MB in protobuf.
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    new_category(&app, &admin, "large", None).await;
+    let description = "\u{1D11E}".repeat(10_000);
+    let attributes = json!({"notes": "x".repeat(16 * 1024 - 13)});
+    let body: String = (1..=100)
+        .map(|n| {
+            json!({
+                "sku": format!("LARGE-{n:03}"),
+                "name": format!("Large item {n}"),
+                "description": description,
+                "price": {"amount": n, "currency": "USD"},
+                "category_slug": "large",
+                "attributes": attributes,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let summary = json_ok(import(&app, &admin, body).await, StatusCode::OK).await;
+    assert_eq!(summary["created"], 100, "{summary}");
+
+    // Act
+    let page = search(&app, "category=large&page_size=100").await;
+
+    // Assert
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 100);
+    assert!(
+        items
+            .iter()
+            .all(|p| p["description"] == description.as_str())
+    );
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_the_catalog_routes_and_their_parameters() {
     let app = spawn_app().await;
 

@@ -89,6 +89,21 @@ async fn an_unknown_route_is_a_404_problem() {
 }
 
 #[tokio::test]
+async fn a_known_route_asked_with_another_method_is_a_405_problem_naming_the_methods() {
+    let app = spawn_app().await;
+
+    let response = app
+        .request(Method::DELETE, "/v1/auth/login")
+        .send()
+        .await
+        .expect("sent");
+
+    let allow = response.headers().get("allow").cloned();
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    assert_eq!(allow.as_ref().and_then(|a| a.to_str().ok()), Some("POST"));
+}
+
+#[tokio::test]
 async fn auth_routes_are_rate_limited_per_client_with_retry_after() {
     let mut env = test_env();
     env.insert("GATEWAY_AUTH_RATE_PER_MINUTE".to_owned(), "5".to_owned());

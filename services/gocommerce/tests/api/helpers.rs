@@ -223,6 +223,20 @@ impl TestApp {
             .expect("notification database")
     }
 
+    /// A connection to the order service's database.
+    pub async fn order_db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.env["ORDER_DATABASE_URL"])
+            .await
+            .expect("order database")
+    }
+
+    /// A connection to the payment service's database.
+    pub async fn payment_db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.env["PAYMENT_DATABASE_URL"])
+            .await
+            .expect("payment database")
+    }
+
     /// The id of the account with `email`, read off the auth database.
     pub async fn account_id(&self, email: &str) -> String {
         sqlx::query_scalar("SELECT id::text FROM accounts WHERE email = $1")
@@ -287,6 +301,13 @@ pub async fn release_when_waiting(
     blocker: sqlx::Transaction<'_, sqlx::Postgres>,
     waiters: i64,
 ) {
+    wait_for_lock_waiters(db, waiters).await;
+    blocker.rollback().await.expect("rollback");
+}
+
+/// Returns once `waiters` connections to `db`'s database wait on a lock, or
+/// after 10 s.
+pub async fn wait_for_lock_waiters(db: &sqlx::PgPool, waiters: i64) {
     for _ in 0..400 {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
@@ -296,11 +317,10 @@ pub async fn release_when_waiting(
         .await
         .expect("activity");
         if waiting >= waiters {
-            break;
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    blocker.rollback().await.expect("rollback");
 }
 
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {

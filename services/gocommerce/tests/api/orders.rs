@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     TestApp, assert_problem, problem_fields, retry_after, spawn_app, spawn_behind_proxy,
-    spawn_with, test_env,
+    spawn_with, test_env, wait_for_lock_waiters,
 };
 
 /// A catalog with one product and a customer with an address.
@@ -263,9 +263,7 @@ async fn the_order_paid_event_names_the_payment_that_paid() {
     wait_for(&app, &shop.customer, order_id, "PAID").await;
 
     // Act
-    let orders = sqlx::PgPool::connect(&app.env["ORDER_DATABASE_URL"])
-        .await
-        .expect("order database");
+    let orders = app.order_db().await;
     let payload: Vec<u8> =
         sqlx::query_scalar("SELECT payload FROM outbox WHERE routing_key = 'order.paid'")
             .fetch_one(&orders)
@@ -498,6 +496,29 @@ async fn invalid_orders_are_refused_and_reserve_nothing() {
 }
 
 #[tokio::test]
+async fn an_order_of_only_free_products_is_refused_and_reserves_nothing() {
+    // Arrange
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 0).await;
+
+    // Act
+    let response = place(&app, &shop.customer, &shop.order(1, "pm_card_ok"), None).await;
+
+    // Assert
+    let problem = assert_problem(response, StatusCode::CONFLICT).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("total is 0")),
+        "{problem}"
+    );
+    assert_eq!(
+        stock(&app, &shop).await,
+        json!({"on_hand": 5, "reserved": 0, "available": 5})
+    );
+}
+
+#[tokio::test]
 async fn an_archived_product_cannot_be_ordered() {
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 700).await;
@@ -630,6 +651,246 @@ async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_t
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the refunds were never processed");
+}
+
+/// An admin's POST to `path` with `body`, and an `Idempotency-Key` if given.
+async fn admin_post(
+    app: &TestApp,
+    shop: &Shop,
+    path: &str,
+    body: Value,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app
+        .request(Method::POST, path)
+        .bearer_auth(&shop.admin)
+        .json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.expect("sent")
+}
+
+#[tokio::test]
+async fn an_order_whose_cancellation_is_refunding_it_cannot_be_shipped_or_refunded() {
+    // Arrange: the cancellation's refund waits on the payment's row.
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let payments = app.payment_db().await;
+    let mut blocker = payments.begin().await.expect("transaction");
+    sqlx::query("SELECT 1 FROM payments WHERE order_id = $1 FOR UPDATE")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .execute(&mut *blocker)
+        .await
+        .expect("payment locked");
+    let cancel = {
+        let request = app
+            .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+            .bearer_auth(&shop.customer);
+        tokio::spawn(async move { request.send().await.expect("sent").status() })
+    };
+    wait_for_lock_waiters(&payments, 1).await;
+
+    // Act
+    let shipped = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/ship"),
+        json!({"carrier": "UPS", "tracking_number": "1Z999"}),
+        None,
+    )
+    .await;
+    let refunded = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 100, "reason": "goodwill"}),
+        None,
+    )
+    .await;
+    blocker.rollback().await.expect("rollback");
+
+    // Assert
+    let shipped = assert_problem(shipped, StatusCode::CONFLICT).await;
+    assert_eq!(shipped["detail"], "the order is being cancelled");
+    assert_problem(refunded, StatusCode::CONFLICT).await;
+    assert_eq!(cancel.await.expect("cancelled"), StatusCode::OK);
+    let order = wait_for(&app, &shop.customer, &id, "CANCELLED").await;
+    assert_eq!(
+        order["refunded_amount"],
+        json!({"amount": 1000, "currency": "USD"})
+    );
+    let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+    assert_eq!(
+        payment["refunds"].as_array().map(Vec::len),
+        Some(1),
+        "only the cancellation's refund was made"
+    );
+}
+
+#[tokio::test]
+async fn a_cancellation_body_when_given_is_a_json_object_and_bad_ones_cancel_nothing() {
+    // Arrange
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let cancel = |body: &'static str, content_type: &'static str| {
+        app.request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+            .bearer_auth(&shop.customer)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    // Act
+    let array = cancel(r#"["changed my mind"]"#, "application/json")
+        .await
+        .expect("sent");
+    let text = cancel("changed my mind", "text/plain").await.expect("sent");
+    let null = cancel("null", "application/json").await.expect("sent");
+
+    // Assert
+    assert_problem(array, StatusCode::BAD_REQUEST).await;
+    assert_problem(text, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert_eq!(
+        null.status(),
+        StatusCode::OK,
+        "null is no reason, as no body is"
+    );
+    let order = wait_for(&app, &shop.customer, &id, "CANCELLED").await;
+    assert_eq!(order["cancel_reason"], "cancelled by the customer");
+}
+
+#[tokio::test]
+async fn a_cancellation_that_loses_the_race_to_shipping_is_refused() {
+    // Arrange: the order's row is held while the customer's cancellation
+    // reads it, and the admin's shipping commits first.
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let orders = app.order_db().await;
+    let mut shipping = orders.begin().await.expect("transaction");
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .execute(&mut *shipping)
+        .await
+        .expect("order locked");
+    let cancel = {
+        let request = app
+            .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+            .bearer_auth(&shop.customer);
+        tokio::spawn(async move { request.send().await.expect("sent") })
+    };
+    wait_for_lock_waiters(&orders, 1).await;
+
+    // Act: what shipping the order commits.
+    sqlx::query("UPDATE orders SET status = 'SHIPPED', carrier = 'UPS', tracking_number = '1Z999' WHERE id = $1")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .execute(&mut *shipping)
+        .await
+        .expect("shipped");
+    shipping.commit().await.expect("committed");
+    let cancel = cancel.await.expect("answered");
+
+    // Assert
+    let problem = assert_problem(cancel, StatusCode::CONFLICT).await;
+    assert_eq!(
+        problem["detail"],
+        "an order in status SHIPPED cannot be cancelled"
+    );
+    let requested: bool = sqlx::query_scalar("SELECT cancel_requested FROM orders WHERE id = $1")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .fetch_one(&orders)
+        .await
+        .expect("order");
+    assert!(!requested, "a shipped order has no cancellation pending");
+}
+
+#[tokio::test]
+async fn a_refund_repeated_with_its_idempotency_key_is_made_and_counted_once() {
+    // Arrange
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let path = format!("/v1/orders/{id}/refunds");
+    let body = json!({"amount": 400, "reason": "scratched cover"});
+
+    // Act
+    let first = admin_post(&app, &shop, &path, body.clone(), Some("refund-1")).await;
+    let again = admin_post(&app, &shop, &path, body, Some("refund-1")).await;
+    let other = admin_post(
+        &app,
+        &shop,
+        &path,
+        json!({"amount": 300, "reason": "scratched cover"}),
+        Some("refund-1"),
+    )
+    .await;
+
+    // Assert
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.expect("json");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(first["id"], again["id"]);
+    let problem = assert_problem(other, StatusCode::CONFLICT).await;
+    assert_eq!(
+        problem["detail"],
+        "idempotency_key: already used for another refund of this order"
+    );
+    let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(order["status"], "PARTIALLY_REFUNDED");
+    assert_eq!(
+        order["refunded_amount"],
+        json!({"amount": 400, "currency": "USD"})
+    );
+    let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+    assert_eq!(payment["refunds"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_refund_whose_answer_was_lost_is_made_once_when_asked_again_with_its_key() {
+    // Arrange: the order service cannot record the refund before the
+    // gateway's deadline, after the payment service made it.
+    let mut env = test_env();
+    env.insert("GATEWAY_BACKEND_TIMEOUT_MS".to_owned(), "1500".to_owned());
+    let app = spawn_with(gocommerce::Component::All, env).await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let path = format!("/v1/orders/{id}/refunds");
+    let body = json!({"amount": 400, "reason": "scratched cover"});
+    let orders = app.order_db().await;
+    let mut blocker = orders.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE order_history IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("history locked");
+    let lost = admin_post(&app, &shop, &path, body.clone(), Some("refund-1")).await;
+    blocker.rollback().await.expect("rollback");
+
+    // Act
+    let again = admin_post(&app, &shop, &path, body, Some("refund-1")).await;
+
+    // Assert
+    assert!(
+        lost.status().is_server_error(),
+        "the first answer is lost: {}",
+        lost.status()
+    );
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    assert_eq!(
+        order["refunded_amount"],
+        json!({"amount": 400, "currency": "USD"})
+    );
+    let payment = get(&app, &shop.customer, &format!("/v1/orders/{id}/payment")).await;
+    let refunds = payment["refunds"].as_array().expect("refunds");
+    assert_eq!(refunds.len(), 1, "one refund, not one per request");
+    assert_eq!(
+        refunds[0]["amount"],
+        json!({"amount": 400, "currency": "USD"})
+    );
 }
 
 #[tokio::test]
@@ -949,6 +1210,15 @@ async fn order_lists_are_newest_first_and_paginated() {
         .get_with_token("/v1/orders?page_token=nonsense", &shop.customer)
         .await;
     assert_problem(garbage, StatusCode::BAD_REQUEST).await;
+    // Well formed, but of a time PostgreSQL cannot hold.
+    let ancient = gocommerce_platform::page::token(
+        chrono::DateTime::from_timestamp(-300_000_000_000, 0).expect("a time"),
+        Uuid::nil(),
+    );
+    let ancient = app
+        .get_with_token(&format!("/v1/orders?page_token={ancient}"), &shop.customer)
+        .await;
+    assert_problem(ancient, StatusCode::BAD_REQUEST).await;
 }
 
 #[tokio::test]
@@ -1068,9 +1338,7 @@ async fn an_order_left_behind_by_a_crash_is_finished_by_recovery() {
     let app = spawn_with(gocommerce::Component::All, env).await;
     let shop = Shop::open(&app, 5, 1000).await;
     let me: Value = get(&app, &shop.customer, "/v1/auth/me").await;
-    let order_db = sqlx::PgPool::connect(&app.env["ORDER_DATABASE_URL"])
-        .await
-        .expect("order database");
+    let order_db = app.order_db().await;
     // What a process that died right after recording the orders leaves: one
     // PENDING (nothing reserved yet), one RESERVED whose charge was under way,
     // and one RESERVED whose charge the payment service had already taken.

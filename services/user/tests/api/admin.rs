@@ -176,6 +176,21 @@ async fn bad_page_sizes_tokens_and_roles_are_invalid_arguments() {
             )))
             .await,
     );
+    // A token of a time before PostgreSQL's range, made by hand.
+    let ancient = gocommerce_platform::page::token(
+        chrono::DateTime::from_timestamp(-300_000_000_000, 0).expect("a time"),
+        uuid::Uuid::nil(),
+    );
+    let (ancient, ancient_message) = refused(
+        client
+            .list_users(as_admin(list(10, &ancient, RolePb::Unspecified, "")))
+            .await,
+    );
+    let (nul, nul_message) = refused(
+        client
+            .list_users(as_admin(list(10, "", RolePb::Unspecified, "ada\0")))
+            .await,
+    );
     let (role, role_message) = refused(
         client
             .list_users(as_admin(ListUsersRequest {
@@ -199,6 +214,13 @@ async fn bad_page_sizes_tokens_and_roles_are_invalid_arguments() {
         "{token_message}"
     );
     assert_eq!(forged, Code::InvalidArgument);
+    assert_eq!(ancient, Code::InvalidArgument);
+    assert!(
+        ancient_message.starts_with("page.page_token: "),
+        "{ancient_message}"
+    );
+    assert_eq!(nul, Code::InvalidArgument);
+    assert_eq!(nul_message, "email: must not contain control characters");
     assert_eq!(role, Code::InvalidArgument);
     assert!(role_message.starts_with("role: "), "{role_message}");
     assert!(largest.is_ok());
