@@ -320,8 +320,10 @@ pub struct PostgresSpec {
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: String,
 
-    /// Volumes of built-in instances.
+    /// Volumes of built-in instances; fixed once created because a
+    /// StatefulSet's volume claim templates cannot change.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("postgres.storage cannot be changed: the volumes already exist (resize their PersistentVolumeClaims instead)"))]
     pub storage: StorageSpec,
 
     /// Resources of each built-in instance.
@@ -383,8 +385,10 @@ pub struct RabbitMqSpec {
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: String,
 
-    /// The built-in broker's volume.
+    /// The built-in broker's volume; fixed once created because a
+    /// StatefulSet's volume claim templates cannot change.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("rabbitmq.storage cannot be changed: the volume already exists (resize its PersistentVolumeClaim instead)"))]
     pub storage: StorageSpec,
 
     /// Resources of the built-in broker.
@@ -676,5 +680,53 @@ impl GoCommerce {
             }
         }
         crd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+
+    use super::*;
+
+    /// The schema of `spec.<path…>` in the served version.
+    fn spec_property(path: &[&str]) -> JSONSchemaProps {
+        let crd = GoCommerce::definition();
+        let mut node = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .expect("a schema");
+        for name in std::iter::once(&"spec").chain(path) {
+            node = node
+                .properties
+                .and_then(|mut p| p.remove(*name))
+                .unwrap_or_else(|| panic!("no property {name} in spec.{}", path.join(".")));
+        }
+        node
+    }
+
+    #[test]
+    fn storage_of_the_datastores_cannot_change_once_created() {
+        // Arrange
+        let paths = [["postgres", "storage"], ["rabbitmq", "storage"]];
+
+        for path in paths {
+            // Act
+            let rules = spec_property(&path)
+                .x_kubernetes_validations
+                .unwrap_or_default();
+
+            // Assert
+            let rule = rules
+                .iter()
+                .find(|r| r.rule == "self == oldSelf")
+                .unwrap_or_else(|| panic!("{} has no transition rule: {rules:?}", path.join(".")));
+            let message = rule.message.as_deref().unwrap_or_default();
+            assert!(
+                message.starts_with(&format!("{} cannot be changed", path.join("."))),
+                "{message}"
+            );
+        }
     }
 }
