@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSpec, PodTemplateSpec, Probe, Service as KubeService, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service as KubeService, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -135,6 +135,17 @@ fn tcp_probe(number: i32, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The restricted profile, with the volume's ownership fixed only when its
+/// root is wrong: by default the kubelet chmods every file on each mount,
+/// which opens RabbitMQ's `.erlang.cookie` to the group, and Erlang then
+/// refuses to start.
+fn datastore_pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+        ..pod_security(uid)
+    }
+}
+
 fn stateful_set(
     v: &Validated<'_>,
     component: Component,
@@ -164,7 +175,7 @@ fn stateful_set(
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(pod_security(uid)),
+                    security_context: Some(datastore_pod_security(uid)),
                     termination_grace_period_seconds: Some(60),
                     volumes: Some(volumes),
                     ..PodSpec::default()

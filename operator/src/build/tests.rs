@@ -339,6 +339,32 @@ fn every_pod_follows_the_restricted_profile() {
 }
 
 #[test]
+fn datastore_pods_fix_volume_ownership_only_when_the_volume_root_is_wrong() {
+    // Arrange
+    let modes = [MINIMAL, SHARED];
+
+    for yaml in modes {
+        // Act
+        let d = desired(yaml);
+
+        // Assert
+        let datastores = names(&d, "StatefulSet");
+        assert!(datastores.contains("shop-rabbitmq"), "{datastores:?}");
+        for name in datastores {
+            let sts = stateful_set(&d, &name);
+            let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let security = pod.security_context.as_ref().unwrap();
+            assert!(security.fs_group.is_some(), "{name}");
+            assert_eq!(
+                security.fs_group_change_policy.as_deref(),
+                Some("OnRootMismatch"),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
 fn graceful_shutdown_follows_the_spec() {
     let d = desired(EXTERNAL);
     let dep = deployment(&d, "shop-order");
