@@ -40,6 +40,7 @@ pub const MAX_NAME_LEN: usize = 30;
     derive = "PartialEq",
     doc = "A GoCommerce installation: services, databases, broker and their wiring",
     validation = Rule::new("size(self.metadata.name) <= 30").message("metadata.name must be at most 30 characters: object names are derived from it"),
+    validation = Rule::new("!self.metadata.name.endsWith('-pg')").message("metadata.name must not end in -pg: its objects would take the names of another instance's databases"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.gatewayEndpoint", priority = "1"),
@@ -688,6 +689,7 @@ mod tests {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 
     use super::*;
+    use crate::meta::RESERVED_NAME_SUFFIX;
 
     /// The schema of `spec.<path…>` in the served version.
     fn spec_property(path: &[&str]) -> JSONSchemaProps {
@@ -704,6 +706,24 @@ mod tests {
                 .unwrap_or_else(|| panic!("no property {name} in spec.{}", path.join(".")));
         }
         node
+    }
+
+    #[test]
+    fn the_schema_refuses_instance_names_that_take_another_instances_database_names() {
+        // Arrange
+        let crd = GoCommerce::definition();
+
+        // Act
+        let rules = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema)
+            .and_then(|s| s.x_kubernetes_validations)
+            .unwrap_or_default();
+
+        // Assert
+        let wanted = format!("!self.metadata.name.endsWith('{RESERVED_NAME_SUFFIX}')");
+        assert!(rules.iter().any(|r| r.rule == wanted), "{rules:?}");
     }
 
     #[test]

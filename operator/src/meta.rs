@@ -22,6 +22,11 @@ pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 
+/// What may not end an instance's name: the databases of instance `x` are
+/// named `x-pg-<service>`, which are the names of the services of an
+/// instance `x-pg` in the same namespace.
+pub const RESERVED_NAME_SUFFIX: &str = "-pg";
+
 /// A component of an installation: a service, a database or the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Component {

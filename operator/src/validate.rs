@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{
     GoCommerce, GoCommerceSpec, MAX_NAME_LEN, PostgresMode, RabbitMqMode, SecretKeyRef,
 };
-use crate::meta::Owner;
+use crate::meta::{Owner, RESERVED_NAME_SUFFIX};
 use crate::topology::Service;
 
 /// Why a resource cannot be reconciled.
@@ -178,6 +178,12 @@ pub fn validate_spec(gc: &GoCommerce) -> Result<(), Rejection> {
     if !is_dns_label(name) || name.len() > MAX_NAME_LEN {
         return invalid(format!(
             "metadata.name {name:?} must be a DNS label of at most {MAX_NAME_LEN} characters"
+        ));
+    }
+    if let Some(other) = name.strip_suffix(RESERVED_NAME_SUFFIX) {
+        return invalid(format!(
+            "metadata.name {name:?} must not end in {RESERVED_NAME_SUFFIX}: its objects would take \
+             the names of the databases of an instance named {other:?}"
         ));
     }
     let spec = &gc.spec;

@@ -1048,6 +1048,10 @@ fn schema_rules_are_checked_again_without_an_api_server() {
             Box::new(|gc| gc.spec.postgres.mode = crate::crd::PostgresMode::External),
         ),
         (
+            "-pg",
+            Box::new(|gc| gc.metadata.name = Some("shop-pg".to_owned())),
+        ),
+        (
             "outlive",
             Box::new(|gc| gc.spec.auth.refresh_token_ttl_seconds = 60),
         ),
@@ -1111,4 +1115,58 @@ fn generated_secrets_follow_the_modes() {
     assert_eq!(count(MINIMAL), 1 + 6 + 1);
     assert_eq!(count(SHARED), 1 + 1 + 6 + 1);
     assert_eq!(count(EXTERNAL), 1);
+}
+
+/// Every (kind, name) an instance may own in any mode, generated Secrets
+/// included; `None` when validation refuses the name.
+fn owned_names(name: &str) -> Option<BTreeSet<(String, String)>> {
+    let mut owned = BTreeSet::new();
+    for yaml in [MINIMAL, SHARED, EXTERNAL] {
+        let mut gc = resource(yaml);
+        gc.metadata.name = Some(name.to_owned());
+        let Ok(v) = validate(&gc, &Referenced::default()) else {
+            return None;
+        };
+        let d = build(&v);
+        owned.extend(
+            d.objects
+                .iter()
+                .map(|o| (o.kind().to_owned(), o.name().to_owned())),
+        );
+        owned.extend(
+            d.generated
+                .iter()
+                .map(|g| ("Secret".to_owned(), g.name.clone())),
+        );
+    }
+    Some(owned)
+}
+
+#[test]
+fn no_two_accepted_instance_names_own_an_object_of_the_same_name() {
+    // Arrange: names of the objects of `shop` are `shop-<a>-<b>…`; only an
+    // instance named `shop-<a>` (or `shop-<a>-<b>`, …) can own one of them.
+    let shop = owned_names("shop").expect("shop is a valid name");
+    let mut others = BTreeSet::new();
+    for (_, name) in &shop {
+        let rest = name
+            .strip_prefix("shop-")
+            .expect("named after the instance");
+        for (at, _) in rest.match_indices('-') {
+            others.insert(format!("shop-{}", &rest[..at]));
+        }
+        others.insert(format!("shop-{rest}"));
+    }
+
+    // Act
+    let refused: Vec<&String> = others.iter().filter(|o| owned_names(o).is_none()).collect();
+    let clashes: Vec<(String, String)> = others
+        .iter()
+        .filter_map(|o| owned_names(o))
+        .flat_map(|owned| shop.intersection(&owned).cloned().collect::<Vec<_>>())
+        .collect();
+
+    // Assert
+    assert!(clashes.is_empty(), "{clashes:?}");
+    assert_eq!(refused, vec!["shop-pg"]);
 }
