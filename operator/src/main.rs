@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use gocommerce_operator::{render, run, telemetry};
 
 #[derive(Debug, Parser)]
@@ -23,27 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch GoCommerce resources and reconcile them.
-    Run {
-        /// Only watch this namespace (all namespaces when unset).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Listener of /metrics, /healthz and /readyz.
-        #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-        admin_addr: SocketAddr,
-        /// Hold a Lease so that only one replica reconciles.
-        #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        #[arg(long, env = "LEASE_NAME", default_value = "gocommerce-operator")]
-        lease_name: String,
-        /// Namespace of the Lease: the operator's own.
-        #[arg(long, env = "POD_NAMESPACE")]
-        lease_namespace: Option<String>,
-        #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
-        lease_duration_seconds: u64,
-        /// This replica's identity in the Lease and in events.
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-    },
+    Run(RunArgs),
     /// Print the CustomResourceDefinition.
     Crd,
     /// Print every object the operator would apply for the resources in a file.
@@ -51,6 +31,47 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Only watch this namespace (all namespaces when unset or empty).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Listener of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Hold a Lease so that only one replica reconciles.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "gocommerce-operator")]
+    lease_name: String,
+    /// Namespace of the Lease: the operator's own.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the Lease and in events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+impl RunArgs {
+    fn into_options(self) -> run::Options {
+        run::Options {
+            // The chart always sets WATCH_NAMESPACE, to "" for every
+            // namespace; clap reads that as a namespace named "".
+            namespace: self.namespace.filter(|ns| !ns.is_empty()),
+            admin_addr: self.admin_addr,
+            leader_election: self.leader_election,
+            lease_name: self.lease_name,
+            lease_namespace: self.lease_namespace,
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(5)),
+            identity: self
+                .identity
+                .unwrap_or_else(|| format!("gocommerce-operator-{}", std::process::id())),
+        }
+    }
 }
 
 fn print(text: &str) -> anyhow::Result<()> {
@@ -68,29 +89,47 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             print(&render::render(&file.display().to_string(), &text)?)
         }
-        Command::Run {
-            namespace,
-            admin_addr,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            lease_duration_seconds,
-            identity,
-        } => {
+        Command::Run(args) => {
             let _telemetry = telemetry::init()?;
-            let identity =
-                identity.unwrap_or_else(|| format!("gocommerce-operator-{}", std::process::id()));
-            run::run(run::Options {
-                namespace,
-                admin_addr,
-                leader_election,
-                lease_name,
-                lease_namespace,
-                lease_duration: Duration::from_secs(lease_duration_seconds.max(5)),
-                identity,
-            })
-            .await?;
+            run::run(args.into_options()).await?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched(args: &[&str]) -> Option<String> {
+        let argv = ["gocommerce-operator", "run"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(run) => run.into_options().namespace,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_namespace_watches_every_namespace() {
+        // Arrange
+        let empty = ["--namespace", ""];
+
+        // Act
+        let namespace = watched(&empty);
+
+        // Assert
+        assert_eq!(namespace, None);
+    }
+
+    #[test]
+    fn a_named_namespace_is_the_only_one_watched() {
+        // Arrange
+        let shop = ["--namespace", "shop"];
+
+        // Act
+        let namespace = watched(&shop);
+
+        // Assert
+        assert_eq!(namespace.as_deref(), Some("shop"));
     }
 }
