@@ -23,9 +23,9 @@ EXAMPLES := $(wildcard examples/*.yaml)
 export CARGO_TARGET_DIR
 
 .PHONY: k8s-test k8s-tools k8s-venv operator-bin crds crd-check helm-check render-check examples-check \
-        kind-up kind-down images kind-load deploy e2e-k8s
+        example-image-check kind-up kind-down images kind-load deploy e2e-k8s
 
-k8s-test: crd-check helm-check render-check examples-check ## every Kubernetes check that needs no cluster (part of `make test`)
+k8s-test: crd-check helm-check render-check examples-check example-image-check ## every Kubernetes check that needs no cluster (part of `make test`)
 	@echo "k8s-test: chart, rendered objects, examples and CRD are valid"
 
 $(HELM) $(KUBECTL):
@@ -79,6 +79,23 @@ render-check: operator-bin k8s-venv
 examples-check: k8s-venv
 	$(K8S_VENV)/bin/python operator/tests/validate_examples.py crds/gocommerce.yaml $(EXAMPLES)
 
+# deploy and e2e-k8s run the image under test, not the CRD's default one
+# (which kind has not loaded): every service Deployment of every example,
+# passed through with-image.sh, must use it.
+example-image-check: operator-bin
+	@mkdir -p $(K8S_OUT)
+	@set -e; for f in $(EXAMPLES); do \
+	  out=$(K8S_OUT)/with-image-$$(basename $$f); \
+	  bash tests/e2e-k8s/with-image.sh $$f example.test/gocommerce:under-test renamed > $$out; \
+	  $(OPERATOR_BIN) render -f $$out > $$out.rendered; \
+	  deployments=$$(grep -c '^kind: Deployment' $$out.rendered); \
+	  images=$$(grep -c 'image: example.test/gocommerce:under-test' $$out.rendered || true); \
+	  [ "$$deployments" -gt 0 ] && [ "$$images" -eq "$$deployments" ] \
+	    || { echo "$$f: $$images of $$deployments Deployments run the image under test"; exit 1; }; \
+	  grep -q 'app.kubernetes.io/instance: renamed' $$out.rendered || { echo "$$f: not renamed"; exit 1; }; \
+	  echo "with-image $$f"; \
+	done
+
 kind-up: ## a kind cluster with a control plane and two workers (see kind-config.yaml)
 	$(KIND) get clusters | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --config kind-config.yaml --name $(KIND_CLUSTER)
 
@@ -96,7 +113,7 @@ deploy: k8s-tools ## the operator (with the CRD) from the chart, then the minima
 	  --set image.repository=$(firstword $(subst :, ,$(IMAGE))) --set image.tag=$(lastword $(subst :, ,$(IMAGE))) \
 	  --set image.pullPolicy=IfNotPresent --wait
 	$(KUBECTL) create namespace $(K8S_NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
-	sed 's#ghcr.io/gocommerce/gocommerce:[^ ]*#$(IMAGE)#' examples/gocommerce.yaml | $(KUBECTL) -n $(K8S_NAMESPACE) apply -f -
+	bash tests/e2e-k8s/with-image.sh examples/gocommerce.yaml $(IMAGE) | $(KUBECTL) -n $(K8S_NAMESPACE) apply -f -
 
 e2e-k8s: k8s-tools ## the end-to-end suite against the current kube context (fails without a cluster)
 	KUBECTL=$(KUBECTL) HELM=$(HELM) IMAGE=$(IMAGE) bash tests/e2e-k8s/run.sh

@@ -72,8 +72,7 @@ eventually() {
 }
 
 instance_yaml() { # name file image
-  sed -e "s#^  name: .*#  name: $1#" "$2" \
-    | sed -e "s#ghcr.io/gocommerce/gocommerce:[^ ]*#$3#"
+  bash "$ROOT/tests/e2e-k8s/with-image.sh" "$2" "$3" "$1"
 }
 
 set_image() { # instance image
