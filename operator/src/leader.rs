@@ -1,6 +1,9 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so that only one
 //! of several operator replicas reconciles. Updates use the Lease's
 //! resourceVersion: of two replicas racing for it, one gets a conflict.
+//! As in client-go, the leader gives up at a renew deadline shorter than the
+//! lease duration, counted from the renewal time it last stamped into the
+//! Lease, so that it has stopped before a standby may take over.
 
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +21,41 @@ pub enum LeaderError {
     Kube(#[from] kube::Error),
     #[error("lost the lease {lease} to {holder}")]
     Lost { lease: String, holder: String },
+    #[error("no renewal of the lease {lease} within {deadline:?}: stepping down")]
+    RenewDeadline { lease: String, deadline: Duration },
+}
+
+/// The intervals of the election, all derived from the lease duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a silent leader keeps the lease: when a standby may take over.
+    pub lease_duration: Duration,
+    /// How long after its last stamped renewal the leader gives up; the rest
+    /// of the lease duration is its margin to stop reconciling.
+    pub renew_deadline: Duration,
+    /// The pause between two attempts.
+    pub retry: Duration,
+}
+
+impl Timing {
+    /// client-go's proportions: 15 s lease, 10 s renew deadline, and here an
+    /// attempt every 3 s, so that three attempts fit before the deadline.
+    pub fn new(lease_duration: Duration) -> Self {
+        Timing {
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry: lease_duration / 5,
+        }
+    }
+
+    /// How long the next renewal attempt may take, `since_renewed` after the
+    /// last renewal was stamped; `None` once the renew deadline has passed,
+    /// when the leader must step down.
+    pub fn renewal_budget(&self, since_renewed: Duration) -> Option<Duration> {
+        self.renew_deadline
+            .checked_sub(since_renewed)
+            .filter(|left| !left.is_zero())
+    }
 }
 
 /// What to do with the lease as it is now.
@@ -65,20 +104,18 @@ pub struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
-    lease_duration: Duration,
-    retry: Duration,
+    timing: Timing,
 }
 
 impl LeaderElector {
-    /// `lease_duration` is how long a silent leader keeps the lease; it
-    /// renews at a third of that.
+    /// `lease_duration` is how long a silent leader keeps the lease; the
+    /// other intervals follow from it (see [`Timing::new`]).
     pub fn new(api: Api<Lease>, name: &str, identity: &str, lease_duration: Duration) -> Self {
         LeaderElector {
             api,
             name: name.to_owned(),
             identity: identity.to_owned(),
-            lease_duration,
-            retry: lease_duration / 3,
+            timing: Timing::new(lease_duration),
         }
     }
 
@@ -87,7 +124,7 @@ impl LeaderElector {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX),
+                i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX),
             ),
             acquire_time: if take_over {
                 Some(MicroTime(now))
@@ -147,41 +184,64 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this replica holds the lease.
-    pub async fn acquire(&self) -> Result<(), LeaderError> {
-        loop {
-            match self.try_acquire_or_renew().await {
-                Ok(Ok(())) => {
-                    info!(lease = %self.name, identity = %self.identity, "became leader");
-                    return Ok(());
-                }
-                Ok(Err(holder)) => debug!(lease = %self.name, %holder, "waiting for the lease"),
-                Err(error) => warn!(lease = %self.name, %error, "cannot read the lease"),
-            }
-            tokio::time::sleep(self.retry).await;
+    /// One round within `limit`; on success, returns when the round began,
+    /// which is no later than the renewal time it stamped into the lease.
+    async fn attempt(&self, limit: Duration) -> Result<Instant, AttemptError> {
+        let started = Instant::now();
+        // A hung connection must not hold the leader past its deadline.
+        let round = tokio::time::timeout(limit, self.try_acquire_or_renew())
+            .await
+            .map_err(|_| AttemptError::TimedOut(limit))?;
+        match round {
+            Ok(Ok(())) => Ok(started),
+            Ok(Err(holder)) => Err(AttemptError::Held(holder)),
+            Err(error) => Err(AttemptError::Kube(error)),
         }
     }
 
-    /// Keeps renewing; returns when the lease is lost (another replica took
-    /// it, or renewals failed for longer than the lease lasts).
-    pub async fn hold(&self) -> LeaderError {
-        let mut last_renewal = tokio::time::Instant::now();
+    /// Waits until this replica holds the lease; returns when the renewal
+    /// that won it began, for [`LeaderElector::hold`].
+    pub async fn acquire(&self) -> Result<Instant, LeaderError> {
         loop {
-            tokio::time::sleep(self.retry).await;
-            match self.try_acquire_or_renew().await {
-                Ok(Ok(())) => last_renewal = tokio::time::Instant::now(),
-                Ok(Err(holder)) => {
+            match self.attempt(self.timing.renew_deadline).await {
+                Ok(renewed) => {
+                    info!(lease = %self.name, identity = %self.identity, "became leader");
+                    return Ok(renewed);
+                }
+                Err(AttemptError::Held(holder)) => {
+                    debug!(lease = %self.name, %holder, "waiting for the lease")
+                }
+                Err(error) => warn!(lease = %self.name, %error, "cannot read the lease"),
+            }
+            tokio::time::sleep(self.timing.retry).await;
+        }
+    }
+
+    /// Keeps renewing the lease last renewed at `renewed`; returns when it is
+    /// lost: another replica took it, or no renewal succeeded within the
+    /// renew deadline (each attempt is cut off there).
+    pub async fn hold(&self, mut renewed: Instant) -> LeaderError {
+        let step_down = || LeaderError::RenewDeadline {
+            lease: self.name.clone(),
+            deadline: self.timing.renew_deadline,
+        };
+        loop {
+            let Some(left) = self.timing.renewal_budget(renewed.elapsed()) else {
+                return step_down();
+            };
+            tokio::time::sleep(self.timing.retry.min(left)).await;
+            let Some(left) = self.timing.renewal_budget(renewed.elapsed()) else {
+                return step_down();
+            };
+            match self.attempt(left).await {
+                Ok(started) => renewed = started,
+                Err(AttemptError::Held(holder)) => {
                     return LeaderError::Lost {
                         lease: self.name.clone(),
                         holder,
                     };
                 }
-                Err(error) => {
-                    warn!(lease = %self.name, %error, "cannot renew the lease");
-                    if last_renewal.elapsed() >= self.lease_duration {
-                        return LeaderError::Kube(error);
-                    }
-                }
+                Err(error) => warn!(lease = %self.name, %error, "cannot renew the lease"),
             }
         }
     }
@@ -202,8 +262,28 @@ impl LeaderElector {
     }
 }
 
+/// Why a round did not end with this replica holding the lease.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("held by {0}")]
+    Held(String),
+    #[error("kubernetes api: {0}")]
+    Kube(kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+    use std::sync::{Arc, Mutex};
+
+    use http::{Method, Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::Value;
+    use tower_test::mock;
+
     use super::*;
 
     fn at(seconds: i64) -> Timestamp {
@@ -239,5 +319,161 @@ mod tests {
             ..held_by("b", 99)
         };
         assert_eq!(decide(Some(&released), "a", at(100)), Decision::TakeOver);
+    }
+
+    #[test]
+    fn the_renew_deadline_leaves_the_leader_time_to_stop_before_the_lease_expires() {
+        // Arrange
+        let timing = Timing::new(Duration::from_secs(15));
+
+        // Act
+        let budgets = [0, 9, 10, 12].map(|s| timing.renewal_budget(Duration::from_secs(s)));
+
+        // Assert
+        assert_eq!(timing.renew_deadline, Duration::from_secs(10));
+        assert_eq!(timing.retry, Duration::from_secs(3));
+        assert_eq!(
+            budgets,
+            [
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_secs(1)),
+                None,
+                None
+            ]
+        );
+    }
+
+    const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+    /// A client whose requests `answer` handles, given the method and the
+    /// body; `None` leaves the request unanswered, as a hung connection.
+    fn client<F>(answer: F) -> Client
+    where
+        F: Fn(&Method, Value) -> Option<(u16, Value)> + Send + 'static,
+    {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            let mut handle = pin!(handle);
+            let mut unanswered = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                match answer(&parts.method, body) {
+                    Some((code, value)) => send.send_response(
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(serde_json::to_vec(&value).expect("json")))
+                            .expect("response"),
+                    ),
+                    None => unanswered.push(send),
+                }
+            }
+        });
+        Client::new(service, "ops")
+    }
+
+    fn lease_of(holder: &str) -> Value {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("operator".to_owned()),
+                namespace: Some("ops".to_owned()),
+                resource_version: Some("1".to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..LeaseSpec::default()
+            }),
+        };
+        serde_json::to_value(lease).expect("json")
+    }
+
+    fn elector(client: Client) -> LeaderElector {
+        LeaderElector::new(
+            Api::namespaced(client, "ops"),
+            "operator",
+            "me",
+            LEASE_DURATION,
+        )
+    }
+
+    fn server_error() -> (u16, Value) {
+        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "InternalError", "message": "down", "code": 500});
+        (500, status)
+    }
+
+    /// Holds the lease renewed now against `client`; `None` if the leader
+    /// still leads when the lease would expire.
+    async fn hold_until_expiry(client: Client) -> Option<(LeaderError, Duration)> {
+        let renewed = Instant::now();
+        let held = tokio::time::timeout(LEASE_DURATION, elector(client).hold(renewed)).await;
+        held.ok().map(|error| (error, renewed.elapsed()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_hang_or_fail_steps_down_at_the_renew_deadline() {
+        // Arrange
+        type Answer = fn(&Method, Value) -> Option<(u16, Value)>;
+        let hung: Answer = |_, _| None;
+        let failed: Answer = |_, _| Some(server_error());
+
+        for (case, answer) in [("hung", hung), ("failed", failed)] {
+            // Act
+            let stepped_down = hold_until_expiry(client(answer)).await;
+
+            // Assert
+            let (error, after) = stepped_down.expect(case);
+            assert!(
+                matches!(error, LeaderError::RenewDeadline { .. }),
+                "{case}: {error}"
+            );
+            assert_eq!(after, Timing::new(LEASE_DURATION).renew_deadline, "{case}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_renews_keeps_leading_and_stamps_each_renewal() {
+        // Arrange
+        let stamps = Arc::new(Mutex::new(Vec::new()));
+        let recorded = stamps.clone();
+        let client = client(move |method, body| match *method {
+            Method::GET => Some((200, lease_of("me"))),
+            _ => {
+                let renewed = body["spec"]["renewTime"].as_str().map(str::to_owned);
+                recorded.lock().expect("stamps").push(renewed);
+                Some((200, body))
+            }
+        });
+        let renewed = Instant::now();
+
+        // Act
+        let held = tokio::time::timeout(LEASE_DURATION * 4, elector(client).hold(renewed)).await;
+
+        // Assert
+        assert!(held.is_err(), "stepped down: {held:?}");
+        let stamps = stamps.lock().expect("stamps");
+        assert!(stamps.len() >= 19, "{} renewals in a minute", stamps.len());
+        assert!(stamps.iter().all(Option::is_some), "{stamps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_finds_another_holder_steps_down_at_once() {
+        // Arrange
+        let client = client(|method, _| (*method == Method::GET).then(|| (200, lease_of("other"))));
+
+        // Act
+        let stepped_down = hold_until_expiry(client).await;
+
+        // Assert
+        let (error, after) = stepped_down.expect("stepped down");
+        assert!(
+            matches!(&error, LeaderError::Lost { holder, .. } if holder == "other"),
+            "{error}"
+        );
+        assert_eq!(after, Timing::new(LEASE_DURATION).retry);
     }
 }

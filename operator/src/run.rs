@@ -77,14 +77,14 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             &options.identity,
             options.lease_duration,
         );
-        tokio::select! {
+        let renewed = tokio::select! {
             acquired = elector.acquire() => acquired?,
             () = shutdown_signal() => {
                 info!("stopping before becoming leader");
                 return Ok(());
             }
-        }
-        Some(elector)
+        };
+        Some((elector, renewed))
     } else {
         None
     };
@@ -105,7 +105,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         },
     };
     metrics.set_leader(false);
-    if let Some(elector) = &elector
+    if let Some((elector, _)) = &elector
         && let Err(error) = elector.release().await
     {
         warn!(%error, "cannot release the lease");
@@ -113,9 +113,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     outcome
 }
 
-async fn hold(elector: Option<&LeaderElector>) -> LeaderError {
+async fn hold(elector: Option<&(LeaderElector, tokio::time::Instant)>) -> LeaderError {
     match elector {
-        Some(elector) => elector.hold().await,
+        Some((elector, renewed)) => elector.hold(*renewed).await,
         None => std::future::pending().await,
     }
 }
