@@ -275,16 +275,14 @@ enum AttemptError {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::pin;
     use std::sync::{Arc, Mutex};
 
-    use http::{Method, Request, Response};
+    use http::Method;
     use kube::Client;
-    use kube::client::Body;
     use serde_json::Value;
-    use tower_test::mock;
 
     use super::*;
+    use crate::testing::{client, status};
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(seconds).expect("valid")
@@ -345,34 +343,6 @@ mod tests {
 
     const LEASE_DURATION: Duration = Duration::from_secs(15);
 
-    /// A client whose requests `answer` handles, given the method and the
-    /// body; `None` leaves the request unanswered, as a hung connection.
-    fn client<F>(answer: F) -> Client
-    where
-        F: Fn(&Method, Value) -> Option<(u16, Value)> + Send + 'static,
-    {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        tokio::spawn(async move {
-            let mut handle = pin!(handle);
-            let mut unanswered = Vec::new();
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.unwrap_or_default();
-                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                match answer(&parts.method, body) {
-                    Some((code, value)) => send.send_response(
-                        Response::builder()
-                            .status(code)
-                            .body(Body::from(serde_json::to_vec(&value).expect("json")))
-                            .expect("response"),
-                    ),
-                    None => unanswered.push(send),
-                }
-            }
-        });
-        Client::new(service, "ops")
-    }
-
     fn lease_of(holder: &str) -> Value {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -400,12 +370,6 @@ mod tests {
         )
     }
 
-    fn server_error() -> (u16, Value) {
-        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "reason": "InternalError", "message": "down", "code": 500});
-        (500, status)
-    }
-
     /// Holds the lease renewed now against `client`; `None` if the leader
     /// still leads when the lease would expire.
     async fn hold_until_expiry(client: Client) -> Option<(LeaderError, Duration)> {
@@ -417,9 +381,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_whose_renewals_hang_or_fail_steps_down_at_the_renew_deadline() {
         // Arrange
-        type Answer = fn(&Method, Value) -> Option<(u16, Value)>;
-        let hung: Answer = |_, _| None;
-        let failed: Answer = |_, _| Some(server_error());
+        type Answer = fn(&Method, &str, Value) -> Option<(u16, Value)>;
+        let hung: Answer = |_, _, _| None;
+        let failed: Answer = |_, _, _| Some(status(500, "InternalError"));
 
         for (case, answer) in [("hung", hung), ("failed", failed)] {
             // Act
@@ -440,7 +404,7 @@ mod tests {
         // Arrange
         let stamps = Arc::new(Mutex::new(Vec::new()));
         let recorded = stamps.clone();
-        let client = client(move |method, body| match *method {
+        let client = client(move |method, _, body| match *method {
             Method::GET => Some((200, lease_of("me"))),
             _ => {
                 let renewed = body["spec"]["renewTime"].as_str().map(str::to_owned);
@@ -463,7 +427,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_that_finds_another_holder_steps_down_at_once() {
         // Arrange
-        let client = client(|method, _| (*method == Method::GET).then(|| (200, lease_of("other"))));
+        let client =
+            client(|method, _, _| (*method == Method::GET).then(|| (200, lease_of("other"))));
 
         // Act
         let stepped_down = hold_until_expiry(client).await;

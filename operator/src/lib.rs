@@ -14,4 +14,8 @@ pub mod secrets;
 pub mod status;
 pub mod telemetry;
 pub mod topology;
+pub mod uninstall;
 pub mod validate;
+
+#[cfg(test)]
+mod testing;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use gocommerce_operator::{render, run, telemetry};
+use gocommerce_operator::{render, run, telemetry, uninstall};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +24,16 @@ struct Cli {
 enum Command {
     /// Watch GoCommerce resources and reconcile them.
     Run(RunArgs),
+    /// Delete a GoCommerce resource and wait until the operator has let it
+    /// go (the chart's pre-delete hook).
+    Delete {
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        #[arg(long, default_value_t = 240)]
+        timeout_seconds: u64,
+    },
     /// Print the CustomResourceDefinition.
     Crd,
     /// Print every object the operator would apply for the resources in a file.
@@ -89,6 +99,19 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             print(&render::render(&file.display().to_string(), &text)?)
         }
+        Command::Delete {
+            name,
+            namespace,
+            timeout_seconds,
+        } => {
+            let _telemetry = telemetry::init()?;
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot connect to the API server")?;
+            let timeout = Duration::from_secs(timeout_seconds);
+            uninstall::delete_and_wait(client, &namespace, &name, timeout).await?;
+            Ok(())
+        }
         Command::Run(args) => {
             let _telemetry = telemetry::init()?;
             run::run(args.into_options()).await?;
@@ -131,5 +154,30 @@ mod tests {
 
         // Assert
         assert_eq!(namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn the_arguments_of_the_charts_uninstall_hook_parse() {
+        // Arrange: as templates/uninstall-hook.yaml passes them.
+        let argv = [
+            "gocommerce-operator",
+            "delete",
+            "--name=gocommerce",
+            "--namespace=gocommerce-system",
+            "--timeout-seconds=240",
+        ];
+
+        // Act
+        let command = Cli::try_parse_from(argv).expect("parses").command;
+
+        // Assert
+        assert!(
+            matches!(
+                &command,
+                Command::Delete { name, namespace, timeout_seconds: 240 }
+                    if name == "gocommerce" && namespace == "gocommerce-system"
+            ),
+            "{command:?}"
+        );
     }
 }
