@@ -84,8 +84,8 @@ impl Status {
             (self, to),
             (Pending, Reserved)
                 | (Reserved, Paid)
-                | (Paid, Shipped)
-                | (Shipped, Delivered)
+                | (Paid | PartiallyRefunded, Shipped)
+                | (Shipped | PartiallyRefunded, Delivered)
                 | (Pending | Reserved | Paid, Cancelled)
                 | (
                     Paid | Shipped | Delivered | PartiallyRefunded,
@@ -98,6 +98,18 @@ impl Status {
     /// live status stream ends here.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Delivered | Self::Cancelled | Self::Refunded)
+    }
+
+    /// Whether fulfilment may take `order` to `to`. A partial refund leaves
+    /// the order PARTIALLY_REFUNDED whether or not it was shipped, and its
+    /// goods still go out: such an order is shipped if it never was and
+    /// delivered if it was shipped and not yet delivered.
+    pub fn fulfilment_allows(shipped: bool, delivered: bool, to: Status) -> bool {
+        match to {
+            Status::Shipped => !shipped,
+            Status::Delivered => shipped && !delivered,
+            _ => true,
+        }
     }
 
     /// Whether refunds may be requested.
@@ -120,7 +132,9 @@ mod tests {
             (Pending, Reserved),
             (Reserved, Paid),
             (Paid, Shipped),
+            (PartiallyRefunded, Shipped),
             (Shipped, Delivered),
+            (PartiallyRefunded, Delivered),
             (Pending, Cancelled),
             (Reserved, Cancelled),
             (Paid, Cancelled),
@@ -142,6 +156,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_partly_refunded_order_is_shipped_once_and_then_delivered_once() {
+        assert!(Status::fulfilment_allows(false, false, Status::Shipped));
+        assert!(!Status::fulfilment_allows(true, false, Status::Shipped));
+        assert!(!Status::fulfilment_allows(false, false, Status::Delivered));
+        assert!(Status::fulfilment_allows(true, false, Status::Delivered));
+        assert!(!Status::fulfilment_allows(true, true, Status::Delivered));
     }
 
     #[test]

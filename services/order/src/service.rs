@@ -482,7 +482,7 @@ impl OrderService {
         self.change_status(
             &caller,
             id,
-            &[Status::Paid],
+            &[Status::Paid, Status::PartiallyRefunded],
             Status::Shipped,
             "shipped",
             Changes {
@@ -510,6 +510,19 @@ impl OrderService {
         let mut tx = self.db().begin().await?;
         let current = db::lock(&mut tx, id).await?.ok_or(OrderError::NotFound)?;
         refuse_while_cancelling(&current)?;
+        let fulfilled = (current.shipped_at.is_some(), current.delivered_at.is_some());
+        if !Status::fulfilment_allows(fulfilled.0, fulfilled.1, to) {
+            return Err(OrderError::FailedPrecondition(format!(
+                "an order in status {} that was {} cannot become {}",
+                current.status().as_str(),
+                if fulfilled.0 {
+                    "shipped"
+                } else {
+                    "not shipped"
+                },
+                to.as_str()
+            )));
+        }
         let items = db::items(&mut tx, id).await?;
         let event =
             convert::transition_event(&current, to, &changes, &items, &caller.role.to_string());
@@ -842,7 +855,7 @@ impl pb::order_service_server::OrderService for OrderService {
             .change_status(
                 &caller,
                 id,
-                &[Status::Shipped],
+                &[Status::Shipped, Status::PartiallyRefunded],
                 Status::Delivered,
                 "delivered",
                 Changes {

@@ -638,7 +638,7 @@ impl Validate for ShipBody {
     }
 }
 
-/// Admin: mark a paid order shipped.
+/// Admin: mark a paid order shipped (also one partly refunded before it was).
 #[utoipa::path(
     post, path = "/v1/orders/{id}/ship", tag = "orders",
     params(("id" = Uuid, Path, description = "The order")),
@@ -649,7 +649,7 @@ impl Validate for ShipBody {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order is not PAID", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not PAID (or PARTIALLY_REFUNDED and never shipped), or is being cancelled", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ship_order(
@@ -690,7 +690,7 @@ pub async fn ship_order(
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order is not SHIPPED", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not SHIPPED (or PARTIALLY_REFUNDED after shipping, not yet delivered)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn deliver_order(

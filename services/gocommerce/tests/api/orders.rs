@@ -894,6 +894,81 @@ async fn a_refund_whose_answer_was_lost_is_made_once_when_asked_again_with_its_k
 }
 
 #[tokio::test]
+async fn an_order_partly_refunded_before_shipping_is_still_shipped_and_delivered_once() {
+    // Arrange: a goodwill refund on a paid order
+    let app = spawn_app().await;
+    let shop = Shop::open(&app, 5, 1000).await;
+    let id = paid_order(&app, &shop).await;
+    let refunded = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 100, "reason": "goodwill"}),
+        None,
+    )
+    .await;
+    assert_eq!(refunded.status(), StatusCode::ACCEPTED);
+    let ship_path = format!("/v1/orders/{id}/ship");
+    let deliver_path = format!("/v1/orders/{id}/deliver");
+    let ship = || {
+        admin_post(
+            &app,
+            &shop,
+            &ship_path,
+            json!({"carrier": "UPS", "tracking_number": "1Z999"}),
+            None,
+        )
+    };
+    let deliver = || admin_post(&app, &shop, &deliver_path, json!({}), None);
+
+    // Act
+    let early_delivery = deliver().await;
+    let shipped = ship().await;
+    let refunded_again = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
+        json!({"amount": 100, "reason": "late"}),
+        None,
+    )
+    .await;
+    let shipped_twice = ship().await;
+    let delivered = deliver().await;
+    let delivered_twice = deliver().await;
+
+    // Assert
+    assert_problem(early_delivery, StatusCode::CONFLICT).await;
+    assert_eq!(shipped.status(), StatusCode::OK);
+    assert_eq!(refunded_again.status(), StatusCode::ACCEPTED);
+    assert_problem(shipped_twice, StatusCode::CONFLICT).await;
+    assert_eq!(delivered.status(), StatusCode::OK);
+    assert_problem(delivered_twice, StatusCode::CONFLICT).await;
+    let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
+    let steps: Vec<&str> = order["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["to"].as_str().expect("to"))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            "PENDING",
+            "RESERVED",
+            "PAID",
+            "PARTIALLY_REFUNDED",
+            "SHIPPED",
+            "PARTIALLY_REFUNDED",
+            "DELIVERED"
+        ]
+    );
+    assert_eq!(
+        order["refunded_amount"],
+        json!({"amount": 200, "currency": "USD"})
+    );
+}
+
+#[tokio::test]
 async fn illegal_transitions_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 1000).await;
