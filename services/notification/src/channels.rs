@@ -24,8 +24,25 @@ pub enum ChannelError {
     Recipient(String),
     #[error("smtp: {0}")]
     Smtp(String),
+    /// The SMTP server refused the email for good (a 5xx answer).
+    #[error("smtp: {0}")]
+    SmtpRefused(String),
     #[error("webhook: {0}")]
     Webhook(String),
+    /// The provider refused the request for good (a 4xx answer).
+    #[error("webhook: {0}")]
+    WebhookRefused(String),
+}
+
+impl ChannelError {
+    /// Whether sending again would be refused the same way: a retry can only
+    /// repeat it, so the notification is not retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::Recipient(_) | Self::SmtpRefused(_) | Self::WebhookRefused(_)
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -151,12 +168,13 @@ impl Channels {
             .subject(subject)
             .body(body.to_owned())
             .map_err(|e| ChannelError::Smtp(e.to_string()))?;
-        mailer
-            .transport
-            .send(message)
-            .await
-            .map(drop)
-            .map_err(|e| ChannelError::Smtp(e.to_string()))
+        mailer.transport.send(message).await.map(drop).map_err(|e| {
+            if e.is_permanent() {
+                ChannelError::SmtpRefused(e.to_string())
+            } else {
+                ChannelError::Smtp(e.to_string())
+            }
+        })
     }
 
     #[tracing::instrument(skip_all, err)]
@@ -194,20 +212,42 @@ impl Channels {
             .send()
             .await
             .map_err(|e| ChannelError::Webhook(e.to_string()))?;
-        if response.status().is_success() {
+        let status = response.status();
+        let said = format!("the provider answered {status}");
+        if status.is_success() {
             Ok(())
+        } else if refused_for_good(status) {
+            Err(ChannelError::WebhookRefused(said))
         } else {
-            Err(ChannelError::Webhook(format!(
-                "the provider answered {}",
-                response.status()
-            )))
+            Err(ChannelError::Webhook(said))
         }
     }
+}
+
+/// A 4xx answer says the request itself is wrong, so it would be refused
+/// again, except a timeout (408) or a rate limit (429), which pass.
+fn refused_for_good(status: reqwest::StatusCode) -> bool {
+    status.is_client_error()
+        && !matches!(
+            status,
+            reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhooks_client_errors_are_final_but_timeouts_and_rate_limits() {
+        use reqwest::StatusCode;
+
+        assert!(refused_for_good(StatusCode::BAD_REQUEST));
+        assert!(refused_for_good(StatusCode::NOT_FOUND));
+        assert!(!refused_for_good(StatusCode::REQUEST_TIMEOUT));
+        assert!(!refused_for_good(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!refused_for_good(StatusCode::SERVICE_UNAVAILABLE));
+    }
 
     // A pooled transport starts its cleanup task on the runtime.
     #[tokio::test]

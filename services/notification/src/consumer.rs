@@ -248,6 +248,14 @@ impl Handler {
                     handled |= last;
                     tracing::info!(notification_id = %notification.id, channel = notification.channel, "notification sent");
                 }
+                Err(error) if error.is_permanent() => {
+                    let error = error.to_string();
+                    db::mark_refused(&mut conn, notification.id, &error)
+                        .await
+                        .map_err(retry)?;
+                    conn.keep();
+                    tracing::warn!(notification_id = %notification.id, channel = notification.channel, %error, "notification refused for good, not retried");
+                }
                 Err(error) => {
                     let error = error.to_string();
                     db::mark_failed(&mut conn, notification.id, &error, last_attempt)

@@ -215,6 +215,26 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// Records that the provider refused the notification for good: it is not
+/// claimed again, so no retry, dead letter or replay sends it.
+#[tracing::instrument(skip_all, fields(notification_id = %id), err)]
+pub async fn mark_refused(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'refused', attempts = attempts + 1, last_error = $2, \
+           claimed_until = NULL, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A page, newest first, after the keyset position `after`.
 #[tracing::instrument(skip_all, err)]
 pub async fn list(

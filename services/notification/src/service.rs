@@ -35,6 +35,7 @@ fn status_name(status: pb::NotificationStatus) -> Option<&'static str> {
         pb::NotificationStatus::Failed => "failed",
         pb::NotificationStatus::DeadLettered => "dead_lettered",
         pb::NotificationStatus::Skipped => "skipped",
+        pb::NotificationStatus::Refused => "refused",
     })
 }
 
@@ -49,6 +50,7 @@ fn to_proto(row: &NotificationRow) -> pb::Notification {
         "failed" => pb::NotificationStatus::Failed,
         "dead_lettered" => pb::NotificationStatus::DeadLettered,
         "skipped" => pb::NotificationStatus::Skipped,
+        "refused" => pb::NotificationStatus::Refused,
         _ => pb::NotificationStatus::Pending,
     };
     pb::Notification {

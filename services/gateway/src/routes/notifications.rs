@@ -47,6 +47,7 @@ pub enum StatusView {
     Failed,
     DeadLettered,
     Skipped,
+    Refused,
 }
 
 impl StatusView {
@@ -57,6 +58,7 @@ impl StatusView {
             Self::Failed => pb::NotificationStatus::Failed,
             Self::DeadLettered => pb::NotificationStatus::DeadLettered,
             Self::Skipped => pb::NotificationStatus::Skipped,
+            Self::Refused => pb::NotificationStatus::Refused,
         }
     }
 
@@ -66,6 +68,7 @@ impl StatusView {
             Ok(pb::NotificationStatus::Failed) => Self::Failed,
             Ok(pb::NotificationStatus::DeadLettered) => Self::DeadLettered,
             Ok(pb::NotificationStatus::Skipped) => Self::Skipped,
+            Ok(pb::NotificationStatus::Refused) => Self::Refused,
             _ => Self::Pending,
         }
     }

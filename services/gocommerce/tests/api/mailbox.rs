@@ -1,6 +1,7 @@
 //! A real SMTP server for tests: aiosmtpd as a child process, delivering into a
 //! maildir the test reads back. Stopping and restarting it on the same port
-//! simulates an SMTP outage. The Python comes from `GOCOMMERCE_PYTHON`, by
+//! simulates an SMTP outage; recipients whose address starts with `refused-`
+//! are refused for good (550), as unknown mailboxes are (`refusing_mailbox.py`). The Python comes from `GOCOMMERCE_PYTHON`, by
 //! default the venv `make tools` creates.
 
 use std::path::PathBuf;
@@ -63,9 +64,13 @@ impl SmtpServer {
         assert!(self.child.is_none(), "the SMTP server is already running");
         let maildir = self.dir.join("maildir");
         let child = Command::new(python())
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api"),
+            )
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(["-c", "refusing_mailbox.RefusingMailbox"])
             .arg(&maildir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

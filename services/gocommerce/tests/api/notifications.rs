@@ -537,3 +537,59 @@ async fn without_an_smtp_server_configured_emails_are_recorded_as_skipped() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_email_the_server_refuses_for_good_is_not_retried_dead_lettered_or_replayed() {
+    // Arrange: the server knows no mailbox for this address (550).
+    let smtp = SmtpServer::start().await;
+    let app = spawn_with_smtp(&smtp).await;
+    let admin = app.admin_token().await;
+    let refused = format!("refused-{}@example.com", Uuid::new_v4().simple());
+    let (accepted, _) = app.customer().await;
+
+    // Act
+    let registered = app
+        .register(&refused, "a long enough password", "Nobody")
+        .await;
+
+    // Assert
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let welcome = wait_for_item(
+        &app,
+        &admin,
+        "/v1/admin/notifications?status=refused",
+        Duration::from_secs(10),
+        |n| n["recipient"] == refused.as_str(),
+    )
+    .await;
+    assert_eq!(welcome["attempts"], 1);
+    let reason = welcome["last_error"].as_str().expect("the reason is kept");
+    assert!(
+        reason.starts_with("smtp:") && reason.contains("550"),
+        "{reason}"
+    );
+    // Past both retry tiers (200 ms and 400 ms): no second attempt.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = wait_for_item(
+        &app,
+        &admin,
+        "/v1/admin/notifications?status=refused",
+        Duration::from_secs(1),
+        |n| n["recipient"] == refused.as_str(),
+    )
+    .await;
+    assert_eq!(again["attempts"], 1);
+    let replayed = post(
+        &app,
+        &admin,
+        "/v1/admin/notifications/dead-letters/replay",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(replayed["replayed"], 0, "nothing was dead-lettered");
+    smtp.wait_for(1, Duration::from_secs(10), |m| {
+        m.to == accepted && m.subject.starts_with("Welcome")
+    })
+    .await;
+    assert!(smtp.messages().iter().all(|m| m.to != refused));
+}
