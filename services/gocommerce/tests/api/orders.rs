@@ -134,6 +134,16 @@ async fn wait_for(app: &TestApp, token: &str, order_id: &str, status: &str) -> V
     panic!("order {order_id} did not reach {status} within five seconds");
 }
 
+/// The statuses an order went through, from its history.
+fn steps(order: &Value) -> Vec<&str> {
+    order["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["to"].as_str().expect("to"))
+        .collect()
+}
+
 /// The product's quantities (the response carries more fields, which these
 /// tests do not judge).
 async fn stock(app: &TestApp, shop: &Shop) -> Value {
@@ -621,14 +631,8 @@ async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_t
     assert_eq!(rest.status(), StatusCode::ACCEPTED);
     let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
     assert_eq!(order["status"], "REFUNDED");
-    let steps: Vec<&str> = order["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["to"].as_str().expect("to"))
-        .collect();
     assert_eq!(
-        steps,
+        steps(&order),
         vec![
             "PENDING",
             "RESERVED",
@@ -944,14 +948,8 @@ async fn an_order_partly_refunded_before_shipping_is_still_shipped_and_delivered
     assert_eq!(delivered.status(), StatusCode::OK);
     assert_problem(delivered_twice, StatusCode::CONFLICT).await;
     let order = get(&app, &shop.customer, &format!("/v1/orders/{id}")).await;
-    let steps: Vec<&str> = order["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|h| h["to"].as_str().expect("to"))
-        .collect();
     assert_eq!(
-        steps,
+        steps(&order),
         vec![
             "PENDING",
             "RESERVED",
