@@ -118,14 +118,21 @@ impl AuthService {
     /// and read the account unlocked: a password change, reset or disabling
     /// that committed meanwhile refuses the login, and one that commits later
     /// waits for this session (the row is shared-locked) and then ends it
-    /// with the account's others.
-    async fn issue_tokens(&self, verified: &AccountRow) -> Result<pb::TokenPair, AuthError> {
+    /// with the account's others. The right password lifts the account's
+    /// count of failures in the same transaction: one commit, not two.
+    async fn issue_tokens(
+        &self,
+        verified: &AccountRow,
+        keys: &throttle::Keys,
+    ) -> Result<pb::TokenPair, AuthError> {
         let mut tx = self.db.begin().await?;
         let account = db::share_account(&mut tx, verified.id)
             .await?
             .filter(|a| a.password_hash == verified.password_hash)
             .ok_or(AuthError::InvalidCredentials)?;
+        self.throttle.succeeded(&mut tx, keys).await?;
         if account.disabled_at.is_some() {
+            tx.commit().await?;
             tracing::info!(account_id = %account.id, "login refused: account disabled");
             return Err(AuthError::AccountDisabled);
         }
@@ -212,14 +219,10 @@ impl AuthService {
                 account.as_ref().map(|a| a.password_hash.clone()),
             )
             .await?;
-        let mut conn = self.db.acquire().await?;
         match account {
-            Some(account) if password_ok => {
-                self.throttle.succeeded(&mut conn, &keys).await?;
-                conn.keep();
-                self.issue_tokens(&account).await
-            }
+            Some(account) if password_ok => self.issue_tokens(&account, &keys).await,
             _ => {
+                let mut conn = self.db.acquire().await?;
                 self.throttle.failed(&mut conn, &keys).await?;
                 conn.keep();
                 tracing::info!("login failed");
