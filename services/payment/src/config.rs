@@ -16,6 +16,8 @@ pub struct PaymentConfig {
     pub processor_backoff: Duration,
     /// A charge left PENDING this long (its worker died) is taken over.
     pub stale_after: Duration,
+    /// A refund left pending this long has its task queued again.
+    pub refund_requeue_after: Duration,
 }
 
 impl PaymentConfig {
@@ -38,6 +40,12 @@ impl PaymentConfig {
                 30u64,
                 1,
             )?),
+            refund_requeue_after: Duration::from_secs(config::at_least(
+                env,
+                "PAYMENT_REFUND_REQUEUE_AFTER_SECONDS",
+                300u64,
+                1,
+            )?),
         })
     }
 }
@@ -50,7 +58,11 @@ mod tests {
 
     #[test]
     fn a_zero_where_it_would_stall_or_spin_is_refused_by_name() {
-        for name in ["PAYMENT_STALE_AFTER_SECONDS", "PAYMENT_PROCESSOR_ATTEMPTS"] {
+        for name in [
+            "PAYMENT_STALE_AFTER_SECONDS",
+            "PAYMENT_PROCESSOR_ATTEMPTS",
+            "PAYMENT_REFUND_REQUEUE_AFTER_SECONDS",
+        ] {
             let env = HashMap::from([(name.to_owned(), "0".to_owned())]);
 
             let err = PaymentConfig::from_env(&env).expect_err("zero");

@@ -268,6 +268,29 @@ pub async fn lock_refund(
     Ok(Some((refund, payment)))
 }
 
+/// Marks up to `limit` refunds pending for longer than `after` (since they
+/// were made or last queued again) as queued again now, and returns them;
+/// refunds a worker holds are skipped.
+#[tracing::instrument(skip_all, err)]
+pub async fn requeue_stale_refunds(
+    conn: &mut PgConnection,
+    after: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, PaymentError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE refunds SET requeued_at = now() WHERE id IN ( \
+           SELECT id FROM refunds \
+           WHERE status = 'pending' \
+             AND COALESCE(requeued_at, created_at) < now() - make_interval(secs => $1) \
+           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         RETURNING id",
+    )
+    .bind(after.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Marks a refund done and moves its amount from pending to refunded.
 #[tracing::instrument(skip_all, fields(refund_id = %refund.id), err)]
 pub async fn complete_refund(

@@ -58,9 +58,12 @@ impl Processor {
         }
     }
 
-    /// Refunds always go through in the simulation.
-    pub async fn refund(&self) -> String {
-        format!("sim_re_{}", Uuid::new_v4().simple())
+    /// Refunds always go through in the simulation. The refund's id is the
+    /// processor's idempotency key, as a real processor's API takes one: a
+    /// refund asked for again (its worker failed after the call) is made
+    /// once and answered with the same reference.
+    pub async fn refund(&self, refund_id: Uuid) -> String {
+        format!("sim_re_{}", refund_id.simple())
     }
 }
 

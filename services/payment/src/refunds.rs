@@ -2,10 +2,13 @@
 //! refund and enqueues a task in the same transaction; this consumer takes
 //! the task, calls the processor, and records the outcome with its
 //! `payment.refunded` event. A redelivered task finds the refund done and
-//! does nothing, so a refund is paid out once.
+//! does nothing, so a refund is paid out once. A refund whose task is gone
+//! (dead-lettered while the database was away longer than the retry tiers
+//! last, or lost with its queue) is queued again by [`run_sweeper`].
 
 use std::time::Duration;
 
+use gocommerce_platform::Shutdown;
 use gocommerce_platform::broker::{HandlerError, Incoming, QueueSpec};
 use gocommerce_platform::db::Db;
 use gocommerce_platform::events;
@@ -49,6 +52,44 @@ pub fn task(refund_id: Uuid) -> OutboxMessage {
     }
 }
 
+/// How many stale refunds one sweep queues again at most.
+const SWEEP_BATCH: i64 = 100;
+
+/// Queues a task again, every `after` (at most a minute), for each refund
+/// pending longer than `after`, until the shutdown signal. A refund whose
+/// task is merely slow gets a second task, which finds it done.
+pub async fn run_sweeper(db: Db, after: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(after.min(Duration::from_secs(60))) => {}
+            () = shutdown.wait() => return,
+        }
+        let swept = tokio::select! {
+            swept = sweep(&db, after) => swept,
+            () = shutdown.wait() => return,
+        };
+        match swept {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "queued the tasks of refunds left pending again"),
+            Err(error) => {
+                tracing::warn!(%error, "failed to sweep pending refunds, trying again later")
+            }
+        }
+    }
+}
+
+/// One sweep: the refunds and their tasks in one transaction.
+#[tracing::instrument(skip_all, err)]
+async fn sweep(db: &Db, after: Duration) -> Result<usize, PaymentError> {
+    let mut tx = db.background().begin().await?;
+    let stale = db::requeue_stale_refunds(&mut tx, after, SWEEP_BATCH).await?;
+    for refund_id in &stale {
+        outbox::enqueue(&mut tx, &task(*refund_id)).await?;
+    }
+    tx.commit().await?;
+    Ok(stale.len())
+}
+
 pub async fn handle(db: Db, processor: Processor, message: Incoming) -> Result<(), HandlerError> {
     let refund_id = std::str::from_utf8(&message.payload)
         .ok()
@@ -72,7 +113,7 @@ async fn process(db: &Db, processor: &Processor, refund_id: Uuid) -> Result<(), 
         tracing::info!("refund already processed, ignoring the redelivery");
         return Ok(());
     }
-    let reference = processor.refund().await;
+    let reference = processor.refund(refund.id).await;
     let payment = db::complete_refund(&mut tx, &refund, &reference).await?;
     outbox::enqueue(
         &mut tx,

@@ -1,5 +1,8 @@
 //! Builds the payment service: database, broker, the bound gRPC listener,
-//! and the two loops it runs beside the server (outbox relay, refund worker).
+//! and the loops it runs beside the server (outbox relay, refund worker,
+//! refund sweeper).
+
+use std::time::Duration;
 
 use gocommerce_platform::broker::{self, Broker, Publisher};
 use gocommerce_platform::db::{Db, DbError};
@@ -32,6 +35,7 @@ pub struct Application {
     service: PaymentService,
     broker: Broker,
     readiness: Readiness,
+    refund_requeue_after: Duration,
 }
 
 impl Application {
@@ -56,6 +60,7 @@ impl Application {
             service,
             broker,
             readiness,
+            refund_requeue_after: config.refund_requeue_after,
         })
     }
 
@@ -63,7 +68,8 @@ impl Application {
         self.port
     }
 
-    /// Serves, relays the outbox and processes refunds until shutdown.
+    /// Serves, relays the outbox, processes refunds and queues again the
+    /// tasks of refunds left pending, until shutdown.
     pub async fn run_until_stopped(self) -> Result<(), GrpcError> {
         let shutdown = self.readiness.shutdown().clone();
         let db = self.service.db.clone();
@@ -82,9 +88,14 @@ impl Application {
                 shutdown.clone(),
             ))
         };
+        let sweeper = tokio::spawn(refunds::run_sweeper(
+            db.clone(),
+            self.refund_requeue_after,
+            shutdown.clone(),
+        ));
         let routes = tonic::service::Routes::new(PaymentServiceServer::new(self.service));
         let result = grpc::serve(routes, &[SERVICE_NAME], self.listener, self.readiness).await;
-        let _ = tokio::join!(relay, worker);
+        let _ = tokio::join!(relay, worker, sweeper);
         self.broker.close().await;
         db.close().await;
         result

@@ -26,8 +26,13 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_with(&[]).await
+}
+
+/// The service with `settings` added to (or replacing) the test defaults.
+pub async fn spawn_with(settings: &[(&str, &str)]) -> TestApp {
     let database = format!("gct_payment_{}", Uuid::new_v4().simple());
-    let env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> = [
         ("PAYMENT_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         (
             "PAYMENT_DATABASE_URL",
@@ -42,6 +47,11 @@ pub async fn spawn_app() -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let shutdown = Shutdown::new();
     let app = Application::build(
         PaymentConfig::from_env(&env).expect("config"),

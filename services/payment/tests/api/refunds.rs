@@ -5,7 +5,7 @@ use gocommerce_proto::payment::v1::{PaymentStatus, RefundPaymentRequest, RefundS
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, charge_request, spawn_app, usd};
+use crate::helpers::{TestApp, charge_request, spawn_app, spawn_with, usd};
 
 async fn paid_order(app: &TestApp, amount: i64) -> Uuid {
     let order = Uuid::new_v4();
@@ -229,4 +229,54 @@ async fn invalid_refunds_say_what_is_wrong() {
             status.message()
         );
     }
+}
+
+#[tokio::test]
+async fn a_refund_whose_task_was_lost_is_queued_again_and_paid_once() {
+    // Arrange: what a task dead-lettered while the database was away leaves
+    // behind: the refund pending and its amount reserved, with no task.
+    let app = spawn_with(&[("PAYMENT_REFUND_REQUEUE_AFTER_SECONDS", "1")]).await;
+    let order = paid_order(&app, 1000).await;
+    let refund_id = Uuid::new_v4();
+    let mut tx = app.pool.begin().await.expect("transaction");
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, amount, status, reason, created_at) \
+         SELECT $1, id, 300, 'pending', 'lost task', now() - interval '10 seconds' \
+         FROM payments WHERE order_id = $2",
+    )
+    .bind(refund_id)
+    .bind(order)
+    .execute(&mut *tx)
+    .await
+    .expect("refund");
+    sqlx::query(
+        "UPDATE payments SET pending_refund_amount = 300, status = 'refund_pending' \
+         WHERE order_id = $1",
+    )
+    .bind(order)
+    .execute(&mut *tx)
+    .await
+    .expect("payment");
+    tx.commit().await.expect("committed");
+
+    // Act
+    let settled = app.wait_for(order, PaymentStatus::PartiallyRefunded).await;
+
+    // Assert
+    assert_eq!(settled.refunded_amount, usd(300));
+    let refund = settled.refunds.first().expect("the refund");
+    assert_eq!(refund.id, refund_id.to_string());
+    assert_eq!(refund.status, RefundStatus::Succeeded as i32);
+    assert_eq!(
+        refund.processor_reference,
+        format!("sim_re_{}", refund_id.simple()),
+        "the refund's id is the processor's idempotency key"
+    );
+    // Past two more sweeps: the done refund is not queued or paid again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let events = app.events().await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "payment.refunded").count(),
+        1
+    );
 }
