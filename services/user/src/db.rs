@@ -403,7 +403,7 @@ pub async fn update_address(
     id: Uuid,
     fields: &PostalFields,
     is_default: bool,
-) -> Result<AddressRow, UserError> {
+) -> Result<Option<AddressRow>, UserError> {
     sqlx::query_as(&format!(
         "UPDATE addresses SET name = $2, line1 = $3, line2 = $4, city = $5, region = $6, \
            postal_code = $7, country = $8, is_default = $9, updated_at = now() \
@@ -418,7 +418,7 @@ pub async fn update_address(
     .bind(&fields.postal_code)
     .bind(&fields.country)
     .bind(is_default)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
     .map_err(default_conflict)
 }

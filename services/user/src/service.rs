@@ -363,7 +363,12 @@ impl UserService {
         if is_default && !current.is_default {
             db::clear_default(&mut tx, user_id).await?;
         }
-        let row = db::update_address(&mut tx, address_id, &fields, is_default).await?;
+        // Gone if it was deleted after it was read: deleting takes the
+        // profile's lock too, but an address removed some other way (by hand,
+        // with the profile) must still be a 404, not a server error.
+        let row = db::update_address(&mut tx, address_id, &fields, is_default)
+            .await?
+            .ok_or(UserError::AddressNotFound)?;
         tx.commit().await?;
         tracing::info!(user_id = %user_id, address_id = %address_id, is_default, "address updated");
         Ok(row)
@@ -376,12 +381,17 @@ impl UserService {
         let user_id = parse_uuid("user_id", &request.get_ref().user_id)?;
         let address_id = parse_uuid("address_id", &request.get_ref().address_id)?;
         access::owner_or_admin(request.metadata(), user_id)?;
-        let mut conn = self.db.acquire().await?;
-        let deleted = db::delete_address(&mut conn, user_id, address_id).await?;
-        conn.keep();
+        // Under the profile's lock, as every change of the address book: an
+        // update that read the address finishes before it goes.
+        let mut tx = self.db.begin().await?;
+        db::lock_profile(&mut tx, user_id)
+            .await?
+            .ok_or(UserError::AddressNotFound)?;
+        let deleted = db::delete_address(&mut tx, user_id, address_id).await?;
         if !deleted {
             return Err(UserError::AddressNotFound);
         }
+        tx.commit().await?;
         tracing::info!(user_id = %user_id, address_id = %address_id, "address deleted");
         Ok(())
     }

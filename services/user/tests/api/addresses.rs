@@ -631,3 +631,56 @@ async fn deleting_the_default_leaves_the_user_without_one() {
     assert_eq!(app.addresses(user).await, vec![second]);
     assert!(defaults(&app, user).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_address_removed_while_an_update_waits_for_it_is_not_found() {
+    // Arrange: the address's row is held while an update that has read it
+    // waits to write it, and the address is removed meanwhile.
+    let app = spawn_app().await;
+    let user = app.customer("ada@example.com").await;
+    let address = app.add_address(user, "2 Difference Lane", false).await;
+    let id = Uuid::parse_str(&address.id).expect("uuid");
+    let mut held = app.pool.begin().await.expect("transaction");
+    sqlx::query("SELECT 1 FROM addresses WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *held)
+        .await
+        .expect("address locked");
+    let mut client = app.client.clone();
+    let update = tokio::spawn(async move {
+        client
+            .update_address(as_customer(
+                user,
+                UpdateAddressRequest {
+                    line1: Some("3 Engine Street".to_owned()),
+                    ..update(user, &id.to_string())
+                },
+            ))
+            .await
+    });
+    for _ in 0..400 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("activity");
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+
+    // Act
+    sqlx::query("DELETE FROM addresses WHERE id = $1")
+        .bind(id)
+        .execute(&mut *held)
+        .await
+        .expect("removed");
+    held.commit().await.expect("committed");
+
+    // Assert
+    let (code, _) = refused(update.await.expect("answered"));
+    assert_eq!(code, Code::NotFound);
+}
