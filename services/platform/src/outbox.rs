@@ -403,6 +403,7 @@ async fn relay_leased(pool: &PgPool, publisher: &Publisher) -> Result<Vec<Uuid>,
         Err(error) => (Vec::new(), Some(error)),
     };
     let mut published = Vec::with_capacity(rows.len());
+    let mut refused = Vec::new();
     let mut unsent = Vec::new();
     let mut outcomes = outcomes.into_iter();
     for (row, span) in rows.iter().zip(&spans) {
@@ -412,16 +413,7 @@ async fn relay_leased(pool: &PgPool, publisher: &Publisher) -> Result<Vec<Uuid>,
             Some(Err(error @ (BrokerError::Unroutable | BrokerError::Nacked))) => {
                 // This message's own problem: it waits, the others go on.
                 tracing::warn!(message_id = %row.id, routing_key = %row.routing_key, %error, "event not accepted, will retry it");
-                sqlx::query(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
-                     next_attempt_at = now() + make_interval(secs => least(power(2, attempts), $3)) \
-                     WHERE id = $1",
-                )
-                .bind(row.id)
-                .bind(error.to_string())
-                .bind(MAX_MESSAGE_BACKOFF_SECS)
-                .execute(pool)
-                .await?;
+                refused.push((row.id, error.to_string()));
             }
             Some(Err(error)) => {
                 unsent.push(row.id);
@@ -437,6 +429,21 @@ async fn relay_leased(pool: &PgPool, publisher: &Publisher) -> Result<Vec<Uuid>,
              WHERE id = ANY($1)",
         )
         .bind(&published)
+        .execute(pool)
+        .await?;
+    }
+    // After the published ones are recorded, so that nothing here can send
+    // them again. The exponent is bounded: 2^1024 is out of float8's range,
+    // and a message refused for days gets there.
+    for (id, error) in refused {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+             next_attempt_at = now() + make_interval(secs => least(power(2, least(attempts, 16)), $3)) \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(MAX_MESSAGE_BACKOFF_SECS)
         .execute(pool)
         .await?;
     }

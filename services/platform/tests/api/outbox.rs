@@ -220,6 +220,44 @@ async fn an_event_nobody_takes_waits_without_holding_back_the_next_ones() {
 }
 
 #[tokio::test]
+async fn an_event_nobody_took_a_thousand_times_still_waits_and_its_batch_is_recorded_once() {
+    // Arrange: an event refused for days, beside one that goes out.
+    let (pool, _database) = outbox_database().await;
+    let mut queue = subscribed().await;
+    commit(&pool, &message("nobody.subscribed.ever")).await;
+    sqlx::query("UPDATE outbox SET attempts = 1100")
+        .execute(&pool)
+        .await
+        .expect("attempts");
+    commit(&pool, &message(&queue.routing_key)).await;
+
+    // Act
+    let relayed = outbox::relay_batch(&pool, &Publisher::new(queue.broker.clone())).await;
+
+    // Assert
+    assert!(relayed.is_ok(), "{relayed:?}");
+    assert_eq!(queue.next().await.payload, b"state changed");
+    assert_eq!(
+        pending(&pool).await,
+        1,
+        "the other event is recorded as sent"
+    );
+    let (attempts, wait): (i32, f64) = sqlx::query_as(
+        "SELECT attempts, extract(epoch FROM next_attempt_at - now())::float8 \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the refused event");
+    assert_eq!(attempts, 1101);
+    assert!(
+        wait > 0.0 && wait <= 30.0,
+        "waits its longest backoff: {wait}"
+    );
+    queue.finish().await;
+}
+
+#[tokio::test]
 async fn an_event_for_the_record_that_nobody_takes_is_published_not_retried() {
     // Arrange
     let (pool, _database) = outbox_database().await;
