@@ -26,11 +26,21 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use foldhash::fast::RandomState;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// How long a query waits for its answer. A lookup on the hot path takes
+/// milliseconds; one unanswered this long is on a connection that stopped
+/// answering (a failover or a partition, which the kernel reports only after
+/// minutes) or stuck behind a query that did, and every query pipelined
+/// behind it waits as well, so the connection is given up. Under the
+/// readiness check's 2 s, so that the check gives up on it, not on the
+/// check.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -42,6 +52,8 @@ pub enum PipelineError {
     Connect(#[source] tokio_postgres::Error),
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("no answer from the database within {0:?}")]
+    NoAnswer(Duration),
     #[error("column {expected} not found: the query's column {index} is {found}")]
     Column {
         expected: String,
@@ -63,6 +75,7 @@ impl PipelineError {
                     .is_some_and(|cause| cause.is::<std::io::Error>());
                 io || error.is_closed() || error.code().is_some_and(is_outage_code)
             }
+            Self::NoAnswer(_) => true,
             Self::Url(_) | Self::NoConnections | Self::Column { .. } => false,
         }
     }
@@ -121,6 +134,14 @@ impl Pipeline {
         let mut config = tokio_postgres::Config::from_str(url).map_err(PipelineError::Url)?;
         config.application_name(application_name);
         config.connect_timeout(crate::db::ACQUIRE_TIMEOUT);
+        // A server that vanished without closing the connection (a failover,
+        // a partition) is noticed by the kernel in about 20 s rather than
+        // the default's minutes to hours, idle or not.
+        config
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(2)
+            .tcp_user_timeout(Duration::from_secs(20));
         Ok(Self {
             config,
             slots: (0..connections).map(|_| Slot::default()).collect(),
@@ -163,7 +184,8 @@ impl Pipeline {
     }
 
     /// Runs `operation` on the slot's connection, and once more on a new one
-    /// if it finds that connection gone.
+    /// if it finds that connection gone; gives up on a connection that does
+    /// not answer within [`ANSWER_TIMEOUT`].
     // A closure taking the connection by `Arc` rather than an `AsyncFn` over
     // `&Connection`: the latter's future is not `Send` for every lifetime of
     // the borrowed parameters, which tonic's handlers require.
@@ -173,11 +195,12 @@ impl Pipeline {
         F: Future<Output = Result<T, PipelineError>>,
     {
         let connection = self.connection(slot).await?;
-        match operation(Arc::clone(&connection)).await {
+        match answered(slot, &connection, operation(Arc::clone(&connection))).await {
             Err(error) if connection.broken(&error) => {
                 tracing::warn!(%error, "retrying on a new database connection");
                 slot.discard(&connection);
-                operation(self.connection(slot).await?).await
+                let connection = self.connection(slot).await?;
+                answered(slot, &connection, operation(Arc::clone(&connection))).await
             }
             result => result,
         }
@@ -211,6 +234,21 @@ impl Pipeline {
         *slot.lock() = Some(Arc::clone(&connection));
         Ok(connection)
     }
+}
+
+/// `answer`, or a [`PipelineError::NoAnswer`] after [`ANSWER_TIMEOUT`], when
+/// `connection` is discarded from `slot`.
+async fn answered<T>(
+    slot: &Slot,
+    connection: &Arc<Connection>,
+    answer: impl Future<Output = Result<T, PipelineError>>,
+) -> Result<T, PipelineError> {
+    if let Ok(answer) = tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        return answer;
+    }
+    tracing::warn!(timeout = ?ANSWER_TIMEOUT, "a pipelined database connection did not answer, giving it up");
+    slot.discard(connection);
+    Err(PipelineError::NoAnswer(ANSWER_TIMEOUT))
 }
 
 impl Slot {

@@ -105,6 +105,38 @@ async fn a_query_after_the_server_ended_its_connection_is_answered_on_a_new_one(
 }
 
 #[tokio::test]
+async fn a_connection_that_does_not_answer_is_given_up_and_the_next_query_gets_a_new_one() {
+    // Arrange: the table is locked, so the pipeline's one connection waits.
+    let (pipeline, pool, _application, _guard) = database(1).await;
+    let before = backend_pid(&pipeline).await;
+    let mut blocker = pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locked");
+
+    // Act
+    let waited = tokio::time::Instant::now();
+    let stuck = tokio::time::timeout(std::time::Duration::from_secs(5), word(&pipeline, 7))
+        .await
+        .expect("given up on within 5 s");
+    let waited = waited.elapsed();
+    let next = backend_pid(&pipeline).await;
+    blocker.rollback().await.expect("rollback");
+
+    // Assert
+    let error = stuck.expect_err("no answer");
+    assert!(matches!(error, PipelineError::NoAnswer(_)), "{error}");
+    assert!(error.is_outage());
+    assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+    assert_ne!(next, before, "answered on a new connection");
+    assert_eq!(
+        word(&pipeline, 7).await.expect("answered"),
+        Some("word 7".to_owned())
+    );
+}
+
+#[tokio::test]
 async fn a_query_that_fails_on_a_working_connection_fails_and_keeps_the_connection() {
     let (pipeline, _pool, _application, _guard) = database(1).await;
     let before = backend_pid(&pipeline).await;
