@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -611,6 +611,16 @@ where
     }
 }
 
+/// The reason a panicking handler gives its message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("the handler panicked: {said}")
+}
+
 /// Why a consumer stopped taking deliveries.
 enum Stop {
     Shutdown,
@@ -645,7 +655,14 @@ where
     // Instrumented rather than entered: many deliveries are in flight on
     // one task, and an entered span would leak into the others' polls.
     async move {
-        let result = handler(incoming.clone()).await;
+        // A handler that panics would take the consumer down with it, and
+        // the process would stay ready while consuming nothing; the message
+        // that caused it would come back after every restart. It is
+        // dead-lettered instead, with the panic as its reason.
+        let result = std::panic::AssertUnwindSafe(handler(incoming.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(HandlerError::Reject(panicked(panic.as_ref()))));
         match result {
             Ok(()) => {
                 delivery.acker.ack(BasicAckOptions::default()).await?;

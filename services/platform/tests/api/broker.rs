@@ -217,6 +217,49 @@ async fn a_rejected_message_is_dead_lettered_without_retries() {
 }
 
 #[tokio::test]
+async fn a_message_whose_handler_panics_is_dead_lettered_and_the_consumer_goes_on() {
+    // Arrange
+    let broker = Broker::new(AMQP_URL);
+    let shutdown = Shutdown::new();
+    let (spec, routing_key) = unique_spec(5);
+    declare(&broker, &spec).await;
+    let mut deliveries = spawn_consumer(&broker, &spec, &shutdown, |incoming| {
+        if incoming.payload == b"boom" {
+            panic!("a bug in the handler");
+        }
+        Ok(())
+    });
+    let publisher = Publisher::new(broker.clone());
+
+    // Act
+    publisher
+        .publish(&event(&routing_key, "boom"))
+        .await
+        .expect("confirmed");
+    publisher
+        .publish(&event(&routing_key, "fine"))
+        .await
+        .expect("confirmed");
+
+    // Assert
+    let dead = wait_for_dead_letter(&broker, &spec).await;
+    assert_eq!(dead.data, b"boom");
+    let headers = dead.properties.headers().clone().expect("headers");
+    let reason = headers.inner().get("x-last-error").expect("a reason");
+    let lapin::types::AMQPValue::LongString(reason) = reason else {
+        panic!("x-last-error is a string, got {reason:?}");
+    };
+    assert!(
+        reason
+            .to_string()
+            .starts_with("the handler panicked: a bug in the handler"),
+        "{reason}"
+    );
+    assert_eq!(next(&mut deliveries).await.payload, b"fine");
+    finish(&broker, &spec, &shutdown).await;
+}
+
+#[tokio::test]
 async fn replayed_dead_letters_are_delivered_again_once_the_cause_is_fixed() {
     let broker = Broker::new(AMQP_URL);
     let shutdown = Shutdown::new();
