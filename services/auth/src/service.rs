@@ -503,14 +503,17 @@ impl AuthService {
         // How long after a session ends one of its access tokens can still
         // pass a verifier: the longest lifetime it may have been signed with
         // (by this process, another or an earlier configuration), signed
-        // just before, plus the leeway.
-        let leeway = lifetimes::leeway();
+        // just before, plus the leeway; and the leeway once more for the
+        // signer's clock, which may run that far ahead of the database's and
+        // stamp an `exp` that much later (a token signed further ahead fails
+        // its `nbf` check).
+        let margin = lifetimes::leeway().saturating_mul(2);
         // Before the sessions: see `EndedSessionsBounds::horizon`.
-        let bounds = db::ended_sessions_bounds(&mut conn, leeway).await?;
+        let bounds = db::ended_sessions_bounds(&mut conn, margin).await?;
         let seconds = i64::try_from(self.access_ttl.as_secs())
             .unwrap_or(i64::MAX)
             .max(bounds.longest_lifetime.unwrap_or(0))
-            .saturating_add(leeway);
+            .saturating_add(margin);
         let lifetime = chrono::Duration::try_seconds(seconds).unwrap_or(chrono::Duration::MAX);
         let as_of = Utc::now();
         let oldest_live = as_of
