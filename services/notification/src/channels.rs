@@ -24,12 +24,13 @@ pub enum ChannelError {
     Recipient(String),
     #[error("smtp: {0}")]
     Smtp(String),
-    /// The SMTP server refused the email for good (a 5xx answer).
+    /// The SMTP server refused the recipient for good (see
+    /// [`refuses_the_recipient`]).
     #[error("smtp: {0}")]
     SmtpRefused(String),
     #[error("webhook: {0}")]
     Webhook(String),
-    /// The provider refused the request for good (a 4xx answer).
+    /// The provider refused the message for good (see [`refused_for_good`]).
     #[error("webhook: {0}")]
     WebhookRefused(String),
 }
@@ -169,10 +170,12 @@ impl Channels {
             .body(body.to_owned())
             .map_err(|e| ChannelError::Smtp(e.to_string()))?;
         mailer.transport.send(message).await.map(drop).map_err(|e| {
-            if e.is_permanent() {
-                ChannelError::SmtpRefused(e.to_string())
-            } else {
-                ChannelError::Smtp(e.to_string())
+            let said = e.to_string();
+            match e.status() {
+                Some(code) if refuses_the_recipient(code.into(), &said) => {
+                    ChannelError::SmtpRefused(said)
+                }
+                _ => ChannelError::Smtp(said),
             }
         })
     }
@@ -224,14 +227,36 @@ impl Channels {
     }
 }
 
-/// A 4xx answer says the request itself is wrong, so it would be refused
-/// again, except a timeout (408) or a rate limit (429), which pass.
+/// Whether an SMTP server's answer `code` (with its text `said`) refuses
+/// the recipient's mailbox, which sending again cannot change: 550 (no such
+/// mailbox), 551 (not local) or 553 (a name not allowed), unless its
+/// enhanced status (RFC 3463) puts the cause elsewhere, as 5.7.x (relaying
+/// denied) puts it in our setup. Every other refusal, a failed login (535),
+/// TLS required (530), a message too large (552) or a policy (554), is about
+/// our setup or the message: it is retried and dead-lettered, so that it can
+/// be replayed once that is fixed.
+fn refuses_the_recipient(code: u16, said: &str) -> bool {
+    let enhanced = said.split_whitespace().find(|word| {
+        let parts: Vec<&str> = word.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    matches!(code, 550 | 551 | 553) && enhanced.is_none_or(|status| status.starts_with("5.1."))
+}
+
+/// Whether a webhook's answer refuses the message itself for good: a bad
+/// request (400), a recipient gone (410) or a message it cannot take (422).
+/// A 401, 403 or 404 is our token or URL, and a 408 or 429 passes: those
+/// are retried and dead-lettered, to be replayed.
 fn refused_for_good(status: reqwest::StatusCode) -> bool {
-    status.is_client_error()
-        && !matches!(
-            status,
-            reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS
-        )
+    matches!(
+        status,
+        reqwest::StatusCode::BAD_REQUEST
+            | reqwest::StatusCode::GONE
+            | reqwest::StatusCode::UNPROCESSABLE_ENTITY
+    )
 }
 
 #[cfg(test)]
@@ -239,14 +264,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_webhooks_client_errors_are_final_but_timeouts_and_rate_limits() {
+    fn a_webhook_refuses_for_good_only_what_is_wrong_with_the_message() {
         use reqwest::StatusCode;
 
         assert!(refused_for_good(StatusCode::BAD_REQUEST));
-        assert!(refused_for_good(StatusCode::NOT_FOUND));
-        assert!(!refused_for_good(StatusCode::REQUEST_TIMEOUT));
-        assert!(!refused_for_good(StatusCode::TOO_MANY_REQUESTS));
-        assert!(!refused_for_good(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(refused_for_good(StatusCode::GONE));
+        assert!(refused_for_good(StatusCode::UNPROCESSABLE_ENTITY));
+        for ours in [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
+            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!refused_for_good(ours), "{ours}");
+        }
+    }
+
+    #[test]
+    fn an_smtp_server_refuses_for_good_only_the_recipients_mailbox() {
+        let refused = |code, said| refuses_the_recipient(code, said);
+
+        assert!(refused(550, "permanent error (550): 5.1.1 no such mailbox"));
+        assert!(refused(
+            553,
+            "permanent error (553): mailbox name not allowed"
+        ));
+        assert!(refused(551, "permanent error (551): 5.1.6 moved"));
+        assert!(!refused(
+            550,
+            "permanent error (550): 5.7.1 relaying denied"
+        ));
+        assert!(!refused(
+            535,
+            "permanent error (535): 5.7.8 bad credentials"
+        ));
+        assert!(!refused(530, "permanent error (530): must issue STARTTLS"));
+        assert!(!refused(552, "permanent error (552): message too large"));
+        assert!(!refused(554, "permanent error (554): transaction failed"));
+        assert!(!refused(450, "transient error (450): mailbox busy"));
     }
 
     // A pooled transport starts its cleanup task on the runtime.
