@@ -326,13 +326,13 @@ pub struct EndedSessionRow {
 
 /// Records that tokens may be signed with a lifetime of `seconds` until
 /// `until` (a later record stays), and forgets the lifetimes whose tokens
-/// have all expired, `leeway` included.
+/// have all expired, `margin` seconds past their `exp` included.
 #[tracing::instrument(skip_all, fields(seconds), err)]
 pub async fn record_access_lifetime(
     conn: &mut PgConnection,
     seconds: i64,
     until: DateTime<Utc>,
-    leeway: i64,
+    margin: i64,
 ) -> Result<(), AuthError> {
     sqlx::query(
         "WITH gone AS ( \
@@ -344,7 +344,7 @@ pub async fn record_access_lifetime(
     )
     .bind(seconds)
     .bind(until)
-    .bind(leeway)
+    .bind(margin)
     .execute(conn)
     .await?;
     Ok(())
@@ -367,7 +367,7 @@ pub struct EndedSessionsBounds {
     /// readers re-reads of what ended since, never a session.
     pub horizon: DateTime<Utc>,
     /// The longest recorded token lifetime, in seconds, of which a token may
-    /// still be live, with the leeway; None when there is none.
+    /// still be live, with the margin past `exp`; None when there is none.
     pub longest_lifetime: Option<i64>,
 }
 
@@ -375,7 +375,7 @@ pub struct EndedSessionsBounds {
 #[tracing::instrument(skip_all, err)]
 pub async fn ended_sessions_bounds(
     conn: &mut PgConnection,
-    leeway: i64,
+    margin: i64,
 ) -> Result<EndedSessionsBounds, AuthError> {
     Ok(sqlx::query_as(
         "SELECT \
@@ -384,7 +384,7 @@ pub async fn ended_sessions_bounds(
            (SELECT max(seconds) FROM access_token_lifetimes \
             WHERE signed_until + make_interval(secs => seconds + $1) > now()) AS longest_lifetime",
     )
-    .bind(leeway)
+    .bind(margin)
     .fetch_one(conn)
     .await?)
 }
@@ -741,6 +741,20 @@ pub async fn take_login_attempt(
     .bind(lock_secs)
     .fetch_one(conn)
     .await?)
+}
+
+/// Takes back an attempt [`take_login_attempt`] counted that got no verdict,
+/// unless the key was locked meanwhile.
+#[tracing::instrument(skip_all, err)]
+pub async fn uncount_login_attempt(conn: &mut PgConnection, key: &str) -> Result<(), AuthError> {
+    sqlx::query(
+        "UPDATE login_failures SET failures = GREATEST(failures - 1, 0) \
+         WHERE key = $1 AND locked_until IS NULL",
+    )
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// After an attempt that [`take_login_attempt`] counted failed: locks `key`

@@ -18,9 +18,14 @@ use crate::error::AuthError;
 const AHEAD: Duration = Duration::from_secs(15 * 60);
 const RENEW: Duration = Duration::from_secs(5 * 60);
 
-/// The verifiers' clock-skew leeway, in seconds.
-pub fn leeway() -> i64 {
-    i64::try_from(token::LEEWAY_SECONDS).unwrap_or(i64::MAX)
+/// How long past its `exp` an access token may still pass a verifier, in
+/// seconds: the verifiers' clock-skew leeway, and as much again for the
+/// signer's clock, which may run that far ahead of the database's and stamp
+/// a later `exp` (a token signed further ahead fails its `nbf` check).
+pub fn margin() -> i64 {
+    i64::try_from(token::LEEWAY_SECONDS)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(2)
 }
 
 /// Records that this process may sign tokens living `ttl` for the next
@@ -29,7 +34,7 @@ pub async fn record(pool: &PgPool, ttl: Duration) -> Result<(), AuthError> {
     let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let until = Utc::now() + chrono::Duration::from_std(AHEAD).unwrap_or(chrono::Duration::MAX);
     let mut conn = pool.acquire().await?;
-    db::record_access_lifetime(&mut conn, seconds, until, leeway()).await
+    db::record_access_lifetime(&mut conn, seconds, until, margin()).await
 }
 
 /// Renews the record every `RENEW` until the shutdown signal. A failure is

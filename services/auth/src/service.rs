@@ -124,6 +124,7 @@ impl AuthService {
         &self,
         verified: &AccountRow,
         keys: &throttle::Keys,
+        attempt: throttle::Attempt,
     ) -> Result<pb::TokenPair, AuthError> {
         let mut tx = self.db.begin().await?;
         let account = db::share_account(&mut tx, verified.id)
@@ -133,11 +134,13 @@ impl AuthService {
         self.throttle.succeeded(&mut tx, keys).await?;
         if account.disabled_at.is_some() {
             tx.commit().await?;
+            attempt.settle();
             tracing::info!(account_id = %account.id, "login refused: account disabled");
             return Err(AuthError::AccountDisabled);
         }
         let pair = self.start_session(&mut tx, &account).await?;
         tx.commit().await?;
+        attempt.settle();
         tracing::info!(account_id = %account.id, "login succeeded");
         Ok(pair)
     }
@@ -208,7 +211,10 @@ impl AuthService {
         let keys = throttle::Keys::new(email.as_str(), &request.client_ip);
 
         let mut conn = self.db.acquire().await?;
-        self.throttle.admit(&mut conn, &keys).await?;
+        let attempt = self
+            .throttle
+            .admit(self.db.background(), &mut conn, &keys)
+            .await?;
         let account = db::find_account_by_email(&mut conn, email.as_str()).await?;
         // Release the connection while hashing: it takes tens of milliseconds.
         conn.keep();
@@ -220,10 +226,10 @@ impl AuthService {
             )
             .await?;
         match account {
-            Some(account) if password_ok => self.issue_tokens(&account, &keys).await,
+            Some(account) if password_ok => self.issue_tokens(&account, &keys, attempt).await,
             _ => {
                 let mut conn = self.db.acquire().await?;
-                self.throttle.failed(&mut conn, &keys).await?;
+                self.throttle.failed(&mut conn, &keys, attempt).await?;
                 conn.keep();
                 tracing::info!("login failed");
                 Err(AuthError::InvalidCredentials)
@@ -291,7 +297,10 @@ impl AuthService {
             return Err(AuthError::AccountDisabled);
         }
         let keys = throttle::Keys::new(&account.email, &request.client_ip);
-        self.throttle.admit(&mut conn, &keys).await?;
+        let attempt = self
+            .throttle
+            .admit(self.db.background(), &mut conn, &keys)
+            .await?;
         // Release the connection while hashing, as a login does.
         conn.keep();
 
@@ -303,7 +312,7 @@ impl AuthService {
             .await?;
         if !current_ok {
             let mut conn = self.db.acquire().await?;
-            self.throttle.failed(&mut conn, &keys).await?;
+            self.throttle.failed(&mut conn, &keys, attempt).await?;
             conn.keep();
             tracing::info!(account_id = %account.id, "password change refused: wrong current password");
             return Err(AuthError::WrongCurrentPassword);
@@ -325,6 +334,7 @@ impl AuthService {
         outbox::enqueue(&mut tx, &password_changed(&account)).await?;
         let tokens = self.start_session(&mut tx, &account).await?;
         tx.commit().await?;
+        attempt.settle();
         tracing::info!(account_id = %account.id, sessions_ended = ended, "password changed");
         Ok(tokens)
     }
@@ -503,11 +513,8 @@ impl AuthService {
         // How long after a session ends one of its access tokens can still
         // pass a verifier: the longest lifetime it may have been signed with
         // (by this process, another or an earlier configuration), signed
-        // just before, plus the leeway; and the leeway once more for the
-        // signer's clock, which may run that far ahead of the database's and
-        // stamp an `exp` that much later (a token signed further ahead fails
-        // its `nbf` check).
-        let margin = lifetimes::leeway().saturating_mul(2);
+        // just before, plus the margin past `exp`.
+        let margin = lifetimes::margin();
         // Before the sessions: see `EndedSessionsBounds::horizon`.
         let bounds = db::ended_sessions_bounds(&mut conn, margin).await?;
         let seconds = i64::try_from(self.access_ttl.as_secs())

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::db;
 use crate::error::AuthError;
@@ -68,7 +68,13 @@ impl Policy {
     /// its attempts at once are bounded by the gateway's rate limit, and
     /// counting them ahead would refuse the users behind one address who
     /// log in at the same moment.
-    pub async fn admit(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
+    /// The attempt, once admitted, must be settled; see [`Attempt`].
+    pub async fn admit(
+        &self,
+        pool: &PgPool,
+        conn: &mut PgConnection,
+        keys: &Keys,
+    ) -> Result<Attempt, AuthError> {
         let client = keys.client.iter().cloned().collect::<Vec<_>>();
         let mut until = db::locked_until(conn, &client).await?;
         if until.is_none() {
@@ -87,24 +93,73 @@ impl Policy {
                     .to_std()
                     .unwrap_or(Duration::from_secs(1)),
             }),
-            None => Ok(()),
+            None => Ok(Attempt {
+                unsettled: Some((pool.clone(), keys.account.clone())),
+            }),
         }
     }
 
     /// The admitted attempt's password was wrong: the account's count stands
     /// (and locks it at the limit) and the client's grows.
-    pub async fn failed(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
+    pub async fn failed(
+        &self,
+        conn: &mut PgConnection,
+        keys: &Keys,
+        attempt: Attempt,
+    ) -> Result<(), AuthError> {
         let lock = self.lock.as_secs_f64();
         db::lock_if_at_limit(conn, &keys.account, self.per_account, lock).await?;
         if let Some(client) = &keys.client {
             let window = self.window.as_secs_f64();
             db::record_login_failure(conn, client, self.per_client, window, lock).await?;
         }
+        attempt.settle();
         Ok(())
     }
 
-    /// The admitted attempt's password was right: the account starts afresh.
+    /// The admitted attempt's password was right: the account starts afresh,
+    /// in `conn`'s transaction; the caller settles the attempt once it
+    /// commits.
     pub async fn succeeded(&self, conn: &mut PgConnection, keys: &Keys) -> Result<(), AuthError> {
         db::clear_login_failures(conn, &keys.account).await
+    }
+}
+
+/// An attempt [`Policy::admit`] counted against its account, to be settled
+/// by [`Policy::failed`], or by [`Attempt::settle`] once the transaction of
+/// [`Policy::succeeded`] commits. One dropped unsettled is taken back: the
+/// caller gave up while the password was being checked (a deadline under
+/// load), or an error cut it short. Only wrong passwords lock an account.
+#[must_use = "an admitted attempt is settled, or taken back when dropped"]
+#[derive(Debug)]
+pub struct Attempt {
+    unsettled: Option<(PgPool, String)>,
+}
+
+impl Attempt {
+    pub fn settle(mut self) {
+        self.unsettled = None;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let Some((pool, key)) = self.unsettled.take() else {
+            return;
+        };
+        // Dropped with its request's future, on the runtime; the count is
+        // taken back on a task of its own, since a drop cannot wait.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let taken_back = async {
+                let mut conn = pool.acquire().await?;
+                db::uncount_login_attempt(&mut conn, &key).await
+            };
+            if let Err(error) = taken_back.await {
+                tracing::warn!(%error, "failed to take back a login attempt left without a verdict");
+            }
+        });
     }
 }

@@ -233,6 +233,53 @@ async fn guesses_sent_at_once_have_no_more_passwords_checked_than_guesses_one_by
 }
 
 #[tokio::test]
+async fn a_login_its_caller_gave_up_on_while_the_password_was_checked_does_not_count() {
+    // Arrange: the password hashers are kept busy by thirty other logins, so
+    // a login with a 30 ms deadline is given up on while it waits for them,
+    // after its attempt was counted.
+    let app = spawn_app().await;
+    let email = unique_email();
+    app.register(&email, PASSWORD, "Ada").await;
+    let auth = app.auth_service().await;
+    let login = |email: String, deadline: Option<std::time::Duration>| {
+        let mut auth = auth.clone();
+        async move {
+            let mut request = tonic::Request::new(gocommerce_proto::auth::v1::LoginRequest {
+                email,
+                password: PASSWORD.to_owned(),
+                client_ip: String::new(),
+            });
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
+            auth.login(request).await.map(drop)
+        }
+    };
+    let busy = futures::future::join_all((0..30).map(|_| login(unique_email(), None)));
+    let given_up = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        login(email.clone(), Some(std::time::Duration::from_millis(30))).await
+    };
+
+    // Act
+    let (_, given_up) = tokio::join!(busy, given_up);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Assert
+    assert_eq!(
+        given_up.expect_err("given up on").code(),
+        tonic::Code::Cancelled
+    );
+    let failures: Option<i32> =
+        sqlx::query_scalar("SELECT failures FROM login_failures WHERE key = $1")
+            .bind(format!("account:{}", email.to_lowercase()))
+            .fetch_optional(&app.auth_db().await)
+            .await
+            .expect("login_failures");
+    assert_eq!(failures, Some(0), "counted when admitted, then taken back");
+}
+
+#[tokio::test]
 async fn unknown_emails_are_locked_the_same_way_as_known_ones() {
     let app = spawn_app().await;
     let email = unique_email();
