@@ -40,7 +40,9 @@ pub const MAX_NAME_LEN: usize = 30;
     derive = "PartialEq",
     doc = "A GoCommerce installation: services, databases, broker and their wiring",
     validation = Rule::new("size(self.metadata.name) <= 30").message("metadata.name must be at most 30 characters: object names are derived from it"),
-    validation = Rule::new("!self.metadata.name.endsWith('-pg')").message("metadata.name must not end in -pg: its objects would take the names of another instance's databases"),
+    // At creation only: an instance made before the rule must still take
+    // updates, not least the removal of its finalizer when it is deleted.
+    validation = Rule::new("oldSelf.hasValue() || !self.metadata.name.endsWith('-pg')").optional_old_self(true).message("metadata.name must not end in -pg: its objects would take the names of another instance's databases"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.gatewayEndpoint", priority = "1"),
@@ -722,8 +724,15 @@ mod tests {
             .unwrap_or_default();
 
         // Assert
-        let wanted = format!("!self.metadata.name.endsWith('{RESERVED_NAME_SUFFIX}')");
-        assert!(rules.iter().any(|r| r.rule == wanted), "{rules:?}");
+        let wanted =
+            format!("oldSelf.hasValue() || !self.metadata.name.endsWith('{RESERVED_NAME_SUFFIX}')");
+        let rule = rules.iter().find(|r| r.rule == wanted);
+        assert!(rule.is_some(), "{rules:?}");
+        assert_eq!(
+            rule.and_then(|r| r.optional_old_self),
+            Some(true),
+            "checked at creation only, so existing instances still take updates"
+        );
     }
 
     #[test]
