@@ -142,6 +142,14 @@ impl Pipeline {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(2)
             .tcp_user_timeout(Duration::from_secs(20));
+        // The server gives up too on a query its client gave up on, rather
+        // than running it for nobody; after the URL's own options, if any.
+        let timeout = format!("-c statement_timeout={}", ANSWER_TIMEOUT.as_millis());
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {timeout}"),
+            None => timeout,
+        };
+        config.options(options);
         Ok(Self {
             config,
             slots: (0..connections).map(|_| Slot::default()).collect(),
