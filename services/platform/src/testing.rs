@@ -1,7 +1,8 @@
 //! For the integration tests of the crates built on the platform (feature
 //! `testing`, enabled only in their dev-dependencies): every test makes
 //! databases of its own, and these drop them when it ends, so runs leave
-//! nothing behind.
+//! nothing behind. Races are staged by holding a lock until the code under
+//! test waits on it ([`wait_for_lock_waiters`]).
 
 /// The local PostgreSQL's maintenance database, which the tests' admin
 /// connections use.
@@ -64,4 +65,22 @@ pub async fn migrated_database(
     .await
     .unwrap_or_else(|e| panic!("database {name}: {e}"));
     (pool, guard)
+}
+
+/// Returns once `waiters` connections to `db`'s database wait on a lock, or
+/// after 10 s: a test holding a lock knows the code under test reached it.
+pub async fn wait_for_lock_waiters(db: &sqlx::PgPool, waiters: i64) {
+    for _ in 0..400 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= waiters {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }

@@ -305,23 +305,7 @@ pub async fn release_when_waiting(
     blocker.rollback().await.expect("rollback");
 }
 
-/// Returns once `waiters` connections to `db`'s database wait on a lock, or
-/// after 10 s.
-pub async fn wait_for_lock_waiters(db: &sqlx::PgPool, waiters: i64) {
-    for _ in 0..400 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db)
-        .await
-        .expect("activity");
-        if waiting >= waiters {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
+pub use gocommerce_platform::testing::wait_for_lock_waiters;
 
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status, "unexpected status");

@@ -554,14 +554,16 @@ async fn an_email_the_server_refuses_for_good_is_not_retried_dead_lettered_or_re
 
     // Assert
     assert_eq!(registered.status(), StatusCode::CREATED);
-    let welcome = wait_for_item(
-        &app,
-        &admin,
-        "/v1/admin/notifications?status=refused",
-        Duration::from_secs(10),
-        |n| n["recipient"] == refused.as_str(),
-    )
-    .await;
+    let refused_welcome = |within| {
+        wait_for_item(
+            &app,
+            &admin,
+            "/v1/admin/notifications?status=refused",
+            within,
+            |n| n["recipient"] == refused.as_str(),
+        )
+    };
+    let welcome = refused_welcome(Duration::from_secs(10)).await;
     assert_eq!(welcome["attempts"], 1);
     let reason = welcome["last_error"].as_str().expect("the reason is kept");
     assert!(
@@ -570,14 +572,7 @@ async fn an_email_the_server_refuses_for_good_is_not_retried_dead_lettered_or_re
     );
     // Past both retry tiers (200 ms and 400 ms): no second attempt.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = wait_for_item(
-        &app,
-        &admin,
-        "/v1/admin/notifications?status=refused",
-        Duration::from_secs(1),
-        |n| n["recipient"] == refused.as_str(),
-    )
-    .await;
+    let again = refused_welcome(Duration::from_secs(1)).await;
     assert_eq!(again["attempts"], 1);
     let replayed = post(
         &app,

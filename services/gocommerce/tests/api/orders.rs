@@ -675,26 +675,47 @@ async fn admin_post(
     request.send().await.expect("sent")
 }
 
+/// Holds the row `lock` selects (by the order's id) in `db`, has the customer
+/// cancel the order, and returns once the cancellation waits on that row:
+/// the holder, and the cancellation's answer to come.
+async fn cancel_while_held(
+    app: &TestApp,
+    shop: &Shop,
+    id: &str,
+    db: &sqlx::PgPool,
+    lock: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<reqwest::Response>,
+) {
+    let mut holder = db.begin().await.expect("transaction");
+    sqlx::query(lock)
+        .bind(Uuid::parse_str(id).expect("uuid"))
+        .execute(&mut *holder)
+        .await
+        .expect("row locked");
+    let request = app
+        .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
+        .bearer_auth(&shop.customer);
+    let cancel = tokio::spawn(async move { request.send().await.expect("sent") });
+    wait_for_lock_waiters(db, 1).await;
+    (holder, cancel)
+}
+
 #[tokio::test]
 async fn an_order_whose_cancellation_is_refunding_it_cannot_be_shipped_or_refunded() {
     // Arrange: the cancellation's refund waits on the payment's row.
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 1000).await;
     let id = paid_order(&app, &shop).await;
-    let payments = app.payment_db().await;
-    let mut blocker = payments.begin().await.expect("transaction");
-    sqlx::query("SELECT 1 FROM payments WHERE order_id = $1 FOR UPDATE")
-        .bind(Uuid::parse_str(&id).expect("uuid"))
-        .execute(&mut *blocker)
-        .await
-        .expect("payment locked");
-    let cancel = {
-        let request = app
-            .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
-            .bearer_auth(&shop.customer);
-        tokio::spawn(async move { request.send().await.expect("sent").status() })
-    };
-    wait_for_lock_waiters(&payments, 1).await;
+    let (blocker, cancel) = cancel_while_held(
+        &app,
+        &shop,
+        &id,
+        &app.payment_db().await,
+        "SELECT 1 FROM payments WHERE order_id = $1 FOR UPDATE",
+    )
+    .await;
 
     // Act
     let shipped = admin_post(
@@ -719,7 +740,7 @@ async fn an_order_whose_cancellation_is_refunding_it_cannot_be_shipped_or_refund
     let shipped = assert_problem(shipped, StatusCode::CONFLICT).await;
     assert_eq!(shipped["detail"], "the order is being cancelled");
     assert_problem(refunded, StatusCode::CONFLICT).await;
-    assert_eq!(cancel.await.expect("cancelled"), StatusCode::OK);
+    assert_eq!(cancel.await.expect("cancelled").status(), StatusCode::OK);
     let order = wait_for(&app, &shop.customer, &id, "CANCELLED").await;
     assert_eq!(
         order["refunded_amount"],
@@ -774,19 +795,14 @@ async fn a_cancellation_that_loses_the_race_to_shipping_is_refused() {
     let shop = Shop::open(&app, 5, 1000).await;
     let id = paid_order(&app, &shop).await;
     let orders = app.order_db().await;
-    let mut shipping = orders.begin().await.expect("transaction");
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(Uuid::parse_str(&id).expect("uuid"))
-        .execute(&mut *shipping)
-        .await
-        .expect("order locked");
-    let cancel = {
-        let request = app
-            .request(Method::POST, &format!("/v1/orders/{id}/cancel"))
-            .bearer_auth(&shop.customer);
-        tokio::spawn(async move { request.send().await.expect("sent") })
-    };
-    wait_for_lock_waiters(&orders, 1).await;
+    let (mut shipping, cancel) = cancel_while_held(
+        &app,
+        &shop,
+        &id,
+        &orders,
+        "SELECT 1 FROM orders WHERE id = $1 FOR UPDATE",
+    )
+    .await;
 
     // Act: what shipping the order commits.
     sqlx::query("UPDATE orders SET status = 'SHIPPED', carrier = 'UPS', tracking_number = '1Z999' WHERE id = $1")

@@ -658,19 +658,7 @@ async fn an_address_removed_while_an_update_waits_for_it_is_not_found() {
             ))
             .await
     });
-    for _ in 0..400 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .expect("activity");
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    gocommerce_platform::testing::wait_for_lock_waiters(&app.pool, 1).await;
 
     // Act
     sqlx::query("DELETE FROM addresses WHERE id = $1")
