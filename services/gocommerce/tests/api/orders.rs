@@ -581,22 +581,13 @@ async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_t
     let app = spawn_app().await;
     let shop = Shop::open(&app, 5, 1000).await;
     let id = paid_order(&app, &shop).await;
-    let post = |path: String, body: Value| {
-        let app = &app;
-        let admin = shop.admin.clone();
-        async move {
-            app.request(Method::POST, &path)
-                .bearer_auth(admin)
-                .json(&body)
-                .send()
-                .await
-                .expect("sent")
-        }
-    };
 
-    let shipped = post(
-        format!("/v1/orders/{id}/ship"),
+    let shipped = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/ship"),
         json!({"carrier": "UPS", "tracking_number": "1Z999"}),
+        None,
     )
     .await;
     let delivered = app
@@ -605,19 +596,28 @@ async fn an_order_ships_is_delivered_and_is_refunded_in_parts_never_beyond_its_t
         .send()
         .await
         .expect("sent");
-    let partial = post(
-        format!("/v1/orders/{id}/refunds"),
+    let partial = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
         json!({"amount": 600, "reason": "scratched cover"}),
+        None,
     )
     .await;
-    let too_much = post(
-        format!("/v1/orders/{id}/refunds"),
+    let too_much = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
         json!({"amount": 500, "reason": "again"}),
+        None,
     )
     .await;
-    let rest = post(
-        format!("/v1/orders/{id}/refunds"),
+    let rest = admin_post(
+        &app,
+        &shop,
+        &format!("/v1/orders/{id}/refunds"),
         json!({"amount": 400, "reason": "returned"}),
+        None,
     )
     .await;
 
