@@ -143,8 +143,14 @@ impl Pipeline {
             .keepalives_retries(2)
             .tcp_user_timeout(Duration::from_secs(20));
         // The server gives up too on a query its client gave up on, rather
-        // than running it for nobody; after the URL's own options, if any.
-        let timeout = format!("-c statement_timeout={}", ANSWER_TIMEOUT.as_millis());
+        // than running it for nobody; a second later, so that the client
+        // always gives up first and discards the connection (a statement
+        // the server cancelled first would fail as a plain query error, and
+        // the connection stay in use). After the URL's own options, if any.
+        let timeout = format!(
+            "-c statement_timeout={}",
+            (ANSWER_TIMEOUT + Duration::from_secs(1)).as_millis()
+        );
         let options = match config.get_options() {
             Some(given) => format!("{given} {timeout}"),
             None => timeout,
